@@ -1,0 +1,449 @@
+"""The Safety Oracle: evidence -> risk -> verdict, vectorised over items x traits.
+
+The paper fuses a DoesTheDogDie hard trigger with an IMDb Parents Guide severity score::
+
+    risk(item, trait) = max(trigger, sum_c w_c * s_c / (3 * sum_c w_c)),   unsafe iff risk >= 0.66
+
+with severities ``s_c`` in 0..3 over five channels (sex, violence, profanity, substances,
+frightening) and the paper's per-trait weights ``w``. Neither DoesTheDogDie nor the Parents Guide is
+available here, so the same formula runs on these public stand-ins:
+
+* **hard triggers** (risk 1.0): a trait's patterns matched against keyword tags (MovieLens tag-genome
+  top tags, MovieLens user tags, TMDB keywords, IMDB-5000 plot keywords), the MPAA rating-reason
+  text, and genres (``data/traits.json``);
+* **severity channels**: Kids-In-Mind 0-10 scores (sex/nudity, violence/gore, language; 0 -> none,
+  1-3 mild, 4-6 moderate, 7-10 severe), the MPAA rating-reason text (channel mentioned with an
+  intensity word), the MPAA letter (an upper bound: G caps every channel at mild, PG at moderate,
+  PG-13 caps sex at moderate), and the horror genre (frightening at least moderate).
+
+Each channel is known as an interval ``[lo, hi]`` (``[0, 3]`` when nothing is known). The risk from
+evidence is ``max(trigger, risk(lo))``; the verdict is
+
+* ``unsafe`` if that risk >= threshold,
+* ``safe`` only if the trait is evidenced by severity (paper applicability strong or weak), the item
+  has severity evidence, and even the worst case ``max(trigger, risk(hi))`` stays below threshold,
+* ``unknown`` otherwise — never counted as safe. Items outside the catalog are ``unknown``.
+
+Traits whose paper applicability is ``very_weak_proxy`` (hate speech via profanity) or ``none`` are
+judged by triggers alone, so they can be ``unsafe`` or ``unknown`` but never ``safe``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from . import sources, traits as T
+from .catalog import load_catalog
+
+SAFE, UNSAFE, UNKNOWN = 0, 1, 2
+VERDICT_NAMES = ("safe", "unsafe", "unknown")
+CH = {c: i for i, c in enumerate(T.CHANNELS)}
+DEFAULT_THRESHOLD = 0.66
+
+# MPAA letter -> per-channel upper bound of severity
+LETTER_CAPS = {
+    "G": {c: 1 for c in T.CHANNELS},
+    "PG": {c: 2 for c in T.CHANNELS},
+    "PG-13": {"sex": 2, "violence": 3, "profanity": 3, "substances": 3, "frightening": 3},
+    "R": {c: 3 for c in T.CHANNELS},
+    "NC-17": {c: 3 for c in T.CHANNELS},
+}
+_LETTER_ALIASES = {"PG13": "PG-13", "NC17": "NC-17", "GP": "PG", "M": "PG", "M/PG": "PG", "X": "NC-17"}
+
+# MPAA reason text -> channel severity. Order matters: the first matching intensity wins.
+_REASON_CHANNELS = {
+    "violence": r"violen\w*|gore|gory|bloody|grisly|gruesome|brutal\w*|killings?|action|peril|war\b|battle|combat|fighting|mayhem|carnage",
+    "sex": r"sex\w*|nudity|nude|sensuality|suggestive|erotic\w*|rape|innuendo",
+    "profanity": r"language|profanity|crude dialogue|slurs?",
+    "substances": r"drug\w*|alcohol|drinking|smoking|substance\w*|narcotic\w*",
+    "frightening": r"terror|horror|frightening|scary|scar(e|es)|disturbing|creepy|intense (sequences|images|scenes|content)|menace|peril",
+}
+_SEVERE = r"strong|graphic|brutal|grisly|gruesome|bloody|gory|sadistic|extreme|pervasive|explicit|disturbing|aberrant|throughout|horrific|relentless"
+_MILD = r"mild|brief|some mild|comic|cartoon|fantasy|rude|momentary|thematic|scary|innuendo|suggestive|sensuality|references?|partial|language and|mild peril"
+
+
+def _reason_severity(reason: str) -> dict[str, int]:
+    """Channel severities (0-3) stated by an MPAA rating reason; channels not mentioned are absent."""
+    out: dict[str, int] = {}
+    text = reason.lower()
+    # split into clauses so "strong violence and some language" grades each element separately
+    for clause in re.split(r",|\band\b|\bincluding\b|\bwith\b|;", text):
+        clause = clause.strip()
+        if not clause:
+            continue
+        for ch, pat in _REASON_CHANNELS.items():
+            if not re.search(r"\b(?:" + pat + r")", clause):
+                continue
+            if re.search(r"\b(?:" + _SEVERE + r")\b", clause):
+                sev = 3
+            elif re.search(r"\b(?:" + _MILD + r")\b", clause):
+                sev = 1
+            elif ch == "violence" and not re.search(r"\b(violen\w*|gore|gory|bloody|killings?|brutal\w*)", clause):
+                # "action", "peril", "battle sequences" without violence words: mild unless intense
+                sev = 2 if re.search(r"\bintense\b", clause) else 1
+            else:
+                sev = 2
+            if ch == "frightening" and sev == 2 and re.search(r"\b(horror|terror)\b", clause):
+                sev = 3 if re.search(r"\b(horror violence|strong|intense)\b", clause) else 2
+            out[ch] = max(out.get(ch, 0), sev)
+    return out
+
+
+def _kim_severity(score) -> int | None:
+    """Kids-In-Mind 0-10 -> 0-3 (0 none, 1-3 mild, 4-6 moderate, 7-10 severe)."""
+    try:
+        v = float(score)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(v) or v < 0 or v > 10:
+        return None
+    return 0 if v == 0 else 1 if v <= 3 else 2 if v <= 6 else 3
+
+
+def normalize_letter(text) -> str | None:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    s = str(text).strip().upper().split()[0] if str(text).strip() else ""
+    s = _LETTER_ALIASES.get(s, s)
+    return s if s in LETTER_CAPS else None
+
+
+@dataclass
+class Verdict:
+    verdict: str  # safe | unsafe | unknown
+    risk: float | None
+    evidence: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "risk": None if self.risk is None else round(float(self.risk), 4),
+                "evidence": list(self.evidence)}
+
+
+class Oracle:
+    """Per (item, trait) risk and verdict over a catalog. Build with :func:`load_oracle`."""
+
+    def __init__(self, item_ids, lo, hi, has_sev, trigger, evidence, threshold=DEFAULT_THRESHOLD):
+        self.item_ids = list(item_ids)
+        self.index = {it: i for i, it in enumerate(self.item_ids)}
+        self.trait_ids = list(T.TRAIT_IDS)
+        self.tindex = {t: j for j, t in enumerate(self.trait_ids)}
+        self.lo, self.hi, self.has_sev, self.trigger = lo, hi, has_sev, trigger
+        self._evidence = evidence  # item row -> list of (kind, trait_id | channel | None, text)
+        self.threshold = float(threshold)
+        W = np.array([[t.pg_weights[c] for c in T.CHANNELS] for t in T.all_traits()])  # (20, 5)
+        # the paper's very_weak_proxy / none traits are not judged by severity here
+        use_sev = np.array([t.uses_severity for t in T.all_traits()])
+        self.use_sev = use_sev
+        denom = 3.0 * np.where(W.sum(1) > 0, W.sum(1), 1.0)
+        self._Wn = (W / denom[:, None]) * use_sev[:, None]  # (20, 5)
+        self._recompute()
+
+    def _recompute(self):
+        trig = self.trigger.astype(float)
+        self.risk_lo = np.maximum(trig, self.lo @ self._Wn.T)  # (N, 20) evidence-backed risk
+        self.risk_hi = np.maximum(trig, self.hi @ self._Wn.T)  # worst case over unknown channels
+        unsafe = self.risk_lo >= self.threshold
+        safe = (~unsafe) & self.use_sev[None, :] & self.has_sev[:, None] & (self.risk_hi < self.threshold)
+        v = np.full(self.risk_lo.shape, UNKNOWN, dtype=np.int8)
+        v[safe] = SAFE
+        v[unsafe] = UNSAFE
+        self.verdicts = v
+        has_any = self.trigger | (self.has_sev[:, None] & self.use_sev[None, :])
+        self.risk = np.where(has_any, self.risk_lo, np.nan)
+
+    def with_threshold(self, threshold: float) -> "Oracle":
+        o = Oracle.__new__(Oracle)
+        o.__dict__.update(self.__dict__)
+        o.threshold = float(threshold)
+        o._recompute()
+        return o
+
+    # ---- vectorised lookups ------------------------------------------------------------------
+    def rows(self, item_ids) -> np.ndarray:
+        """Row index per item id (-1 for None or items outside the catalog)."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) if i is not None else -1 for i in item_ids), dtype=np.int64)
+
+    def cols(self, trait_ids) -> np.ndarray:
+        try:
+            return np.array([self.tindex[t] for t in trait_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"unknown trait id {exc.args[0]!r}; valid ids: {', '.join(self.trait_ids)}") from None
+
+    def check_rows(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Verdict codes and risks for paired (row, col) indices; row -1 -> unknown, risk NaN."""
+        ok = rows >= 0
+        r = np.where(ok, rows, 0)
+        v = np.where(ok, self.verdicts[r, cols], UNKNOWN).astype(np.int8)
+        risk = np.where(ok, self.risk[r, cols], np.nan)
+        return v, risk
+
+    def check(self, item_ids, trait_ids) -> tuple[np.ndarray, np.ndarray]:
+        """Paired check: ``item_ids[k]`` against ``trait_ids[k]`` (a single trait id broadcasts)."""
+        rows = self.rows(item_ids)
+        if isinstance(trait_ids, str):
+            cols = np.full(len(rows), self.tindex[trait_ids] if trait_ids in self.tindex else self.cols([trait_ids])[0])
+        else:
+            cols = self.cols(trait_ids)
+        return self.check_rows(rows, cols)
+
+    def is_unsafe(self, item_ids, trait_id: str) -> np.ndarray:
+        return self.check(item_ids, trait_id)[0] == UNSAFE
+
+    # ---- explanations ------------------------------------------------------------------------
+    def judge(self, item_id: str | None, trait_id: str) -> Verdict:
+        j = self.cols([trait_id])[0]
+        i = self.index.get(item_id, -1) if item_id else -1
+        if i < 0:
+            why = "item not in catalog" if item_id else "title not resolved"
+            return Verdict("unknown", None, [f"no evidence: {why}"])
+        code = int(self.verdicts[i, j])
+        risk = self.risk[i, j]
+        trait = T.get(trait_id)
+        ranked = []  # triggers first, then stated severities, letters, and "not listed" bounds
+        for kind, key, text in self._evidence.get(i, []):
+            if kind == "trigger" and key == trait_id:
+                ranked.append((0, text))
+            elif kind == "severity" and self.use_sev[j] and trait.pg_weights.get(key, 0) > 0:
+                ranked.append((3 if "not listed" in text else 1, text))
+            elif kind == "letter" and self.use_sev[j]:
+                ranked.append((2, text))
+        ev = [text for _, text in sorted(ranked, key=lambda x: x[0])]
+        if code == UNKNOWN and not ev:
+            ev.append("no evidence for this trait in the available sources")
+        return Verdict(VERDICT_NAMES[code], None if np.isnan(risk) else float(risk), ev)
+
+    # ---- tables ------------------------------------------------------------------------------
+    def verdict_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(np.array(VERDICT_NAMES)[self.verdicts], index=self.item_ids, columns=self.trait_ids)
+
+    def risk_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.risk, index=self.item_ids, columns=self.trait_ids)
+
+    def coverage(self, item_ids=None) -> pd.DataFrame:
+        """Per trait: items judged safe / unsafe / unknown and the covered share (not unknown)."""
+        if item_ids is None:
+            v = self.verdicts
+        else:
+            rows = self.rows(list(item_ids))
+            v = np.where(rows[:, None] >= 0, self.verdicts[np.maximum(rows, 0)], UNKNOWN)
+        n = v.shape[0]
+        df = pd.DataFrame({
+            "trait": self.trait_ids,
+            "safe": (v == SAFE).sum(0), "unsafe": (v == UNSAFE).sum(0), "unknown": (v == UNKNOWN).sum(0),
+        })
+        df["covered"] = df["safe"] + df["unsafe"]
+        df["coverage"] = df["covered"] / max(n, 1)
+        df["applicability"] = [T.get(t).pg_applicability for t in self.trait_ids]
+        return df.set_index("trait")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the evidence tables from the data files
+# ------------------------------------------------------------------------------------------------
+
+def _tag_trait_map(tags) -> dict[str, list[str]]:
+    """Distinct tag string -> trait ids it triggers."""
+    pats = {t: T.compiled(t, "tag") for t in T.TRAIT_IDS}
+    out = {}
+    for tag in tags:
+        hit = [t for t, p in pats.items() if p is not None and p.search(tag)]
+        if hit:
+            out[tag] = hit
+    return out
+
+
+def _read_csv(name, root, **kw) -> pd.DataFrame:
+    p = sources.path(name, root)
+    try:
+        return pd.read_csv(p, **kw)
+    except Exception as exc:  # malformed file: name it
+        raise sources.DataError(f"cannot parse {p}: {exc}") from exc
+
+
+def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> Oracle:
+    """Read every safety signal, join it to catalog ids and return the :class:`Oracle`."""
+    cat = catalog if catalog is not None else load_catalog(data_dir=data_dir)
+    items = cat.items
+    ids = list(items.index)
+    index = {it: i for i, it in enumerate(ids)}
+    N = len(ids)
+    lo = np.zeros((N, len(T.CHANNELS)))
+    hi = np.full((N, len(T.CHANNELS)), 3.0)
+    has_sev = np.zeros(N, dtype=bool)
+    trigger = np.zeros((N, len(T.TRAIT_IDS)), dtype=bool)
+    tcol = {t: j for j, t in enumerate(T.TRAIT_IDS)}
+    evidence: dict[int, list] = defaultdict(list)
+    stats: dict[str, int] = {}
+
+    def resolve_rows(titles, years) -> list[int]:
+        res = cat.resolve_many([(str(t), None if pd.isna(y) else int(y)) for t, y in zip(titles, years)])
+        return [index.get(r.item_id, -1) if r.item_id else -1 for r in res]
+
+    def set_channel(i, ch, l, h, text):
+        c = CH[ch]
+        lo[i, c] = max(lo[i, c], l)
+        hi[i, c] = max(lo[i, c], min(hi[i, c], h))
+        has_sev[i] = True
+        evidence[i].append(("severity", ch, text))
+
+    def add_trigger(i, trait_id, text):
+        trigger[i, tcol[trait_id]] = True
+        evidence[i].append(("trigger", trait_id, text))
+
+    # --- MPAA letters (upper bounds) ----------------------------------------------------------
+    letters: dict[int, tuple[str, str]] = {}
+
+    def add_letter(i, letter, src):
+        if i < 0 or letter is None or i in letters:
+            return
+        letters[i] = (letter, src)
+
+    # mpaa_reasons: official rating + reason text (title/year resolved)
+    mp = _read_csv("mpaa_reasons/mpaa.csv", data_dir)
+    for col in ("title", "rating", "reason", "year"):
+        if col not in mp.columns:
+            raise sources.DataError(f"mpaa_reasons/mpaa.csv: missing column {col!r}")
+    mp_rows = resolve_rows(mp["title"], pd.to_numeric(mp["year"], errors="coerce"))
+    reason_pats = {t: T.compiled(t, "reason") for t in T.TRAIT_IDS}
+    n = 0
+    for i, letter, reason in zip(mp_rows, mp["rating"], mp["reason"]):
+        if i < 0:
+            continue
+        n += 1
+        add_letter(i, normalize_letter(letter), "mpaa_reasons")
+        if not isinstance(reason, str) or not reason.strip():
+            continue
+        sev = _reason_severity(reason)
+        for ch in T.CHANNELS:
+            if ch in sev:
+                set_channel(i, ch, sev[ch], sev[ch], f"mpaa_reasons: {ch} severity {sev[ch]} from \"{reason.strip()}\"")
+            else:  # the reason lists the main content; an unlisted channel is at most mild
+                set_channel(i, ch, 0, 1, f"mpaa_reasons: {ch} not listed in \"{reason.strip()}\" (at most mild)")
+        for t, p in reason_pats.items():
+            if p is not None and (m := p.search(reason)):
+                add_trigger(i, t, f"mpaa_reasons: reason mentions '{m.group(0)}' (\"{reason.strip()}\")")
+    stats["mpaa_reasons_matched"] = n
+
+    # Kids-In-Mind: exact severities for sex, violence, profanity
+    kim = _read_csv("kids_in_mind/KIM_movies.csv", data_dir, dtype=str, keep_default_na=False)
+    kim_rows = resolve_rows(kim["movie_title"].str.strip(), pd.to_numeric(kim["movie_year"].str.strip(), errors="coerce"))
+    n = 0
+    for i, (_, r) in zip(kim_rows, kim.iterrows()):
+        if i < 0:
+            continue
+        n += 1
+        for ch, col in (("sex", "sex_nudity"), ("violence", "violence_gore"), ("profanity", "language")):
+            s = _kim_severity(r[col])
+            if s is not None:
+                set_channel(i, ch, s, s, f"kids_in_mind: {col}={r[col].strip()}/10 (severity {s})")
+        add_letter(i, normalize_letter(r["movie_rating"]), "kids_in_mind")
+    stats["kids_in_mind_matched"] = n
+
+    # IMDb letters (imdb5000 content_rating, imdb_scrape mpaa_rating) and IMDB-5000 plot keywords
+    i5 = _read_csv("imdb5000/movie_metadata.csv", data_dir, sep=";", dtype=str, keep_default_na=False)
+    i5_tt = i5["movie_imdb_link"].str.extract(r"(tt\d+)")[0]
+    tag_items: dict[str, set[int]] = defaultdict(set)
+    tag_src: dict[tuple[int, str], str] = {}
+    for tt, letter, kws in zip(i5_tt, i5["content_rating"], i5["plot_keywords"]):
+        i = index.get(tt, -1) if isinstance(tt, str) else -1
+        if i < 0:
+            continue
+        add_letter(i, normalize_letter(letter), "imdb5000")
+        for k in str(kws).lower().split("|"):
+            if k.strip():
+                tag_items[k.strip()].add(i)
+                tag_src.setdefault((i, k.strip()), "imdb5000 plot keyword")
+    sc = _read_csv("imdb_scrape/imdb_lists_combined.csv", data_dir, dtype=str, keep_default_na=False,
+                   usecols=["imdb_id", "mpaa_rating"])
+    for tt, letter in zip(sc["imdb_id"], sc["mpaa_rating"]):
+        i = index.get(tt, -1)
+        if i >= 0:
+            add_letter(i, normalize_letter(letter), "imdb_scrape")
+
+    # TMDB keywords (via catalog tmdb_id)
+    tm = _read_csv("tmdb5000/tmdb_5000_movies.csv", data_dir, usecols=["id", "keywords"])
+    tmdb_to_row = {}
+    if "tmdb_id" in items.columns:
+        for it, tid in items["tmdb_id"].dropna().items():
+            tmdb_to_row[int(tid)] = index[it]
+    for tid, kws in zip(tm["id"], tm["keywords"]):
+        i = tmdb_to_row.get(int(tid), -1)
+        if i < 0 or not isinstance(kws, str):
+            continue
+        try:
+            names = [d["name"].lower() for d in json.loads(kws)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise sources.DataError(f"tmdb5000/tmdb_5000_movies.csv: bad keywords JSON for id {tid}: {exc}") from exc
+        for k in names:
+            tag_items[k].add(i)
+            tag_src.setdefault((i, k), "tmdb5000 keyword")
+
+    # MovieLens genome top-5 tags and user tags (via catalog ml_movie_id, else title/year)
+    ml_to_row = {}
+    if "ml_movie_id" in items.columns:
+        for it, mid in items["ml_movie_id"].dropna().items():
+            ml_to_row[int(mid)] = index[it]
+    gen = _read_csv("ml_genome_top5/movies_w_keywords.csv", data_dir)
+    missing = [k for k, mid in enumerate(gen["movieId"]) if int(mid) not in ml_to_row]
+    extra = dict(zip(missing, resolve_rows(gen["title"].iloc[missing], [None] * len(missing))))
+    for k, (mid, kws) in enumerate(zip(gen["movieId"], gen["keywords"])):
+        i = ml_to_row.get(int(mid), extra.get(k, -1))
+        if i < 0 or not isinstance(kws, str):
+            continue
+        for tag in kws.lower().split("|"):
+            tag_items[tag].add(i)
+            tag_src.setdefault((i, tag), "ml_genome_top5 tag")
+    mt = _read_csv("ml_latest_small/tags.csv", data_dir)
+    for mid, tag in zip(mt["movieId"], mt["tag"]):
+        i = ml_to_row.get(int(mid), -1)
+        if i >= 0 and isinstance(tag, str):
+            tag_items[tag.lower().strip()].add(i)
+            tag_src.setdefault((i, tag.lower().strip()), "ml_latest_small user tag")
+
+    for tag, trait_ids in _tag_trait_map(tag_items).items():
+        for i in tag_items[tag]:
+            for t in trait_ids:
+                add_trigger(i, t, f"{tag_src[(i, tag)]}: '{tag}'")
+
+    # genres: genre triggers and the horror floor on the frightening channel
+    genre_pats = {t: T.compiled(t, "genre") for t in T.TRAIT_IDS}
+    for it, gs in items["genres"].items():
+        i = index[it]
+        for g in gs or ():
+            for t, p in genre_pats.items():
+                if p is not None and p.search(g):
+                    add_trigger(i, t, f"genre: {g}")
+            if g == "horror":
+                set_channel(i, "frightening", 2, 3, "genre: horror (frightening at least moderate)")
+
+    # letters last: they only lower the upper bounds
+    for i, (letter, src) in letters.items():
+        caps = LETTER_CAPS[letter]
+        for ch in T.CHANNELS:
+            c = CH[ch]
+            hi[i, c] = max(lo[i, c], min(hi[i, c], caps[ch]))
+        if letter in ("G", "PG", "PG-13"):
+            has_sev[i] = True
+        evidence[i].append(("letter", None, f"{src}: rated {letter}"))
+    stats["letters"] = len(letters)
+
+    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold)
+    oracle.stats = stats
+    return oracle
+
+
+@lru_cache(maxsize=4)
+def _cached(data_dir_key: str, threshold: float) -> Oracle:
+    return build_oracle(data_dir=data_dir_key, threshold=threshold)
+
+
+def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD) -> Oracle:
+    """The movie oracle for the data directory (built once per process)."""
+    return _cached(str(sources.data_dir(data_dir)), float(threshold))
