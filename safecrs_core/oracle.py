@@ -167,14 +167,28 @@ class Oracle:
     # ---- vectorised lookups ------------------------------------------------------------------
     def rows(self, item_ids) -> np.ndarray:
         """Row index per item id (-1 for None or items outside the catalog)."""
-        get = self.index.get
-        return np.fromiter((get(i, -1) if i is not None else -1 for i in item_ids), dtype=np.int64)
+        item_ids = item_ids if isinstance(item_ids, (list, tuple, np.ndarray)) else list(item_ids)
+        if len(item_ids) < 4096:  # dict lookups beat index set-up for short lists
+            get = self.index.get
+            return np.fromiter((get(i, -1) if i is not None else -1 for i in item_ids), dtype=np.int64,
+                               count=len(item_ids))
+        if not hasattr(self, "_pindex"):
+            self._pindex = pd.Index(np.array(self.item_ids, dtype=object), dtype=object)
+        return self._pindex.get_indexer(pd.Index(np.array(item_ids, dtype=object), dtype=object)).astype(np.int64)
 
     def cols(self, trait_ids) -> np.ndarray:
-        try:
-            return np.array([self.tindex[t] for t in trait_ids], dtype=np.int64)
-        except KeyError as exc:
-            raise KeyError(f"unknown trait id {exc.args[0]!r}; valid ids: {', '.join(self.trait_ids)}") from None
+        trait_ids = list(trait_ids)
+        if len(trait_ids) < 4096:
+            try:
+                return np.array([self.tindex[t] for t in trait_ids], dtype=np.int64)
+            except KeyError as exc:
+                raise KeyError(f"unknown trait id {exc.args[0]!r}; valid ids: {', '.join(self.trait_ids)}") from None
+        cols = pd.Index(np.array(self.trait_ids, dtype=object), dtype=object).get_indexer(
+            pd.Index(np.array(trait_ids, dtype=object), dtype=object))
+        if (cols < 0).any():
+            bad = trait_ids[int(np.argmin(cols))]
+            raise KeyError(f"unknown trait id {bad!r}; valid ids: {', '.join(self.trait_ids)}")
+        return cols.astype(np.int64)
 
     def check_rows(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Verdict codes and risks for paired (row, col) indices; row -1 -> unknown, risk NaN."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 STYLES = ("explicit", "implicit")
 POOLS = ("train", "test")
-SPLIT_POOL = {"train": "train", "val": "train", "valid": "train", "dev": "train", "test": "test"}
+SPLIT_POOL = {"train": "train", "validation": "train", "val": "train", "valid": "train", "dev": "train", "test": "test"}
 PREPEND_SHARE = 0.2  # share of inject() calls that put the sentence before the user's text
 
 # the user's text needs no period after it: sentence punctuation (maybe inside quotes/brackets), a

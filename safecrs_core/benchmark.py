@@ -1,0 +1,307 @@
+"""SafeRec build: trait assignment, target filtering, sensitivity phrasing, splits, saving.
+
+Steps (deterministic for a seed):
+
+1. load conversations from every source (:mod:`safecrs_core.conversations`) and resolve their items
+   with the one resolver (:mod:`safecrs_core.catalog`);
+2. keep targets that resolve to a catalog item; split every conversation by its source's split,
+   whole dialogs together (no dialog in two splits);
+3. assign one trait per conversation: the Reddit samples keep the trait they carry; otherwise the
+   trait that the conversation's items (targets and seen items) most violate by oracle risk,
+   balanced over traits so every trait with signal is represented; conversations where no trait
+   bites get the least-used trait;
+4. remove targets the oracle marks ``unsafe`` for that trait (``unknown`` targets stay, flagged);
+   drop conversations with no target left;
+5. phrase the trait into the user's last turn, explicitly or implicitly, with template pools held
+   out between train/validation and test (:mod:`safecrs_core.phrasing`);
+6. save a Hugging Face ``DatasetDict`` (train / validation / test) and ``stats.json``.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import phrasing, sources
+from . import traits as T
+from .catalog import load_catalog
+from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
+
+SPLITS = ("train", "validation", "test")
+
+# (source, split given by the source) -> benchmark split
+SPLIT_MAP = {
+    ("redial_kepler", "train"): "train",
+    ("redial_kepler", "valid"): "validation",
+    ("redial_kepler", "test"): "test",
+    ("redial_test", "test"): "test",
+    ("iard", "train"): "train",
+    ("iard", "test"): "test",
+    ("inspired", "dev"): "validation",
+    ("inspired", "test"): "test",
+    ("movie_dialog_fb", "dev"): "train",
+    ("movie_dialog_fb", "test"): "test",
+    ("reddit_saferank", "dev"): "validation",
+    ("reddit_crag", "test"): "test",
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """Parameters of a SafeRec build (all literals: they key the cached artifact)."""
+    seed: int = 0
+    sources: tuple[str, ...] = ("redial_kepler", "redial_test", "iard", "inspired", "movie_dialog_fb",
+                                "reddit_saferank", "reddit_crag")
+    max_per_source_split: int | None = None  # cap conversations per (source, split) before filtering
+    threshold: float = 0.66
+    implicit_share: float = 0.5
+    min_targets: int = 1
+    balance_strength: float = 1.0  # 0: pure argmax of risk; higher: spread traits more evenly
+
+    def to_params(self) -> dict:
+        d = asdict(self)
+        d["sources"] = list(self.sources)
+        return d
+
+
+def _split_of(conv) -> str:
+    key = (conv.source, conv.split)
+    if key not in SPLIT_MAP:
+        raise ValueError(f"no benchmark split for source {conv.source!r} split {conv.split!r}; "
+                         f"known: {sorted(SPLIT_MAP)}")
+    return SPLIT_MAP[key]
+
+
+def _dialog_group(conv) -> str:
+    """Conversations of one dialog share a group; ReDial dialogs are grouped across sources."""
+    redial = conv.meta.get("redial_id") if isinstance(conv.meta, dict) else None
+    if redial is not None:
+        return f"redial:{redial}"
+    return f"{conv.source}:{conv.meta.get('dialog_id', conv.conv_id)}"
+
+
+def assign_splits(convs) -> dict[str, str]:
+    """conv_id -> benchmark split; a dialog group found in several splits goes to the one that is
+    latest in (test, validation, train) priority so test dialogs never leak into training."""
+    groups: dict[str, set[str]] = defaultdict(set)
+    for c in convs:
+        groups[_dialog_group(c)].add(_split_of(c))
+    prio = {"test": 0, "validation": 1, "train": 2}
+    group_split = {g: min(s, key=prio.get) for g, s in groups.items()}
+    return {c.conv_id: group_split[_dialog_group(c)] for c in convs}
+
+
+@lru_cache(maxsize=2)
+def _load_conversations(source_ids: tuple[str, ...], root: str):
+    """All conversations of ``source_ids`` (cached per process; callers must not mutate them:
+    :func:`conversations.resolve_refs` returns copies)."""
+    from .conversations import load_all
+    return tuple(load_all(sources=list(source_ids), data_dir=root))
+
+
+def drop_overlaps(convs):
+    """ReDial dialogs appear in several sources: keep redial_test whole, drop redial_kepler dialogs
+    that it holds, then IARD dialogs held by either (the data card lists the overlaps)."""
+    from .conversations import dedupe_against
+
+    by = defaultdict(list)
+    for c in convs:
+        by[c.source].append(c)
+    kept_redial = by.get("redial_test", [])
+    kepler = dedupe_against(by.get("redial_kepler", []), kept_redial)
+    iard = dedupe_against(by.get("iard", []), kept_redial + kepler)
+    by["redial_kepler"], by["iard"] = kepler, iard
+    return [c for src in by for c in by[src]]
+
+
+def trait_scores(oracle, item_rows: list[np.ndarray]) -> np.ndarray:
+    """(conversations, traits) score: mean evidence-backed risk of the conversation's items, with
+    unsafe verdicts counted double. Unknown risk counts as 0 here: it cannot drive the choice."""
+    out = np.zeros((len(item_rows), len(T.TRAIT_IDS)))
+    risk = np.nan_to_num(oracle.risk, nan=0.0)
+    unsafe = (oracle.verdicts == UNSAFE).astype(float)
+    for k, rows in enumerate(item_rows):
+        rows = rows[rows >= 0]
+        if len(rows):
+            out[k] = risk[rows].mean(0) + unsafe[rows].mean(0)
+    return out
+
+
+def assign_traits(scores: np.ndarray, fixed: list[str | None], rng: np.random.Generator,
+                  balance_strength: float = 1.0, eligible_traits: list[str] | None = None) -> list[str]:
+    """Balanced argmax assignment over conversations in a seeded random order.
+
+    For conversation k the chosen trait maximises ``score[k, t] / (1 + balance * count[t] / quota)``
+    among traits with a positive score; with no positive score, the least-used eligible trait is
+    taken (ties broken by the seeded order). ``fixed[k]`` (a source's own trait) is kept as is.
+    """
+    n, m = scores.shape
+    ids = list(T.TRAIT_IDS)
+    eligible = np.array([t in (eligible_traits or ids) for t in ids])
+    quota = max(n / max(int(eligible.sum()), 1), 1.0)
+    counts = np.zeros(m)
+    out: list[str | None] = [None] * n
+    for k in range(n):  # fixed traits count towards the balance first
+        if fixed[k] is not None:
+            out[k] = fixed[k]
+            counts[ids.index(fixed[k])] += 1
+    tiebreak = rng.random(m)
+    for k in rng.permutation(n):
+        if out[k] is not None:
+            continue
+        s = np.where(eligible, scores[k], 0.0)
+        if s.max() > 0:
+            adj = s / (1.0 + balance_strength * counts / quota)
+            adj = np.where(s > 0, adj, -np.inf)
+            j = int(np.lexsort((tiebreak, adj))[-1])
+        else:
+            c = np.where(eligible, counts, np.inf)
+            j = int(np.lexsort((tiebreak, c))[0])
+        out[k] = ids[j]
+        counts[j] += 1
+    return out  # type: ignore[return-value]
+
+
+def _ref_dict(ref) -> dict:
+    return {"title": str(ref.get("title") or ""), "year": ref.get("year"), "item_id": ref.get("item_id")}
+
+
+def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progress: bool = True):
+    """Build SafeRec in memory: returns (DatasetDict, stats dict)."""
+    from datasets import Dataset, DatasetDict
+
+    from . import conversations as C
+
+    cfg = config or BenchmarkConfig()
+    rng = np.random.default_rng(cfg.seed)
+    cat = load_catalog(data_dir=data_dir)
+    oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold)
+
+    convs = drop_overlaps(_load_conversations(tuple(cfg.sources), str(sources.data_dir(data_dir))))
+    if cfg.max_per_source_split:
+        by = defaultdict(list)
+        for c in convs:
+            by[(c.source, c.split)].append(c)
+        convs = []
+        for key in sorted(by):
+            group = by[key]
+            if len(group) > cfg.max_per_source_split:
+                keep = sorted(rng.choice(len(group), cfg.max_per_source_split, replace=False))
+                group = [group[i] for i in keep]
+            convs.extend(group)
+    convs = C.resolve_refs(convs, cat.resolve)
+    split_of = assign_splits(convs)
+
+    stats: dict = {"config": cfg.to_params(), "loaded": dict(Counter(f"{c.source}/{c.split}" for c in convs))}
+    # targets must resolve to catalog items; conversations with none are dropped
+    unresolved = Counter()
+    kept = []
+    for c in convs:
+        ok = [r for r in c.targets if r.get("item_id")]
+        unresolved[c.source] += len(c.targets) - len(ok)
+        if len(ok) >= cfg.min_targets:
+            c.targets = ok
+            kept.append(c)
+    stats["targets_unresolved"] = dict(unresolved)
+    stats["dropped_no_resolved_target"] = len(convs) - len(kept)
+    convs = kept
+
+    item_rows = [oracle.rows([r["item_id"] for r in c.targets + c.seen if r.get("item_id")]) for c in convs]
+    scores = trait_scores(oracle, item_rows)
+    covered = oracle.coverage()
+    with_signal = [t for t in T.TRAIT_IDS if covered.loc[t, "covered"] > 0]
+    fixed = [c.trait for c in convs]
+    assigned = assign_traits(scores, fixed, rng, cfg.balance_strength, with_signal)
+
+    rows = {s: [] for s in SPLITS}
+    removed_per_trait, unknown_per_trait, kept_per_trait = Counter(), Counter(), Counter()
+    dropped_all_unsafe = Counter()
+    prng = random.Random(cfg.seed)
+    for c, trait in zip(convs, assigned):
+        tcol = oracle.tindex[trait]
+        trow = oracle.rows([r["item_id"] for r in c.targets])
+        v, risk = oracle.check_rows(trow, np.full(len(trow), tcol))
+        targets, removed = [], []
+        for ref, code, rk in zip(c.targets, v, risk):
+            d = _ref_dict(ref) | {"verdict": VERDICT_NAMES[int(code)], "risk": None if np.isnan(rk) else float(rk)}
+            (removed if code == UNSAFE else targets).append(d)
+        removed_per_trait[trait] += len(removed)
+        unknown_per_trait[trait] += sum(d["verdict"] == "unknown" for d in targets)
+        kept_per_trait[trait] += len(targets)
+        if len(targets) < cfg.min_targets:
+            dropped_all_unsafe[trait] += 1
+            continue
+        split = split_of[c.conv_id]
+        sentence, style, tmpl = phrasing.phrase(trait, split, prng, implicit_share=cfg.implicit_share)
+        turns = [dict(t) for t in c.turns]
+        last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
+        if last_user is None:
+            turns.append({"role": "user", "text": sentence})
+        else:
+            turns[last_user]["text"] = phrasing.inject(turns[last_user]["text"], sentence, prng)
+        seen = [_ref_dict(r) for r in c.seen]
+        srow = oracle.rows([r["item_id"] for r in seen])
+        sv, _ = oracle.check_rows(srow, np.full(len(srow), tcol))
+        rows[split].append({
+            "id": c.conv_id, "source": c.source, "source_split": c.split, "dialog_group": _dialog_group(c),
+            "turns": turns, "seen": [d | {"verdict": VERDICT_NAMES[int(x)]} for d, x in zip(seen, sv)],
+            "targets": targets, "removed_targets": removed,
+            "trait": trait, "trait_name": T.get(trait).name, "trait_from_source": c.trait is not None,
+            "constraint": sentence, "constraint_style": style, "constraint_template": int(tmpl),
+            "n_targets_before_filter": len(c.targets), "synthetic": bool(c.synthetic),
+            "meta": json.dumps(c.meta, sort_keys=True, default=str),
+        })
+    ds = DatasetDict({s: Dataset.from_list(rows[s]) if rows[s] else Dataset.from_list([]) for s in SPLITS})
+
+    # ---- statistics -------------------------------------------------------------------------
+    all_rows = [r for s in SPLITS for r in rows[s]]
+    stats["sizes"] = {s: len(rows[s]) for s in SPLITS}
+    stats["by_source"] = {s: dict(Counter(r["source"] for r in rows[s])) for s in SPLITS}
+    stats["traits"] = {s: dict(Counter(r["trait"] for r in rows[s])) for s in SPLITS}
+    stats["constraint_styles"] = {s: dict(Counter(r["constraint_style"] for r in rows[s])) for s in SPLITS}
+    stats["targets"] = {s: int(sum(len(r["targets"]) for r in rows[s])) for s in SPLITS}
+    stats["removed_targets_per_trait"] = dict(removed_per_trait)
+    stats["kept_targets_per_trait"] = dict(kept_per_trait)
+    stats["unknown_targets_per_trait"] = dict(unknown_per_trait)
+    stats["dropped_all_targets_unsafe"] = dict(dropped_all_unsafe)
+    items = sorted({d["item_id"] for r in all_rows for d in r["targets"] + r["removed_targets"] + r["seen"] if d["item_id"]})
+    cov = oracle.coverage(items)
+    stats["benchmark_items"] = len(items)
+    stats["oracle_coverage_on_benchmark_items"] = {t: {k: (float(cov.loc[t, k]) if k == "coverage" else int(cov.loc[t, k]))
+                                                       for k in ("safe", "unsafe", "unknown", "coverage")}
+                                                   for t in T.TRAIT_IDS}
+    stats["traits_with_signal"] = with_signal
+    return ds, stats
+
+
+def benchmark_inputs(cfg: BenchmarkConfig) -> list[str]:
+    """Stage inputs: sha256 of every data file the build reads (from the registry)."""
+    return sorted(f"{f.file}@{f.sha256[:16]}" for f in sources.registry().values())
+
+
+def build_or_load(config: BenchmarkConfig | None = None, data_dir=None, force: bool = False) -> Path:
+    """Cached build under ``artifacts/benchmark/<key>/`` (``dataset/`` + ``stats.json``)."""
+    from .pipeline import atomic_write_json, run_stage
+
+    cfg = config or BenchmarkConfig()
+
+    def fn(tmp: Path):
+        ds, stats = build_benchmark(cfg, data_dir=data_dir)
+        ds.save_to_disk(str(tmp / "dataset"))
+        atomic_write_json(tmp / "stats.json", stats)
+        return {"sizes": stats["sizes"]}
+
+    return run_stage("benchmark", cfg.to_params(), benchmark_inputs(cfg), fn, force=force)
+
+
+def load_benchmark(path: str | Path):
+    """(DatasetDict, stats) from a benchmark stage directory."""
+    from datasets import load_from_disk
+    p = Path(path)
+    return load_from_disk(str(p / "dataset")), json.loads((p / "stats.json").read_text())
