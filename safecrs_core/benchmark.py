@@ -70,6 +70,29 @@ class BenchmarkConfig:
         return d
 
 
+# The benchmark each run profile uses; every notebook takes its SafeRec from here so that all
+# stages of one profile share one cached benchmark.
+PROFILE_CONFIGS = {
+    "smoke": {"max_per_source_split": 40},
+    "book": {"max_per_source_split": 1500},
+    "paper": {"max_per_source_split": None},
+}
+
+
+def config_for_profile(profile: str, **overrides) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` of a run profile (``smoke``/``book``/``paper``), with overrides."""
+    if profile not in PROFILE_CONFIGS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_CONFIGS)}")
+    return BenchmarkConfig(**{**PROFILE_CONFIGS[profile], **overrides})
+
+
+def benchmark_for_profile(profile: str, data_dir=None, **overrides):
+    """(DatasetDict, stats, stage dir) of the profile's benchmark, built once and cached."""
+    stage = build_or_load(config_for_profile(profile, **overrides), data_dir=data_dir)
+    ds, stats = load_benchmark(stage)
+    return ds, stats, stage
+
+
 def _split_of(conv) -> str:
     key = (conv.source, conv.split)
     if key not in SPLIT_MAP:
@@ -292,8 +315,14 @@ def build_or_load(config: BenchmarkConfig | None = None, data_dir=None, force: b
     cfg = config or BenchmarkConfig()
 
     def fn(tmp: Path):
+        from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
         ds, stats = build_benchmark(cfg, data_dir=data_dir)
-        ds.save_to_disk(str(tmp / "dataset"))
+        disable_progress_bar()  # per-shard save bars are noise in the book
+        try:
+            ds.save_to_disk(str(tmp / "dataset"))
+        finally:
+            enable_progress_bar()
         atomic_write_json(tmp / "stats.json", stats)
         return {"sizes": stats["sizes"]}
 

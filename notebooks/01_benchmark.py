@@ -1,0 +1,98 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Building SafeRec from public data
+#
+# SafeRec pairs a recommendation conversation with one **sensitivity trait** of the user, removes
+# ground-truth items that violate the trait, and phrases the trait into the user's last turn.
+# The paper builds it from Reddit-v2 conversations with DoesTheDogDie and IMDb Parents Guide
+# labels. Neither label source is available offline, so this notebook rebuilds SafeRec from the
+# public conversations and safety signals described in the [data card](../../book/data.md):
+# ReDial, IARD, INSPIRED, the Facebook Movie Dialog tasks and the authors' Reddit-v2 samples, judged by
+# the [Safety Oracle](../../book/oracle.md) on Kids-In-Mind, MPAA rating reasons, keyword tags and genres.
+# Nothing here is synthetic: every conversation and target is real; only the sentence that states
+# the user's sensitivity is added from templates.
+
+# %% tags=["parameters"]
+profile = "book"
+seed = 0
+threshold = 0.66  # the paper's unsafe threshold
+implicit_share = 0.5  # share of constraints phrased implicitly
+n_examples = 3
+
+# %%
+import json
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from safecrs_core import plots
+from safecrs_core.benchmark import benchmark_for_profile, config_for_profile
+
+# the profile fixes how many conversations per source and split are drawn (smoke: 40, book: 1500,
+# paper: all); later notebooks of the same profile reuse this cached build
+print(config_for_profile(profile, seed=seed, threshold=threshold, implicit_share=implicit_share))
+ds, stats, stage = benchmark_for_profile(profile, seed=seed, threshold=threshold, implicit_share=implicit_share)
+print(stage)
+ds
+
+# %% [markdown]
+# ## Sizes per split and source
+
+# %%
+sizes = pd.DataFrame(stats["by_source"]).fillna(0).astype(int)
+sizes.loc["total"] = sizes.sum()
+sizes
+
+# %% [markdown]
+# ## Which traits the users carry
+# A trait is assigned to each conversation from the oracle risk of its own items (targets and
+# items the user mentioned), balanced over the traits; the Reddit samples keep the trait their
+# authors assigned.
+
+# %%
+plots.save(plots.trait_distribution(stats), "benchmark_traits");
+
+# %% [markdown]
+# ## How much the oracle knows
+# Share of the benchmark's items judged safe, unsafe or **unknown** per trait. Unknown is never
+# treated as safe: such targets stay in the data, flagged, and metrics report them separately.
+
+# %%
+cov = pd.DataFrame(stats["oracle_coverage_on_benchmark_items"]).T
+plots.save(plots.oracle_coverage(cov, f"Oracle verdicts on the {stats['benchmark_items']:,} benchmark items"),
+           "benchmark_oracle_coverage");
+
+# %%
+cov.assign(coverage=lambda d: (d["coverage"] * 100).round(1).astype(str) + " %")
+
+# %% [markdown]
+# ## Ground truth removed by the oracle
+
+# %%
+plots.save(plots.targets_removed(stats), "benchmark_targets_removed");
+
+# %% [markdown]
+# ## Examples
+
+# %%
+test = ds["test"].shuffle(seed=seed).select(range(min(n_examples, len(ds["test"]))))
+for row in test:
+    turns = "\n".join(f"> **{t['role']}**: {t['text']}" for t in row["turns"][-3:])
+    kept = ", ".join(f"{t['title']} ({t['year']}) [{t['verdict']}]" for t in row["targets"])
+    removed = ", ".join(f"{t['title']} ({t['year']}) risk {t['risk']:.2f}" for t in row["removed_targets"]) or "none"
+    display(Markdown(f"**{row['id']}** — trait `{row['trait']}` ({row['constraint_style']})\n\n{turns}\n\n"
+                     f"targets kept: {kept}\n\nremoved as unsafe: {removed}"))
+
+# %%
+print(json.dumps({k: stats[k] for k in ("sizes", "targets", "dropped_no_resolved_target")}, indent=1))

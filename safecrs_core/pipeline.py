@@ -1,0 +1,722 @@
+"""Stages, artifact caching, run profiles and the notebook runner.
+
+Profiles
+    Three run profiles share one code path: ``smoke`` (seconds to minutes; tests and CI),
+    ``book`` (the CPU build of this book) and ``paper`` (the paper's models and settings, on GPUs).
+    A notebook's parameters cell (the cell tagged ``parameters``) holds literal values only, and
+    those values are the ``book`` profile's, including ``profile = "book"``.
+    ``safecrs_core/data/profiles.json`` holds, per notebook stem, the values that differ under
+    another profile. The runner passes ``profile`` plus those overrides to papermill, which
+    injects them in a cell after the parameters cell.
+
+Artifacts
+    A stage writes into ``artifacts/<stage>/<key>/`` where ``key`` is a short sha256 over the
+    stage's parameters, the keys of its inputs and the package version (:func:`stage_key`).
+    The root is ``$SAFECRS_ARTIFACTS`` or ``<repo>/artifacts``. A stage directory is complete
+    only when its ``DONE.json`` manifest exists. :func:`run_stage` builds into a hidden temporary
+    directory beside the final one, renames it into place and writes ``DONE.json`` last, each
+    step atomic, so an interrupted run never leaves anything that looks complete.
+
+Notebooks
+    :func:`run_notebooks` converts each ``notebooks/NN_name.py`` (jupytext percent format) to a
+    notebook, executes it with papermill and writes ``notebooks/_executed/NN_name.ipynb``, which
+    the book renders without executing again. Wall times go to ``_executed/timings.json``.
+    ``python scripts/run_notebooks.py --help`` (or ``python -m safecrs_core.pipeline``) is the
+    command-line front end.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+PROFILES: dict[str, str] = {
+    "smoke": "seconds to minutes on a CPU: tiny models and samples; what tests and CI run",
+    "book": "the CPU build of the book: small models, real data, minutes to hours",
+    "paper": "the paper's models and settings; needs GPUs (trl + accelerate)",
+}
+DEFAULT_PROFILE = "book"
+ARTIFACTS_ENV = "SAFECRS_ARTIFACTS"
+DONE_FILE = "DONE.json"
+KEY_LENGTH = 16  # hex digits of the sha256 kept in a stage key
+
+_NOTEBOOK_RE = re.compile(r"^(?P<num>\d{2})_[A-Za-z0-9][A-Za-z0-9_-]*\.py$")
+_STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class PipelineError(RuntimeError):
+    """A stage or the profiles are misconfigured."""
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed to run; the message names the notebook, the cell and the error."""
+
+
+# --------------------------------------------------------------------------------------------
+# Locations
+
+
+def repo_root() -> Path:
+    """The project root: the folder holding ``pyproject.toml`` above this package (editable
+    install or source tree), else the current working directory."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    return Path.cwd()
+
+
+def artifacts_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$SAFECRS_ARTIFACTS``, else ``<repo>/artifacts``."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get(ARTIFACTS_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return repo_root() / "artifacts"
+
+
+def notebooks_root() -> Path:
+    return repo_root() / "notebooks"
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``:
+    readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Stage keys
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for the few non-JSON types parameters and manifests carry."""
+    if isinstance(obj, os.PathLike):
+        return Path(obj).as_posix()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=lambda v: json.dumps(v, sort_keys=True, default=_json_default))
+    if type(obj).__module__ == "numpy":  # numpy scalars and arrays, without importing numpy
+        return obj.tolist() if hasattr(obj, "tolist") else obj.item()
+    raise TypeError(f"cannot put {type(obj).__name__} into a stage key or manifest: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    """One JSON text per value: sorted keys, no whitespace, no NaN, tuples as lists."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False, default=_json_default)
+
+
+def _check_stage_name(stage: str) -> None:
+    if not isinstance(stage, str) or not _STAGE_RE.match(stage):
+        raise PipelineError(f"bad stage name {stage!r}: use letters, digits, '_', '-', '.'")
+
+
+def stage_ref(directory: str | os.PathLike) -> str:
+    """``"<stage>/<key>"`` of a stage directory: what a downstream stage lists as an input."""
+    d = Path(directory)
+    return f"{d.parent.name}/{d.name}"
+
+
+def _input_id(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, os.PathLike):
+        d = Path(item)
+        if is_done(d):
+            return stage_ref(d)
+        raise PipelineError(
+            f"input {d} is not a completed stage directory; pass a string that identifies the "
+            "input's content instead (an upstream stage_ref, a data file's sha256, ...)")
+    raise PipelineError(f"stage inputs are strings or stage directories, not {type(item).__name__}")
+
+
+def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[Any] = (),
+              version: str | None = None) -> str:
+    """Short hex sha256 over canonical JSON of the stage name, ``params`` (key order does not
+    matter), ``inputs`` (order matters: strings, e.g. upstream ``stage_ref``s or data sha256s, or
+    completed stage directories) and the package version."""
+    _check_stage_name(stage)
+    payload = {
+        "stage": stage,
+        "params": dict(params),
+        "inputs": [_input_id(i) for i in inputs],
+        "version": __version__ if version is None else version,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def stage_dir(stage: str, key: str, root: str | os.PathLike | None = None) -> Path:
+    """``<artifacts root>/<stage>/<key>`` (not created)."""
+    _check_stage_name(stage)
+    if not re.fullmatch(r"[0-9a-f]+", key):
+        raise PipelineError(f"bad stage key {key!r}")
+    return artifacts_root(root) / stage / key
+
+
+def is_done(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / DONE_FILE).is_file()
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``DONE.json`` manifest of a completed stage directory."""
+    path = Path(directory) / DONE_FILE
+    if not path.is_file():
+        raise PipelineError(f"{directory} is not a completed stage (no {DONE_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def mark_done(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    """Write ``DONE.json`` atomically; call it last, when everything else is in place."""
+    return atomic_write_json(Path(directory) / DONE_FILE, dict(manifest))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_leftovers(final: Path) -> None:
+    """Remove temporary build folders of ``final`` left by processes that no longer run."""
+    for p in final.parent.glob(f".{final.name}.*-*-*"):
+        m = re.fullmatch(rf"\.{re.escape(final.name)}\.(tmp|old)-(\d+)-[0-9a-f]+", p.name)
+        if m and not _pid_alive(int(m.group(2))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _scratch_name(final: Path, kind: str) -> Path:
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove_tree(path: Path) -> None:
+    """Move ``path`` out of the way (atomically) and delete it."""
+    trash = _scratch_name(path, "old")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _file_list(directory: Path) -> list[dict[str, Any]]:
+    return [{"path": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size}
+            for p in sorted(directory.rglob("*")) if p.is_file()]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
+              fn: Callable[[Path], Mapping[str, Any] | None], *,
+              root: str | os.PathLike | None = None, force: bool = False,
+              log: Callable[[str], Any] | None = print) -> Path:
+    """Return the directory of ``stage`` for ``params`` and ``inputs``, building it if needed.
+
+    If ``<root>/<stage>/<key>/DONE.json`` exists the directory is returned as is (``fn`` is not
+    called) unless ``force``. Otherwise ``fn(tmp_dir)`` writes the stage's files into a fresh
+    hidden folder beside the final one and may return a JSON-able dict (a summary kept in the
+    manifest under ``"result"``). The folder is then renamed into place and ``DONE.json`` (stage,
+    key, params, inputs, version, times, file list, result) is written last. If ``fn`` raises,
+    its folder is deleted and nothing is left under the final name.
+    """
+    inputs = [_input_id(i) for i in inputs]
+    key = stage_key(stage, params, inputs)
+    final = stage_dir(stage, key, root)
+    say = log or (lambda _msg: None)
+    if is_done(final) and not force:
+        say(f"[stage {stage}] cached: {final}")
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(final)
+    tmp = _scratch_name(final, "tmp")
+    tmp.mkdir()
+    say(f"[stage {stage}] building {key} ...")
+    started, t0 = _now(), time.perf_counter()
+    try:
+        result = fn(tmp)
+        if result is not None and not isinstance(result, Mapping):
+            raise PipelineError(f"stage {stage}: fn must return a dict or None, not {type(result).__name__}")
+        manifest = {
+            "stage": stage,
+            "key": key,
+            "params": json.loads(canonical_json(dict(params))),
+            "inputs": inputs,
+            "version": __version__,
+            "started": started,
+            "finished": _now(),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "python": sys.version.split()[0],
+            "files": _file_list(tmp),
+            "result": json.loads(json.dumps(dict(result or {}), default=_json_default)),
+        }
+        if is_done(final) and not force:  # another process finished the same stage meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            say(f"[stage {stage}] cached (built concurrently): {final}")
+            return final
+        if final.exists():  # a rename that never got its DONE.json, or a forced rebuild
+            _remove_tree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    mark_done(final, manifest)
+    say(f"[stage {stage}] done in {manifest['seconds']:.1f} s: {final}")
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles
+
+
+def _profiles_text(path: str | os.PathLike | None) -> str:
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8")
+    return resources.files("safecrs_core").joinpath("data/profiles.json").read_text(encoding="utf-8")
+
+
+def validate_profiles(raw: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Check the ``profiles.json`` schema; return ``{stem: {profile: {name: value}}}`` without the
+    ``_``-prefixed documentation keys."""
+    if not isinstance(raw, Mapping):
+        raise PipelineError("profiles must be a JSON object keyed by notebook stem")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for stem, per_profile in raw.items():
+        if stem.startswith("_"):
+            continue
+        if not re.fullmatch(r"\d{2}_[A-Za-z0-9][A-Za-z0-9_-]*", stem):
+            raise PipelineError(f"profiles: {stem!r} is not a notebook stem like '01_benchmark'")
+        if not isinstance(per_profile, Mapping):
+            raise PipelineError(f"profiles[{stem!r}] must map profile names to objects")
+        out[stem] = {}
+        for prof, overrides in per_profile.items():
+            if prof.startswith("_"):
+                continue
+            if prof not in PROFILES:
+                raise PipelineError(f"profiles[{stem!r}]: unknown profile {prof!r}; known: {', '.join(PROFILES)}")
+            if not isinstance(overrides, Mapping):
+                raise PipelineError(f"profiles[{stem!r}][{prof!r}] must be an object of parameter values")
+            for name in overrides:
+                if not name.isidentifier() or name == "profile":
+                    raise PipelineError(f"profiles[{stem!r}][{prof!r}]: bad parameter name {name!r}")
+            out[stem][prof] = dict(overrides)
+    return out
+
+
+def load_profiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The per-notebook profile overrides (``safecrs_core/data/profiles.json`` unless ``path``)."""
+    try:
+        raw = json.loads(_profiles_text(path))
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"profiles file is not valid JSON: {exc}") from exc
+    return validate_profiles(raw)
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise PipelineError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    return profile
+
+
+def params_for(notebook_stem: str, profile: str,
+               profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters papermill injects into ``notebook_stem`` under ``profile``: that notebook's
+    overrides for the profile (none means the parameters cell's own values) plus ``profile``."""
+    check_profile(profile)
+    table = load_profiles() if profiles is None else validate_profiles(profiles)
+    overrides = table.get(notebook_stem, {}).get(profile, {})
+    return {**overrides, "profile": profile}
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks
+
+
+def discover_notebooks(notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
+    """``NN_name.py`` files of ``notebooks_dir`` (default ``<repo>/notebooks``), in order."""
+    d = Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_file() and _NOTEBOOK_RE.match(p.name))
+
+
+def _read_notebook(path: Path):
+    import jupytext  # lazy: only the book extra needs it
+
+    return jupytext.read(path)
+
+
+def _parameters_cell(nb) -> Any | None:
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            return cell
+    return None
+
+
+def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
+    """Names and literal values assigned in the notebook's ``parameters`` cell.
+
+    Raises :class:`PipelineError` if there is no such cell or a value is not a literal."""
+    path = Path(path)
+    cell = _parameters_cell(_read_notebook(path))
+    if cell is None:
+        raise PipelineError(f"{path.name}: no cell tagged 'parameters' "
+                            "(start one with  # %% tags=[\"parameters\"] )")
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError as exc:
+        raise PipelineError(f"{path.name}: parameters cell does not parse: {exc}") from exc
+    values: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            targets, value = [t.id for t in node.targets], node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            targets, value = [node.target.id], node.value
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring-like comment string
+        else:
+            raise PipelineError(f"{path.name}: parameters cell line {node.lineno}: only "
+                                "'name = literal' assignments are allowed there")
+        try:
+            literal = ast.literal_eval(value)
+        except ValueError as exc:
+            raise PipelineError(f"{path.name}: parameters cell line {node.lineno}: "
+                                f"{', '.join(targets)} is not a literal") from exc
+        for t in targets:
+            values[t] = literal
+    return values
+
+
+def check_notebooks(notebooks_dir: str | os.PathLike | None = None,
+                    profiles: Mapping[str, Any] | None = None) -> list[str]:
+    """Problems (empty list: none) between the notebooks and the profile table: every notebook
+    needs a literal-only parameters cell that sets ``profile``; every profile entry must name an
+    existing notebook and only parameters that its parameters cell defines."""
+    table = load_profiles() if profiles is None else validate_profiles(profiles)
+    books = {p.stem: p for p in discover_notebooks(notebooks_dir)}
+    problems: list[str] = []
+    for stem in sorted(set(table) - set(books)):
+        problems.append(f"profiles.json has an entry for {stem!r} but there is no notebooks/{stem}.py")
+    for stem, path in books.items():
+        try:
+            names = notebook_parameters(path)
+        except PipelineError as exc:
+            problems.append(str(exc))
+            continue
+        if names.get("profile") not in PROFILES:
+            problems.append(f"{path.name}: the parameters cell must set profile = \"book\" "
+                            f"(got {names.get('profile')!r})")
+        for prof, overrides in table.get(stem, {}).items():
+            for name in overrides:
+                if name not in names:
+                    problems.append(f"profiles.json[{stem!r}][{prof!r}] sets {name!r}, which the "
+                                    f"parameters cell of {path.name} does not define")
+    return problems
+
+
+@dataclasses.dataclass
+class NotebookRun:
+    stem: str
+    source: Path
+    output: Path | None
+    seconds: float
+    status: str  # "ok" or "failed"
+    error: str | None = None
+
+
+def _select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
+    if not only:
+        return notebooks
+    wanted = [str(o).removesuffix(".py") for o in only]
+    chosen = [p for p in notebooks
+              if any(p.stem == w or p.stem.split("_", 1)[0] == w or p.stem.startswith(w + "_")
+                     for w in wanted)]
+    unmatched = [w for w in wanted if not any(
+        p.stem == w or p.stem.split("_", 1)[0] == w or p.stem.startswith(w + "_") for p in notebooks)]
+    if unmatched:
+        raise PipelineError(f"no notebook matches {unmatched}; have: {[p.stem for p in notebooks]}")
+    return chosen
+
+
+@contextmanager
+def _kernel_environment(workdir: Path) -> Iterator[None]:
+    """Make kernel ``python3`` run this interpreter, whatever kernelspecs the user has, and hand
+    the kernel absolute data/artifact paths (its working directory is the notebook's folder)."""
+    spec_dir = workdir / "kernels" / "python3"
+    spec_dir.mkdir(parents=True)
+    from ipykernel.kernelspec import get_kernel_dict  # the spec ipykernel itself installs
+
+    spec = get_kernel_dict()
+    # absolute interpreter (no PATH lookup); the kernel app logs errors only, which drops its
+    # per-start note about local TCP transport from the build log (cell output is unaffected)
+    spec["argv"] = [sys.executable, *spec["argv"][1:], "--IPKernelApp.log_level=ERROR"]
+    # tqdm.auto falls back to text bars without ipywidgets; its notice about that is noise
+    spec["env"] = {"PYTHONWARNINGS": "ignore:IProgress not found"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "SAFECRS_DATA_DIR", ARTIFACTS_ENV)}
+    # papermill's own parameter inference is regex-based and warns about valid cells (e.g. a
+    # comment containing '='); notebook_parameters() checks the cell with Python's parser instead
+    pm_logger = logging.getLogger("papermill")
+    pm_level = pm_logger.level
+    pm_logger.setLevel(logging.ERROR)
+    try:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(workdir), saved["JUPYTER_PATH"]]))
+        for k in ("SAFECRS_DATA_DIR", ARTIFACTS_ENV):
+            if saved[k]:
+                os.environ[k] = str(Path(saved[k]).expanduser().resolve())
+        yield
+    finally:
+        pm_logger.setLevel(pm_level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _py_line(source: Path, cell_source: str) -> int | None:
+    """Line of ``source`` (the .py file) where the failing cell's first code line is."""
+    first = next((ln.strip() for ln in cell_source.splitlines() if ln.strip()), None)
+    if not first:
+        return None
+    for i, ln in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        if ln.strip() == first:
+            return i
+    return None
+
+
+def _describe_failure(stem: str, source: Path, profile: str, exc: BaseException, kept: Path | None) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    lines = [f"notebook {stem} failed (profile={profile})"]
+    if isinstance(exc, PapermillExecutionError):
+        where = f"cell {exc.cell_index} (In [{exc.exec_count}])"
+        line = _py_line(source, exc.source)
+        if line:
+            where += f", {source.name} line {line}"
+        lines[0] += f" in {where}:"
+        head = exc.source.strip("\n").splitlines()[:6]
+        lines += ["    " + ln for ln in head]
+        if len(exc.source.strip("\n").splitlines()) > 6:
+            lines.append("    ...")
+        lines.append(f"{exc.ename}: {exc.evalue}")
+    else:
+        lines[0] += f": {type(exc).__name__}: {exc}"
+    if kept is not None:
+        lines.append(f"partial output: {kept}")
+    return "\n".join(lines)
+
+
+def _tidy_output(path: Path, source: Path, final: Path) -> None:
+    """Point papermill's metadata at the .py source and the final name, then publish atomically."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.setdefault("papermill", {})
+    base = repo_root()
+    meta["input_path"] = os.path.relpath(source, base) if source.is_relative_to(base) else str(source)
+    meta["output_path"] = os.path.relpath(final, base) if final.is_relative_to(base) else str(final)
+    atomic_write_text(final, nbformat.writes(nb))
+    path.unlink()
+
+
+def _record_timing(out_dir: Path, run: NotebookRun, profile: str) -> None:
+    path = out_dir / "timings.json"
+    try:
+        timings = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        timings = {}
+    timings[run.stem] = {"seconds": round(run.seconds, 2), "profile": profile,
+                         "status": run.status, "finished": _now()}
+    atomic_write_json(path, dict(sorted(timings.items())))
+
+
+def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = None,
+                  stop_on_error: bool = True, *, notebooks_dir: str | os.PathLike | None = None,
+                  out_dir: str | os.PathLike | None = None, profiles: Mapping[str, Any] | None = None,
+                  kernel_name: str = "python3", execution_timeout: float | None = None,
+                  log: Callable[[str], Any] | None = print) -> list[NotebookRun]:
+    """Execute ``notebooks_dir/NN_*.py`` in order under ``profile``.
+
+    Each notebook is converted with jupytext, parameterised with :func:`params_for` and executed
+    by papermill with its folder as working directory; the result goes to
+    ``out_dir/NN_name.ipynb`` (default ``notebooks_dir/_executed``). A failing notebook's partial
+    output goes to ``out_dir/failed/NN_name.ipynb`` and its previous good output is removed, so a
+    book never shows stale results. With ``stop_on_error`` the first failure raises
+    :class:`NotebookError` (notebook, cell, source line, error); otherwise all notebooks run and
+    one error listing every failure is raised at the end. Outputs of notebooks that succeeded are
+    kept either way. ``only`` picks notebooks by stem or number (``"01"``)."""
+    import papermill as pm  # lazy: only the book extra needs it
+
+    check_profile(profile)
+    nb_dir = (Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()).resolve()
+    out = Path(out_dir).resolve() if out_dir is not None else nb_dir / "_executed"
+    table = load_profiles() if profiles is None else validate_profiles(profiles)
+    selected = _select(discover_notebooks(nb_dir), only)
+    say = log or (lambda _msg: None)
+    if not selected:
+        say(f"no notebooks (NN_name.py) in {nb_dir}")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[NotebookRun] = []
+    with tempfile.TemporaryDirectory(prefix="safecrs-nb-") as work:
+        work_dir = Path(work)
+        with _kernel_environment(work_dir / "jupyter"):
+            for i, src in enumerate(selected, start=1):
+                stem = src.stem
+                params = params_for(stem, profile, table)
+                shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                say(f"[{i}/{len(selected)}] {stem} ({shown}) ...")
+                final, failed = out / f"{stem}.ipynb", out / "failed" / f"{stem}.ipynb"
+                running = out / f".{stem}.running.ipynb"
+                t0 = time.perf_counter()
+                try:
+                    defined = notebook_parameters(src)
+                    unknown = sorted(set(params) - set(defined) - {"profile"})
+                    if unknown:
+                        raise PipelineError(f"profiles.json sets {unknown} for {stem}, but its "
+                                            "parameters cell does not define them")
+                    nb = _read_notebook(src)
+                    nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": "Python 3 (ipykernel)",
+                                                 "language": "python"}
+                    nb.metadata.setdefault("language_info", {"name": "python"})
+                    src_ipynb = work_dir / f"{stem}.ipynb"
+                    import nbformat
+
+                    nbformat.write(nb, src_ipynb)
+                    pm.execute_notebook(str(src_ipynb), str(running), parameters=params,
+                                        kernel_name=kernel_name, cwd=str(src.parent),
+                                        progress_bar=False, log_output=False,
+                                        execution_timeout=execution_timeout)
+                    _tidy_output(running, src, final)
+                    with suppress(FileNotFoundError):
+                        failed.unlink()
+                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "ok")
+                    say(f"    ok in {run.seconds:.1f} s -> {final}")
+                except Exception as exc:
+                    kept = None
+                    if running.exists():
+                        failed.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(running, failed)
+                        kept = failed
+                    with suppress(FileNotFoundError):
+                        final.unlink()  # never leave a stale good output of a failing notebook
+                    message = _describe_failure(stem, src, profile, exc, kept)
+                    run = NotebookRun(stem, src, kept, time.perf_counter() - t0, "failed", message)
+                    say(f"    FAILED after {run.seconds:.1f} s: {message.splitlines()[0]}")
+                    runs.append(run)
+                    _record_timing(out, run, profile)
+                    if stop_on_error:
+                        raise NotebookError(message) from exc
+                    continue
+                except BaseException:  # interrupted: leave no half-written output behind
+                    with suppress(FileNotFoundError):
+                        running.unlink()
+                    raise
+                runs.append(run)
+                _record_timing(out, run, profile)
+    failures = [r for r in runs if r.status != "ok"]
+    if failures:
+        raise NotebookError(f"{len(failures)} of {len(runs)} notebook(s) failed:\n\n"
+                            + "\n\n".join(r.error or r.stem for r in failures))
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="run_notebooks",
+        description="Execute notebooks/NN_*.py in order with papermill into notebooks/_executed/.")
+    parser.add_argument("--profile", default=os.environ.get("PROFILE") or DEFAULT_PROFILE,
+                        choices=list(PROFILES), help="run profile (default: $PROFILE or book)")
+    parser.add_argument("--only", nargs="+", metavar="NB", help="notebook stems or numbers, e.g. 01 03_gdpo")
+    parser.add_argument("--keep-going", action="store_true", help="run the rest after a failure")
+    parser.add_argument("--notebooks-dir", type=Path, default=None)
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
+    parser.add_argument("--profiles", type=Path, default=None,
+                        help="profile overrides file (default: safecrs_core/data/profiles.json)")
+    parser.add_argument("--list", action="store_true", help="list notebooks and parameters; run nothing")
+    parser.add_argument("--check", action="store_true", help="check notebooks against profiles.json; run nothing")
+    args = parser.parse_args(argv)
+    try:
+        table = load_profiles(args.profiles)
+        if args.check:
+            problems = check_notebooks(args.notebooks_dir, table)
+            for p in problems:
+                print(p, file=sys.stderr)
+            print("ok" if not problems else f"{len(problems)} problem(s)")
+            return 1 if problems else 0
+        if args.list:
+            for src in _select(discover_notebooks(args.notebooks_dir), args.only):
+                print(f"{src.stem}: {json.dumps(params_for(src.stem, args.profile, table))}")
+            return 0
+        runs = run_notebooks(args.profile, args.only, stop_on_error=not args.keep_going,
+                             notebooks_dir=args.notebooks_dir, out_dir=args.out_dir,
+                             profiles=table, execution_timeout=args.timeout)
+    except (NotebookError, PipelineError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    total = sum(r.seconds for r in runs)
+    print(f"{len(runs)} notebook(s) ran under profile {args.profile!r} in {total:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

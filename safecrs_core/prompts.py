@@ -1,0 +1,506 @@
+"""The one prompt format and its parser (SFT targets, rewards and evaluation all use these).
+
+Prompt (:func:`build_messages`)
+    A system message (the recommender's role, "respect the user's stated sensitivities", the
+    answer format, optionally a candidate list with evidence), then the conversation turns as
+    given, with a final instruction to recommend exactly ``k`` items appended to the last user
+    turn (or added as a user message when the conversation ends with the assistant).
+
+Completion (:func:`format_completion`)
+    An optional ``<reasoning>...</reasoning>`` block, then ``<solution>``, one ``Title (Year)`` per
+    line, best first, without numbering, then ``</solution>``. Plain lines keep every token of a
+    line about its item; the parser accepts numbered lists anyway.
+
+Parsing (:func:`parse_completion`)
+    * The list region is the inside of the first ``<solution>`` that is not inside a reasoning
+      block; with no ``<solution>`` tag, the whole text minus reasoning blocks (fallback). A
+      reasoning block runs from ``<reasoning>`` to ``</reasoning>``, or, when unclosed, to the next
+      ``<solution>`` or the end of the text. Reasoning is never parsed for items.
+    * One item per line. Stripped from a line: numbering (``1.``, ``1)``, ``#1``, ``1 -``,
+      ``(1)``), bullets (``-``, ``*``, ``•``, ``+``), markdown emphasis and quotes around the
+      title, a leading emphasised label ending with ``":"`` (``**Top pick:** Heat (1995)``), and
+      text after the year or after a leading emphasised or quoted title.
+    * The year is the first ``(YYYY)`` or ``[YYYY]`` (a range ``(2011-2020)`` gives its start) or a
+      year after a dash or comma (``Heat - 1995``); a bare number is never a year (``Blade Runner
+      2049``). No year: ``year`` is None and the title is the line (an em/en dash, or a spaced
+      hyphen followed by a lowercase word, starts a description that is cut off).
+    * Dropped lines (counted in ``n_lines_dropped``): lines without a letter or digit (``---``),
+      markdown headings and lines ending with ``":"`` that have no year, lines without a year of
+      more than 12 words (or with one, of more than 15 title words), and chatter: lines opening
+      like "Sure!", "Here are", "I'd", "I recommend", "I hope", "Let me know", "Based on your",
+      "These are", "You might", "Enjoy". A chatter opening is kept only on a short titled line:
+      a year, at most 8 title words, no colon and fewer than 3 words after the year (``I've Loved
+      You So Long (2008)``). In fallback mode a line must also be list-like: a list marker, or a
+      year followed by nothing or by a separated remark (``Heat (1995): ...``; not ``Also Heat
+      (1995) is great``).
+    * Truncation: when ``<solution>`` is open but never closed (``truncated``), a final line
+      without a newline is kept only if it has a year in parentheses or brackets.
+    * Duplicates keep their first occurrence (``n_duplicates``); the key is the resolved item id,
+      else the :func:`~safecrs_core.catalog.normalize_title` key plus the year. ``k`` keeps the
+      first ``k`` distinct items (``n_over_k`` counts the rest).
+    * Spans: ``char_span`` is the title's ``(start, end)`` in ``text`` (``text[s:e] == title``);
+      ``line_span`` the item's whole line (marker and year included); ``token_span`` the tokens
+      of ``tokenizer(text, add_special_tokens=False)`` that overlap ``line_span`` (``[start,
+      end)``; a token straddling two lines belongs to both).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from .catalog import normalize_title
+
+REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+SOLUTION_OPEN, SOLUTION_CLOSE = "<solution>", "</solution>"
+ROLES = ("user", "assistant")
+DOMAINS = {
+    "movies": {"one": "movie", "many": "movies", "role": "a conversational movie recommender"},
+    "games": {"one": "game", "many": "video games", "role": "a conversational video game recommender"},
+}
+
+# --------------------------------------------------------------------------------------------
+# Prompt
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return k
+
+
+def system_prompt(k: int = 10, domain: str = "movies", system: str | None = None,
+                  candidates: Sequence[str] | None = None, evidence: Sequence[str] | None = None) -> str:
+    """The system message of :func:`build_messages`. ``system`` replaces the opening role and
+    sensitivity paragraph; the answer format (and candidate list) always follow."""
+    k = _check_k(k)
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    d = DOMAINS[domain]
+    if system is None:
+        intro = (f"You are {d['role']}. Read the conversation and recommend {d['many']} this user will enjoy.\n"
+                 f"Respect the user's stated sensitivities: never recommend a {d['one']} with content "
+                 "the user wants to avoid, even if it otherwise fits their request.")
+    elif not isinstance(system, str) or not system.strip():
+        raise ValueError("system must be a non-empty string or None")
+    else:
+        intro = system.strip()
+    fmt = (f"Answer format: optionally a short {REASONING_OPEN}...{REASONING_CLOSE} block first, then exactly "
+           f"{k} {d['many']} inside {SOLUTION_OPEN}...{SOLUTION_CLOSE}, one per line, each written as "
+           "\"Title (Year)\", best first, with no numbering and no other text inside the tags.")
+    parts = [intro, fmt]
+    if evidence is not None and candidates is None:
+        raise ValueError("evidence needs candidates (one evidence line per candidate)")
+    if candidates is not None:
+        cands = [_one_line(c, "candidate") for c in candidates]
+        if len(cands) < k:
+            raise ValueError(f"{len(cands)} candidates cannot fill a list of k={k}")
+        if evidence is not None:
+            ev = [_one_line(e, "evidence", allow_empty=True) for e in evidence]
+            if len(ev) != len(cands):
+                raise ValueError(f"evidence has {len(ev)} lines for {len(cands)} candidates")
+            cands = [f"{c}: {e}" if e else c for c, e in zip(cands, ev)]
+        parts.append(f"Recommend only from these candidate {d['many']}:\n" + "\n".join(cands))
+    return "\n\n".join(parts)
+
+
+def _one_line(value: Any, what: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} lines must be strings, got {value!r}")
+    v = " ".join(value.split())
+    if not v and not allow_empty:
+        raise ValueError(f"empty {what} line")
+    return v
+
+
+def final_instruction(k: int = 10, domain: str = "movies") -> str:
+    """The instruction appended to the last user turn."""
+    d = DOMAINS[domain]
+    return f"Now recommend exactly {_check_k(k)} {d['many']} for me, in the answer format."
+
+
+def build_messages(turns: Sequence[dict], k: int = 10, domain: str = "movies", system: str | None = None,
+                   candidates: Sequence[str] | None = None,
+                   evidence: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """Chat messages (``{"role", "content"}``) for one recommendation request.
+
+    ``turns``: the conversation, each ``{"role": "user" | "assistant", "text": str}``, oldest
+    first; the last user turn already carries any phrased sensitivity. ``candidates`` (optional
+    ``"Title (Year)"`` lines, at least ``k``) restrict the answer; ``evidence`` (optional, one line
+    per candidate) is shown after each candidate. See :func:`system_prompt` for ``system``.
+    """
+    msgs = [{"role": "system", "content": system_prompt(k, domain, system, candidates, evidence)}]
+    if isinstance(turns, (str, dict)):
+        raise TypeError("turns must be a list of {'role', 'text'} dicts")
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "role" not in t or "text" not in t:
+            raise ValueError(f"turn {i}: expected a dict with 'role' and 'text', got {t!r:.80}")
+        if t["role"] not in ROLES:
+            raise ValueError(f"turn {i}: role must be one of {ROLES}, got {t['role']!r}")
+        if not isinstance(t["text"], str):
+            raise TypeError(f"turn {i}: text must be a string, got {type(t['text']).__name__}")
+        msgs.append({"role": t["role"], "content": t["text"].strip()})
+    instr = final_instruction(k, domain)
+    if msgs[-1]["role"] == "user":
+        msgs[-1]["content"] = f"{msgs[-1]['content']}\n\n{instr}" if msgs[-1]["content"] else instr
+    else:
+        msgs.append({"role": "user", "content": instr})
+    return msgs
+
+
+# --------------------------------------------------------------------------------------------
+# Completion
+
+
+def format_completion(items: Sequence[str], reasoning: str | None = None) -> str:
+    """The target completion: optional ``<reasoning>text</reasoning>`` line(s), then
+    ``<solution>``, one item (``"Title (Year)"``) per line, ``</solution>``."""
+    if isinstance(items, str):
+        raise TypeError("items must be a list of 'Title (Year)' strings, not one string")
+    lines = [_one_line(it, "item") for it in items]
+    if not lines:
+        raise ValueError("items is empty")
+    out = ""
+    if reasoning is not None:
+        if not isinstance(reasoning, str) or not reasoning.strip():
+            raise ValueError("reasoning must be a non-empty string or None")
+        if re.search(r"</?(?:reasoning|solution)>", reasoning, re.I):
+            raise ValueError("reasoning must not contain <reasoning> or <solution> tags")
+        out = f"{REASONING_OPEN}{reasoning.strip()}{REASONING_CLOSE}\n"
+    return out + SOLUTION_OPEN + "\n" + "\n".join(lines) + "\n" + SOLUTION_CLOSE
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+
+
+@dataclass(frozen=True)
+class ParsedItem:
+    """One recommended item. ``rank`` starts at 1; ``item_id``/``reason`` come from the resolver
+    (None without one); spans are ``(start, end)``, see the module docstring."""
+
+    rank: int
+    raw_line: str
+    title: str
+    year: int | None
+    item_id: str | None
+    reason: str | None
+    char_span: tuple[int, int]
+    line_span: tuple[int, int]
+    token_span: tuple[int, int] | None = None
+
+    @property
+    def display(self) -> str:
+        """``"Title (Year)"`` (``"Title"`` without a year)."""
+        return self.title if self.year is None else f"{self.title} ({self.year})"
+
+
+@dataclass(frozen=True)
+class ParsedList:
+    """The ranked items of a completion and what the parser saw."""
+
+    items: list[ParsedItem] = field(default_factory=list)
+    has_reasoning: bool = False
+    has_solution_tags: bool = False
+    truncated: bool = False
+    n_lines_dropped: int = 0
+    n_duplicates: int = 0
+    n_over_k: int = 0
+    reasoning: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[ParsedItem]:
+        return iter(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    @property
+    def titles(self) -> list[str]:
+        return [it.display for it in self.items]
+
+    @property
+    def item_ids(self) -> list[str | None]:
+        return [it.item_id for it in self.items]
+
+
+_YEAR = r"(?P<year>(?:18|19|20)\d{2})"
+_REASON_OPEN_RE = re.compile(r"<\s*reasoning\s*>", re.I)
+_REASON_CLOSE_RE = re.compile(r"<\s*/\s*reasoning\s*>", re.I)
+_SOL_OPEN_RE = re.compile(r"<\s*solution\s*>", re.I)
+_SOL_CLOSE_RE = re.compile(r"<\s*/\s*solution\s*>", re.I)
+_MARKER_RE = re.compile(r"""
+    \#{1,6}\s+                                   # markdown heading
+  | [-*•·+–—]\s+                                 # bullet
+  | [(\[]\d{1,3}[)\]]\s*                         # (1)  [1]
+  | \#\d{1,3}(?:\s*[.):\-–—](?!\d))?\s*          # #1  #1.  #1:  #1 -
+  | \d{1,3}(?:[.)](?!\d)|\s+[-–—](?=\s))\s*      # 1.  1)  1 -
+""", re.X)
+_TAIL_SEP_RE = re.compile(r"\s*(?:$|[-–—:;,.(\[*_!?])")
+_HEADING_RE = re.compile(r"#{1,6}\s")
+_PAREN_YEAR_RE = re.compile(rf"[(\[]\s*{_YEAR}(?:\s*[-–/]\s*\d{{0,4}})?\s*[)\]]")
+_DASH_YEAR_RE = re.compile(rf"\s*[-–—,]\s*{_YEAR}(?=\s*$|\s*[-–—:;,.)*_]|\s)")
+_YEAR_AFTER_RE = re.compile(rf"\s*(?:[(\[]\s*{_YEAR}(?:\s*[-–/]\s*\d{{0,4}})?\s*[)\]]"
+                            rf"|[-–—,]\s*{_YEAR.replace('year', 'year2')}\b)")  # right after a title
+_QUOTE_PAIRS = {'"': '"', "“": "”", "'": "'", "‘": "’", "«": "»"}
+# A title wrapped in emphasis or quotes at the start of a line; the closing mark is not followed
+# by a word character ("'Salem's Lot'" closes at the last quote).
+_SPAN_RES = [re.compile(re.escape(o) + r"(?P<inner>[^\n]+?)" + re.escape(c) + r"(?!\w)")
+             for o, c in [("***", "***"), ("**", "**"), ("__", "__"), ("*", "*"), ("_", "_"),
+                          *_QUOTE_PAIRS.items()]]
+_CHATTER_RE = re.compile(r"""^(?:
+    (?:sure|certainly|absolutely|great|okay|ok|of\ course)\s*[!,.:]
+  | here(?:'s|’s|\s+is|\s+are|\s+you\s+go)\b
+  | i(?:'d|’d|\s+would|\s+recommend|\s+suggest|'ve|’ve|\s+hope)\b
+  | (?:hope|trust)\s+(?:you|this|these|that)\b
+  | let\s+me\s+know\b | enjoy\b | happy\s+watching\b | happy\s+gaming\b | note\s*:
+  | based\s+on\s+(?:your|what|the|this|these)\b
+  | these\s+(?:are|movies|films|games|picks|titles|recommendations|options)\b
+  | (?:you\s+(?:might|may|could|will|should)|you'll|you’ll|if\s+you\s+(?:like|liked|enjoy|enjoyed|want))\b
+  | my\s+(?:top|recommendations|picks|suggestions)\b
+  | (?:all\s+of\s+these|each\s+of\s+these|in\s+summary|overall)\b
+)""", re.X | re.I)
+_DESC_RE = re.compile(r"\s+[–—]\s+\S|\s+-\s+[a-z]")
+_KEEP_DOT_RE = re.compile(r"(?:\b[A-Z]|\b(?:Mr|Mrs|Ms|Dr|Jr|Sr|St|Vol|vs))\.$")
+_TRAIL = " \t-–—:;,."
+
+
+def _reasoning_spans(text: str) -> list[tuple[int, int, int, int]]:
+    """``(block_start, block_end, inner_start, inner_end)`` of each reasoning block."""
+    out, pos = [], 0
+    while (m := _REASON_OPEN_RE.search(text, pos)) is not None:
+        close = _REASON_CLOSE_RE.search(text, m.end())
+        if close:
+            out.append((m.start(), close.end(), m.end(), close.start()))
+        else:
+            sol = _SOL_OPEN_RE.search(text, m.end())
+            end = sol.start() if sol else len(text)
+            out.append((m.start(), end, m.end(), end))
+        pos = out[-1][1]
+        if pos <= m.start():
+            break
+    return out
+
+
+def _lines(text: str, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """``(line_start, line_end, ended_by_newline)`` of the lines of ``text[start:end]``."""
+    pos = start
+    while pos < end:
+        nl = text.find("\n", pos, end)
+        stop, ended = (end, False) if nl < 0 else (nl, True)
+        yield pos, stop, ended
+        pos = stop + 1 if ended else end
+
+
+def _strip(line: str, s: int, e: int, chars: str = " \t\r") -> tuple[int, int]:
+    while s < e and line[s] in chars:
+        s += 1
+    while e > s and line[e - 1] in chars:
+        e -= 1
+    return s, e
+
+
+def _skip_markers(line: str, s: int, e: int) -> tuple[int, bool]:
+    found = False
+    for _ in range(3):
+        m = _MARKER_RE.match(line, s, e)
+        if not m or m.end() == s:
+            break
+        s, found = m.end(), True
+    return s, found
+
+
+def _split_year(line: str, s: int, e: int) -> tuple[int, int, int | None, int]:
+    """``(title_start, title_end, year, year_end)`` of ``line[s:e]``: the title ends where the
+    first year starts (``year_end == e`` when there is no year)."""
+    best = None
+    for rx in (_PAREN_YEAR_RE, _DASH_YEAR_RE):
+        pos = s
+        while (m := rx.search(line, pos, e)) is not None:
+            if line[s:m.start()].strip(" \t*_\"'“”‘’«»"):
+                if best is None or m.start() < best.start():
+                    best = m
+                break
+            pos = m.end()
+    if best is None:
+        return s, e, None, e
+    return s, best.start(), int(best.group("year")), best.end()
+
+
+def _clean_title(line: str, s: int, e: int) -> tuple[int, int]:
+    for _ in range(4):
+        s0, e0 = s, e
+        s, e = _strip(line, s, e, " \t\r*_")
+        while e > s and line[e - 1] in _TRAIL:
+            if line[e - 1] == "." and _KEEP_DOT_RE.search(line[s:e]):
+                break
+            e -= 1
+        s, e = _strip(line, s, e, " \t\r*_")
+        if e - s >= 2 and line[s] in _QUOTE_PAIRS and line[e - 1] == _QUOTE_PAIRS[line[s]]:
+            s, e = s + 1, e - 1
+        elif e > s and line[s] in "\"“":
+            s += 1
+        elif e > s and line[e - 1] in "\"”":
+            e -= 1
+        if (s, e) == (s0, e0):
+            break
+    return s, e
+
+
+@dataclass(frozen=True)
+class _Line:
+    title_start: int
+    title_end: int
+    year: int | None
+    marker: bool
+    colon: bool  # the line ends with ":"
+    rest_words: int  # words after the year (or after an emphasised title)
+    rest_separated: bool  # nothing follows, or a separator (":", " - ", "(") starts what follows
+
+
+def _leading_span(line: str, s: int, e: int) -> re.Match | None:
+    for rx in _SPAN_RES:
+        m = rx.match(line, s, e)
+        if m:
+            return m
+    return None
+
+
+def _parse_line(line: str) -> _Line | None:
+    """Title bounds and year of one line, or None when it holds no title."""
+    s, e = _strip(line, 0, len(line))
+    heading = _HEADING_RE.match(line, s, e) is not None
+    s, marker = _skip_markers(line, s, e)
+    if s >= e:
+        return None
+    colon = line[s:e].rstrip("*_ ").endswith(":")
+    m = _leading_span(line, s, e)
+    if m and line[m.start("inner"):m.end("inner")].rstrip("*_ ").endswith(":"):
+        # "**Top pick:** Heat (1995)": the emphasised label is not the title
+        s, _ = _skip_markers(line, _strip(line, m.end(), e)[0], e)
+        m = _leading_span(line, s, e) if s < e else None
+    if s >= e:
+        return None
+    if m:
+        ins, _ = _skip_markers(line, m.start("inner"), m.end("inner"))
+        ts, te, year, _ = _split_year(line, ins, m.end("inner"))
+        rest = m.end()
+        if year is None:
+            ym = _YEAR_AFTER_RE.match(line, m.end(), e)
+            if ym:
+                year, rest = int(ym.group("year") or ym.group("year2")), ym.end()
+    else:
+        ts, te, year, rest = _split_year(line, s, e)
+        if year is None:
+            d = _DESC_RE.search(line, ts, te)
+            if d and d.start() > ts:
+                te = d.start()
+    ts, te = _clean_title(line, ts, te)
+    if not any(ch.isalnum() for ch in line[ts:te]) or (heading and year is None):
+        return None
+    tail = line[rest:e]
+    return _Line(ts, te, year, marker, colon, len(re.findall(r"\w+", tail)), _TAIL_SEP_RE.match(tail) is not None)
+
+
+def _is_chatter(title: str, ln: _Line) -> bool:
+    """Sentences around the list (see the module docstring)."""
+    words = len(title.split())
+    if _CHATTER_RE.match(title.lstrip("*_\"'“‘ ")):
+        return ln.year is None or ln.colon or words > 8 or ln.rest_words >= 3
+    if ln.year is None:
+        return ln.colon or words > 12
+    return words > 15
+
+
+def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: int | None = None) -> ParsedList:
+    """The ranked list in a completion; see the module docstring for the rules.
+
+    ``resolver``: anything with ``resolve(title, year)`` returning an object with ``item_id`` and
+    ``reason`` (a :class:`~safecrs_core.catalog.Catalog`); its ``resolve_many`` is used when
+    present. ``tokenizer``: a fast tokenizer, for ``token_span``. ``k``: keep the first ``k`` items.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    if k is not None:
+        k = _check_k(k)
+    if resolver is not None and not hasattr(resolver, "resolve"):
+        raise TypeError(f"resolver must have a .resolve(title, year) method, got {type(resolver).__name__}")
+
+    blocks = _reasoning_spans(text)
+    inside = lambda pos: any(b0 <= pos < b1 for b0, b1, _, _ in blocks)  # noqa: E731
+    sol = next((m for m in _SOL_OPEN_RE.finditer(text) if not inside(m.start())), None)
+    truncated = False
+    if sol is not None:
+        close = _SOL_CLOSE_RE.search(text, sol.end())
+        truncated = close is None
+        regions = [(sol.end(), close.start() if close else len(text))]
+    else:
+        regions, pos = [], 0
+        for b0, b1, _, _ in blocks:
+            regions.append((pos, b0))
+            pos = b1
+        regions.append((pos, len(text)))
+    reasoning = " ".join(text[i0:i1].strip() for _, _, i0, i1 in blocks).strip() or None
+
+    cands: list[tuple[int, int, int, int, int | None]] = []  # line_s, line_e, title_s, title_e, year
+    dropped = 0
+    for r0, r1 in regions:
+        for ls, le, ended in _lines(text, r0, r1):
+            line = text[ls:le]
+            if not line.strip():
+                continue
+            parsed = _parse_line(line)
+            if parsed is None:
+                dropped += 1
+                continue
+            ts, te, year = parsed.title_start, parsed.title_end, parsed.year
+            ok = not _is_chatter(line[ts:te], parsed)
+            if ok and sol is None:  # fallback: list-like lines only
+                ok = parsed.marker or (year is not None and parsed.rest_separated)
+            if ok and truncated and not ended and le == r1:
+                ok = _PAREN_YEAR_RE.search(line) is not None
+            if not ok:
+                dropped += 1
+                continue
+            a, b = _strip(line, 0, len(line))
+            cands.append((ls + a, ls + b, ls + ts, ls + te, year))
+
+    titles = [(text[ts:te], year) for _, _, ts, te, year in cands]
+    if resolver is None:
+        res = [None] * len(cands)
+    elif hasattr(resolver, "resolve_many"):
+        res = list(resolver.resolve_many(titles))
+    else:
+        res = [resolver.resolve(t, y) for t, y in titles]
+
+    offsets = None
+    if tokenizer is not None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("token spans need a fast tokenizer (offset mapping)")
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+    items: list[ParsedItem] = []
+    seen: set = set()
+    dups = over = 0
+    for (ls, le, ts, te, year), (title, _), r in zip(cands, titles, res):
+        item_id = getattr(r, "item_id", None) if r is not None else None
+        key = ("id", item_id) if item_id is not None else ("title", normalize_title(title), year)
+        if key in seen:
+            dups += 1
+            continue
+        seen.add(key)
+        if k is not None and len(items) >= k:
+            over += 1
+            continue
+        tspan = None
+        if offsets is not None:
+            hit = [i for i, (a, b) in enumerate(offsets) if b > a and a < le and b > ls]
+            tspan = (hit[0], hit[-1] + 1) if hit else None
+        items.append(ParsedItem(rank=len(items) + 1, raw_line=text[ls:le], title=title, year=year,
+                                item_id=item_id, reason=getattr(r, "reason", None) if r is not None else None,
+                                char_span=(ts, te), line_span=(ls, le), token_span=tspan))
+    return ParsedList(items=items, has_reasoning=bool(blocks), has_solution_tags=sol is not None,
+                      truncated=truncated, n_lines_dropped=dropped, n_duplicates=dups, n_over_k=over,
+                      reasoning=reasoning)

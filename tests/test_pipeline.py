@@ -1,0 +1,355 @@
+"""Stage keys, cached stages, atomic writes, profiles and the notebook runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from safecrs_core import pipeline as pl
+
+# --------------------------------------------------------------------------------------------
+# stage keys
+
+
+def test_stage_key_is_stable_across_dict_order():
+    a = pl.stage_key("bench", {"n": 10, "seed": 0, "opts": {"x": 1, "y": [1, 2]}}, ["up/abc"])
+    b = pl.stage_key("bench", {"opts": {"y": [1, 2], "x": 1}, "seed": 0, "n": 10}, ["up/abc"])
+    assert a == b
+    assert len(a) == pl.KEY_LENGTH and all(c in "0123456789abcdef" for c in a)
+
+
+def test_stage_key_changes_with_params_inputs_stage_and_version():
+    base = pl.stage_key("bench", {"n": 10}, ["up/abc"])
+    assert pl.stage_key("bench", {"n": 11}, ["up/abc"]) != base
+    assert pl.stage_key("bench", {"n": 10, "m": 0}, ["up/abc"]) != base
+    assert pl.stage_key("bench", {"n": 10}, ["up/abd"]) != base
+    assert pl.stage_key("bench", {"n": 10}, []) != base
+    assert pl.stage_key("other", {"n": 10}, ["up/abc"]) != base
+    assert pl.stage_key("bench", {"n": 10}, ["up/abc"], version="999") != base
+    # tuples and lists are the same JSON value
+    assert pl.stage_key("s", {"v": (1, 2)}) == pl.stage_key("s", {"v": [1, 2]})
+
+
+def test_stage_key_rejects_what_cannot_be_hashed_reliably():
+    with pytest.raises(ValueError):
+        pl.stage_key("s", {"x": float("nan")})
+    with pytest.raises(TypeError):
+        pl.stage_key("s", {"x": object()})
+    with pytest.raises(pl.PipelineError):
+        pl.stage_key("../escape", {})
+    with pytest.raises(pl.PipelineError):
+        pl.stage_key("s", {}, [Path("/not/a/stage")])
+
+
+def test_stage_dir_uses_the_artifacts_root(artifacts_root):
+    key = pl.stage_key("bench", {"n": 1})
+    assert pl.stage_dir("bench", key) == artifacts_root.resolve() / "bench" / key
+    assert pl.stage_dir("bench", key, root="/x/y") == Path("/x/y/bench") / key
+
+
+# --------------------------------------------------------------------------------------------
+# run_stage
+
+
+def _writer(calls: list, text: str = "hello"):
+    def fn(out: Path):
+        calls.append(out)
+        (out / "sub").mkdir()
+        (out / "sub" / "a.txt").write_text(text)
+        return {"rows": 3}
+    return fn
+
+
+def test_run_stage_builds_once_then_uses_the_cache(artifacts_root):
+    calls: list = []
+    d1 = pl.run_stage("bench", {"n": 3}, ["up/1"], _writer(calls), log=None)
+    d2 = pl.run_stage("bench", {"n": 3}, ["up/1"], _writer(calls), log=None)
+    assert d1 == d2 and len(calls) == 1
+    assert calls[0] != d1  # built elsewhere, renamed into place
+    assert (d1 / "sub" / "a.txt").read_text() == "hello"
+    m = pl.read_manifest(d1)
+    assert m["stage"] == "bench" and m["key"] == d1.name and m["params"] == {"n": 3}
+    assert m["inputs"] == ["up/1"] and m["result"] == {"rows": 3}
+    assert m["files"] == [{"path": "sub/a.txt", "bytes": 5}]
+    assert sorted(p.name for p in d1.parent.iterdir()) == [d1.name]  # no leftovers
+    # different params: a different directory, built again
+    d3 = pl.run_stage("bench", {"n": 4}, ["up/1"], _writer(calls), log=None)
+    assert d3 != d1 and len(calls) == 2
+    # a completed stage directory can be an input of the next stage
+    assert pl.stage_key("next", {}, [d1]) == pl.stage_key("next", {}, [pl.stage_ref(d1)])
+
+
+def test_run_stage_failure_leaves_nothing_that_looks_complete(artifacts_root):
+    def broken(out: Path):
+        (out / "partial.bin").write_bytes(b"x" * 10)
+        raise RuntimeError("died half way")
+
+    with pytest.raises(RuntimeError, match="half way"):
+        pl.run_stage("bench", {"n": 1}, [], broken, log=None)
+    final = pl.stage_dir("bench", pl.stage_key("bench", {"n": 1}))
+    assert not final.exists()
+    assert list(final.parent.iterdir()) == []  # temporary build folder removed too
+    calls: list = []
+    d = pl.run_stage("bench", {"n": 1}, [], _writer(calls), log=None)
+    assert d == final and pl.is_done(d) and len(calls) == 1
+
+
+def test_run_stage_replaces_an_incomplete_directory_and_honours_force(artifacts_root):
+    final = pl.stage_dir("bench", pl.stage_key("bench", {"n": 2}))
+    final.mkdir(parents=True)
+    (final / "stale.txt").write_text("from a run that never wrote DONE.json")
+    calls: list = []
+    d = pl.run_stage("bench", {"n": 2}, [], _writer(calls), log=None)
+    assert d == final and not (d / "stale.txt").exists() and pl.is_done(d)
+    pl.run_stage("bench", {"n": 2}, [], _writer(calls, "again"), log=None, force=True)
+    assert len(calls) == 2 and (d / "sub" / "a.txt").read_text() == "again"
+    assert sorted(p.name for p in d.parent.iterdir()) == [d.name]
+
+
+def test_run_stage_sweeps_build_folders_of_dead_processes(artifacts_root):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    final = pl.stage_dir("bench", pl.stage_key("bench", {"n": 5}))
+    final.parent.mkdir(parents=True)
+    leftover = final.parent / f".{final.name}.tmp-{dead.pid}-0badc0de"
+    leftover.mkdir()
+    mine = final.parent / f".{final.name}.tmp-{os.getpid()}-0000beef"  # a live process: kept
+    mine.mkdir()
+    pl.run_stage("bench", {"n": 5}, [], _writer([]), log=None)
+    assert not leftover.exists() and mine.exists()
+
+
+def test_run_stage_rejects_a_non_dict_result(artifacts_root):
+    with pytest.raises(pl.PipelineError, match="dict or None"):
+        pl.run_stage("bench", {"n": 6}, [], lambda out: 42, log=None)
+    assert not pl.stage_dir("bench", pl.stage_key("bench", {"n": 6})).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "deep" / "out.json"
+    pl.atomic_write_json(p, {"a": 1, "path": Path("x/y")})
+    assert json.loads(p.read_text()) == {"a": 1, "path": "x/y"}
+    pl.atomic_write_text(p, "second")
+    assert p.read_text() == "second"
+    assert oct(p.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    with pytest.raises(TypeError):
+        pl.atomic_write_json(p, {"bad": object()})
+    assert p.read_text() == "second"  # old content intact after a failed write
+    assert [q.name for q in p.parent.iterdir()] == ["out.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# profiles
+
+
+def test_shipped_profiles_file_is_valid():
+    table = pl.load_profiles()
+    assert isinstance(table, dict) and not any(k.startswith("_") for k in table)
+
+
+def test_params_for_merges_overrides_and_profile():
+    table = {"_doc": "x", "01_bench": {"smoke": {"n": 5}, "paper": {"n": 0, "model": "big"}}}
+    assert pl.params_for("01_bench", "smoke", table) == {"n": 5, "profile": "smoke"}
+    assert pl.params_for("01_bench", "book", table) == {"profile": "book"}
+    assert pl.params_for("02_other", "paper", table) == {"profile": "paper"}
+    with pytest.raises(pl.PipelineError, match="unknown profile"):
+        pl.params_for("01_bench", "huge", table)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"01_b": {"fast": {}}}, "unknown profile"),
+    ({"bench": {"smoke": {}}}, "notebook stem"),
+    ({"01_b": {"smoke": {"profile": "x"}}}, "bad parameter name"),
+    ({"01_b": {"smoke": [1]}}, "must be an object"),
+])
+def test_profiles_schema_errors(bad, match):
+    with pytest.raises(pl.PipelineError, match=match):
+        pl.validate_profiles(bad)
+
+
+def test_repository_notebooks_agree_with_profiles():
+    """Every notebooks/NN_*.py has a literal-only parameters cell setting profile, and every
+    override in profiles.json names a parameter of an existing notebook."""
+    assert pl.check_notebooks() == []
+
+
+def test_toc_lists_every_notebook_and_only_existing_pages(repo_root):
+    yaml = pytest.importorskip("yaml")
+    toc = yaml.safe_load((repo_root / "_toc.yml").read_text())
+    files: list[str] = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(toc)
+    for f in files:
+        f = f.removesuffix(".md").removesuffix(".ipynb")
+        if f.startswith("notebooks/_executed/"):
+            stem = f.rsplit("/", 1)[1]
+            assert (repo_root / "notebooks" / f"{stem}.py").is_file(), f"toc lists {f} but notebooks/{stem}.py is missing"
+        else:
+            assert (repo_root / f"{f}.md").is_file(), f"toc lists {f} but {f}.md is missing"
+    for src in pl.discover_notebooks():
+        assert f"notebooks/_executed/{src.stem}" in [f.removesuffix(".ipynb") for f in files], \
+            f"_toc.yml does not list notebooks/_executed/{src.stem}"
+
+
+# --------------------------------------------------------------------------------------------
+# notebook runner
+
+OK_NB = '''\
+# %% [markdown]
+# # A tiny notebook
+
+# %% tags=["parameters"]
+profile = "book"
+n = 3
+label = "default"
+
+# %%
+import json, os, sys
+print(json.dumps({"profile": profile, "n": n, "label": label, "exe": sys.executable,
+                  "cwd": os.getcwd(), "data": os.environ.get("SAFECRS_DATA_DIR")}))
+'''
+
+BROKEN_NB = '''\
+# %% tags=["parameters"]
+profile = "book"
+
+# %%
+x = 1
+
+# %%
+y = x + 1
+raise ValueError(f"boom {y}")
+'''
+
+AFTER_NB = '''\
+# %% tags=["parameters"]
+profile = "book"
+
+# %%
+print("after")
+'''
+
+
+def _stdout(nb_path: Path) -> str:
+    nb = json.loads(nb_path.read_text())
+    return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+@pytest.mark.notebook
+def test_run_notebooks_injects_parameters_and_stops_at_a_failing_cell(tmp_path):
+    t0 = time.perf_counter()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "01_tiny.py").write_text(OK_NB)
+    (nbs / "02_broken.py").write_text(BROKEN_NB)
+    (nbs / "03_after.py").write_text(AFTER_NB)
+    (nbs / "notes.py").write_text("not a notebook: no NN_ prefix\n")
+    out = nbs / "_executed"
+    out.mkdir()
+    (out / "02_broken.ipynb").write_text("{}")  # a stale good output from an earlier run
+    profiles = {"01_tiny": {"smoke": {"n": 1}, "paper": {"n": 99}}}
+    with pytest.raises(pl.NotebookError) as info:
+        pl.run_notebooks("smoke", notebooks_dir=nbs, profiles=profiles, log=None)
+    msg = str(info.value)
+    assert "notebook 02_broken failed (profile=smoke)" in msg
+    assert "cell 3 (In [4])" in msg and "02_broken.py line 8" in msg
+    assert 'raise ValueError(f"boom {y}")' in msg and "ValueError: boom 2" in msg
+
+    executed = out / "01_tiny.ipynb"
+    nb = json.loads(executed.read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1
+    assert "n = 1" in "".join(injected[0]["source"]) and 'profile = "smoke"' in "".join(injected[0]["source"])
+    seen = json.loads(_stdout(executed))
+    assert seen["profile"] == "smoke" and seen["n"] == 1 and seen["label"] == "default"
+    assert seen["exe"] == sys.executable  # the kernel runs this interpreter
+    assert Path(seen["cwd"]) == nbs.resolve()
+    assert seen["data"] and Path(seen["data"]).is_absolute()
+    assert nb["metadata"]["papermill"]["input_path"].endswith("01_tiny.py")
+
+    assert not (out / "02_broken.ipynb").exists()  # stale output removed
+    assert (out / "failed" / "02_broken.ipynb").is_file()  # partial output kept for inspection
+    assert not (out / "03_after.ipynb").exists()  # stopped at the first failure
+    assert not list(out.glob(".*"))  # no half-written outputs
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["01_tiny"]["status"] == "ok" and timings["01_tiny"]["profile"] == "smoke"
+    assert timings["02_broken"]["status"] == "failed" and "03_after" not in timings
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.notebook
+def test_run_notebooks_keep_going_runs_the_rest_and_only_selects(tmp_path):
+    t0 = time.perf_counter()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "01_tiny.py").write_text(OK_NB)
+    (nbs / "02_broken.py").write_text(BROKEN_NB)
+    (nbs / "03_after.py").write_text(AFTER_NB)
+    out = tmp_path / "out"
+    with pytest.raises(pl.NotebookError, match=r"1 of 2 notebook\(s\) failed"):
+        pl.run_notebooks("paper", only=["02", "03_after"], stop_on_error=False,
+                         notebooks_dir=nbs, out_dir=out, profiles={}, log=None)
+    assert _stdout(out / "03_after.ipynb").strip() == "after"
+    assert not (out / "01_tiny.ipynb").exists()
+    with pytest.raises(pl.PipelineError, match="no notebook matches"):
+        pl.run_notebooks("smoke", only=["07"], notebooks_dir=nbs, out_dir=out, log=None)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_run_notebooks_rejects_overrides_the_notebook_does_not_define(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "01_tiny.py").write_text(OK_NB)
+    with pytest.raises(pl.NotebookError, match=r"sets \['typo'\] for 01_tiny"):
+        pl.run_notebooks("smoke", notebooks_dir=nbs, profiles={"01_tiny": {"smoke": {"typo": 1}}}, log=None)
+    assert not (nbs / "_executed" / "01_tiny.ipynb").exists()
+    problems = pl.check_notebooks(nbs, {"01_tiny": {"smoke": {"typo": 1}}, "09_gone": {"book": {}}})
+    assert any("'typo'" in p for p in problems) and any("09_gone" in p for p in problems)
+
+
+def test_check_notebooks_wants_literal_parameters_with_profile(tmp_path):
+    (tmp_path / "01_a.py").write_text('# %% tags=["parameters"]\nn = 3\n')
+    (tmp_path / "02_b.py").write_text('# %% tags=["parameters"]\nprofile = "book"\nn = len("abc")\n')
+    (tmp_path / "03_c.py").write_text('# %%\nprofile = "book"\n')
+    (tmp_path / "04_d.py").write_text('# %% tags=["parameters"]\nprofile: str = "smoke"\nseeds = [0, 1]\n')
+    problems = "\n".join(pl.check_notebooks(tmp_path, {}))
+    assert "01_a.py: the parameters cell must set profile" in problems
+    assert "02_b.py: parameters cell line 2: n is not a literal" in problems
+    assert "03_c.py: no cell tagged 'parameters'" in problems
+    assert "04_d" not in problems
+    assert pl.notebook_parameters(tmp_path / "04_d.py") == {"profile": "smoke", "seeds": [0, 1]}
+
+
+def test_runner_command_line_lists_and_checks(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "01_tiny.py").write_text(OK_NB)
+    table = tmp_path / "profiles.json"
+    table.write_text(json.dumps({"_doc": "test", "01_tiny": {"smoke": {"n": 2}}}))
+    common = ["--notebooks-dir", str(nbs), "--profiles", str(table)]
+    assert pl.main(["--list", "--profile", "smoke", *common]) == 0
+    assert '01_tiny: {"n": 2, "profile": "smoke"}' in capsys.readouterr().out
+    assert pl.main(["--check", *common]) == 0
+    (nbs / "02_bad.py").write_text("# %%\nx = 1\n")
+    assert pl.main(["--check", *common]) == 1
+    assert "02_bad.py: no cell tagged 'parameters'" in capsys.readouterr().err
