@@ -226,7 +226,9 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     unresolved = Counter()
     kept = []
     for c in convs:
-        ok = [r for r in c.targets if r.get("item_id")]
+        # a source's own ids (reddit_crag) count only when the catalog knows them: predictions are
+        # resolved in the catalog, so a target outside it could never be hit
+        ok = [r for r in c.targets if r.get("item_id") and r["item_id"] in cat]
         unresolved[c.source] += len(c.targets) - len(ok)
         if len(ok) >= cfg.min_targets:
             c.targets = ok

@@ -8,6 +8,7 @@ import pytest
 from safecrs_core import phrasing
 from safecrs_core import traits as T
 from safecrs_core.benchmark import BenchmarkConfig, assign_traits, build_benchmark, build_or_load, load_benchmark
+from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
 
 CFG = BenchmarkConfig(seed=3, max_per_source_split=80)
@@ -42,6 +43,7 @@ def test_no_dialog_in_two_splits(built):
 def test_filtering_uses_the_oracle(built):
     ds, _ = built
     oracle = load_oracle(threshold=CFG.threshold)
+    catalog = load_catalog()
     for _, r in _all(ds):
         assert r["targets"], r["id"]  # no sample without a target
         kept = oracle.check([t["item_id"] for t in r["targets"]], r["trait"])[0]
@@ -50,7 +52,7 @@ def test_filtering_uses_the_oracle(built):
             removed = oracle.check([t["item_id"] for t in r["removed_targets"]], r["trait"])[0]
             assert (removed == 1).all()
         for t in r["targets"]:
-            assert t["verdict"] in ("safe", "unknown") and t["item_id"]
+            assert t["verdict"] in ("safe", "unknown") and t["item_id"] in catalog
 
 
 def test_constraint_in_last_user_turn_from_the_right_pool(built):
