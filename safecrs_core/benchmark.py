@@ -34,6 +34,8 @@ from .catalog import load_catalog
 from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
 
 SPLITS = ("train", "validation", "test")
+# Part of the cache key: bump when a change to the build alters its output for the same parameters.
+BUILD_VERSION = 2
 
 # (source, split given by the source) -> benchmark split
 SPLIT_MAP = {
@@ -328,7 +330,8 @@ def build_or_load(config: BenchmarkConfig | None = None, data_dir=None, force: b
         atomic_write_json(tmp / "stats.json", stats)
         return {"sizes": stats["sizes"]}
 
-    return run_stage("benchmark", cfg.to_params(), benchmark_inputs(cfg), fn, force=force)
+    params = {**cfg.to_params(), "build_version": BUILD_VERSION}
+    return run_stage("benchmark", params, benchmark_inputs(cfg), fn, force=force)
 
 
 def load_benchmark(path: str | Path):

@@ -356,6 +356,10 @@ def _group_ids(keys: Iterable[str], ids: Iterable[str]) -> dict[str, tuple[str, 
 # ----------------------------------------------------------------------------------------------
 
 MOVIE_SOURCES = ("ml_latest_small", "imdb_scrape", "imdb5000", "tmdb5000", "reddit_entity2id")
+# the data files the movie catalog is built from (cache keys of downstream stages use their sha256)
+CATALOG_FILES = ("ml_latest_small/movies.csv", "ml_latest_small/links.csv", "ml_latest_small/ratings.csv",
+                 "imdb_scrape/imdb_lists_combined.csv", "imdb5000/movie_metadata.csv",
+                 "reddit_entity2id/entity2id.json", "tmdb5000/tmdb_5000_movies.csv")
 # Display title and year are taken from the first source in this order that has them.
 _TITLE_PRIORITY = ("tmdb5000", "imdb5000", "imdb_scrape", "ml_latest_small", "reddit_entity2id")
 _YEAR_PRIORITY = ("imdb_scrape", "imdb5000", "ml_latest_small", "tmdb5000", "reddit_entity2id")

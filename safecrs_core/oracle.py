@@ -29,6 +29,7 @@ judged by triggers alone, so they can be ``unsafe`` or ``unknown`` but never ``s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -453,11 +454,58 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
     return oracle
 
 
+# Part of the disk-cache key: bump when a change to build_oracle alters its tables.
+ORACLE_VERSION = 1
+_ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
+                 "imdb_scrape/imdb_lists_combined.csv", "tmdb5000/tmdb_5000_movies.csv",
+                 "ml_genome_top5/movies_w_keywords.csv", "ml_latest_small/tags.csv")
+
+
+def _save_tables(oracle: Oracle, directory) -> dict:
+    from pathlib import Path
+    d = Path(directory)
+    np.savez_compressed(d / "tables.npz", lo=oracle.lo, hi=oracle.hi, has_sev=oracle.has_sev, trigger=oracle.trigger)
+    ev = {str(i): [[k, key, text] for k, key, text in items] for i, items in oracle._evidence.items()}
+    (d / "items.json").write_text(json.dumps(oracle.item_ids))
+    (d / "evidence.json").write_text(json.dumps(ev))
+    (d / "stats.json").write_text(json.dumps(getattr(oracle, "stats", {})))
+    return {"items": len(oracle.item_ids)}
+
+
+def _load_tables(directory, threshold: float) -> Oracle:
+    from pathlib import Path
+    d = Path(directory)
+    z = np.load(d / "tables.npz")
+    ev = {int(i): [tuple(x) for x in items] for i, items in json.loads((d / "evidence.json").read_text()).items()}
+    o = Oracle(json.loads((d / "items.json").read_text()), z["lo"], z["hi"], z["has_sev"], z["trigger"], ev, threshold)
+    o.stats = json.loads((d / "stats.json").read_text())
+    return o
+
+
 @lru_cache(maxsize=4)
-def _cached(data_dir_key: str, threshold: float) -> Oracle:
-    return build_oracle(data_dir=data_dir_key, threshold=threshold)
+def _cached(data_dir_key: str, threshold: float, disk_cache: bool) -> Oracle:
+    if not disk_cache:
+        return build_oracle(data_dir=data_dir_key, threshold=threshold)
+    from .catalog import CATALOG_FILES
+    from .pipeline import run_stage
+
+    traits_text = (__import__("pathlib").Path(T.__file__).parent / "data" / "traits.json").read_bytes()
+    reg = sources.registry()
+    files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES))
+    inputs = [f"{f}@{reg[f].sha256[:16]}" for f in files]
+    params = {"oracle_version": ORACLE_VERSION, "traits": hashlib.sha256(traits_text).hexdigest()[:16]}
+    built: dict = {}
+
+    def fn(tmp):
+        built["oracle"] = build_oracle(data_dir=data_dir_key, threshold=threshold)
+        return _save_tables(built["oracle"], tmp)
+
+    stage = run_stage("oracle", params, inputs, fn, log=None)
+    return built.get("oracle") or _load_tables(stage, threshold)
 
 
-def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD) -> Oracle:
-    """The movie oracle for the data directory (built once per process)."""
-    return _cached(str(sources.data_dir(data_dir)), float(threshold))
+def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache: bool = True) -> Oracle:
+    """The movie oracle for the data directory: built once per process, and its evidence tables
+    cached on disk under ``artifacts/oracle/<key>/`` (keyed by the data files' sha256, the trait
+    table and :data:`ORACLE_VERSION`) so later processes load them instead of rebuilding."""
+    return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache))
