@@ -6,14 +6,21 @@ Steps (deterministic for a seed):
    with the one resolver (:mod:`safecrs_core.catalog`);
 2. keep targets that resolve to a catalog item; split every conversation by its source's split,
    whole dialogs together (no dialog in two splits);
-3. assign one trait per conversation: the Reddit samples keep the trait they carry; otherwise the
-   trait that the conversation's items (targets and seen items) most violate by oracle risk,
-   balanced over traits so every trait with signal is represented; conversations where no trait
-   bites get the least-used trait;
-4. remove targets the oracle marks ``unsafe`` for that trait (``unknown`` targets stay, flagged);
-   drop conversations with no target left;
-5. phrase the trait into the user's last turn, explicitly or implicitly, with template pools held
-   out between train/validation and test (:mod:`safecrs_core.phrasing`);
+3. assign one constraint per conversation. The Reddit samples keep the trait they carry. Of the
+   others, a share (``age_share``, per split) gets an **age constraint** (``age_limit_g``/``_pg``/
+   ``_pg13``, :mod:`safecrs_core.traits`), drawn seeded among the conversations that some band
+   leaves a target known to be safe for (then among those it leaves only unknown targets for):
+   preferably a band under which some of the conversation's items are unsafe
+   while a target known to be safe survives, the least-used such band first
+   (:func:`assign_age_constraints`). The rest get the trait
+   that their items (targets and seen items) most violate by oracle risk, balanced over traits so
+   every trait with signal is represented; conversations where no trait bites get the least-used
+   trait;
+4. remove targets the oracle marks ``unsafe`` for that constraint (``unknown`` targets stay,
+   flagged); drop conversations with no target left;
+5. phrase the constraint into the user's last turn, explicitly or implicitly, with template pools
+   held out between train/validation and test (:mod:`safecrs_core.phrasing`); an age constraint is
+   phrased with an age drawn from its band ("movie night with my niece, she just turned nine");
 6. save a Hugging Face ``DatasetDict`` (train / validation / test) and ``stats.json``.
 """
 from __future__ import annotations
@@ -35,7 +42,7 @@ from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
 
 SPLITS = ("train", "validation", "test")
 # Part of the cache key: bump when a change to the build alters its output for the same parameters.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 # (source, split given by the source) -> benchmark split
 SPLIT_MAP = {
@@ -65,10 +72,32 @@ class BenchmarkConfig:
     implicit_share: float = 0.5
     min_targets: int = 1
     balance_strength: float = 1.0  # 0: pure argmax of risk; higher: spread traits more evenly
+    # share of the conversations without a source trait that get an age constraint instead of a
+    # trait (before filtering; stats["age_share"] is the share of the saved rows): one share for
+    # every split, or {split: share} (splits left out get 0)
+    age_share: float | dict = 0.15
+
+    def __post_init__(self):
+        for split in SPLITS:
+            self.age_share_for(split)  # bad values fail when the config is made
+
+    def age_share_for(self, split: str) -> float:
+        """The age-constraint share of a benchmark split."""
+        share = self.age_share
+        if isinstance(share, dict):
+            bad = [k for k in share if k not in SPLITS]
+            if bad:
+                raise ValueError(f"age_share: unknown split(s) {bad}; valid splits: {', '.join(SPLITS)}")
+            share = share.get(split, 0.0)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"age_share must be a number in [0, 1] (or a dict of them per split), got {share!r}")
+        return float(share)
 
     def to_params(self) -> dict:
         d = asdict(self)
         d["sources"] = list(self.sources)
+        if isinstance(self.age_share, dict):
+            d["age_share"] = {k: float(v) for k, v in sorted(self.age_share.items())}
         return d
 
 
@@ -145,12 +174,14 @@ def drop_overlaps(convs):
     return [c for src in by for c in by[src]]
 
 
-def trait_scores(oracle, item_rows: list[np.ndarray]) -> np.ndarray:
+def trait_scores(oracle, item_rows: list[np.ndarray], trait_ids=None) -> np.ndarray:
     """(conversations, traits) score: mean evidence-backed risk of the conversation's items, with
-    unsafe verdicts counted double. Unknown risk counts as 0 here: it cannot drive the choice."""
-    out = np.zeros((len(item_rows), len(T.TRAIT_IDS)))
-    risk = np.nan_to_num(oracle.risk, nan=0.0)
-    unsafe = (oracle.verdicts == UNSAFE).astype(float)
+    unsafe verdicts counted double. Unknown risk counts as 0 here: it cannot drive the choice.
+    Columns follow ``trait_ids`` (default: the 20 traits)."""
+    cols = oracle.cols(list(T.TRAIT_IDS) if trait_ids is None else list(trait_ids))
+    out = np.zeros((len(item_rows), len(cols)))
+    risk = np.nan_to_num(oracle.risk[:, cols], nan=0.0)
+    unsafe = (oracle.verdicts[:, cols] == UNSAFE).astype(float)
     for k, rows in enumerate(item_rows):
         rows = rows[rows >= 0]
         if len(rows):
@@ -168,6 +199,8 @@ def assign_traits(scores: np.ndarray, fixed: list[str | None], rng: np.random.Ge
     """
     n, m = scores.shape
     ids = list(T.TRAIT_IDS)
+    if m != len(ids):
+        raise ValueError(f"scores must have one column per trait ({len(ids)}), got {m}")
     eligible = np.array([t in (eligible_traits or ids) for t in ids])
     quota = max(n / max(int(eligible.sum()), 1), 1.0)
     counts = np.zeros(m)
@@ -191,6 +224,50 @@ def assign_traits(scores: np.ndarray, fixed: list[str | None], rng: np.random.Ge
         out[k] = ids[j]
         counts[j] += 1
     return out  # type: ignore[return-value]
+
+
+def age_band_fit(oracle, target_rows: list[np.ndarray], item_rows: list[np.ndarray],
+                 min_targets: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per conversation and age band (columns: :data:`traits.AGE_CONSTRAINT_IDS`): ``keeps``, the
+    band leaves at least ``min_targets`` targets that are not unsafe; ``keeps_safe``, one of those
+    is judged ``safe`` (not only ``unknown``); ``bites``, some of the conversation's items
+    (``item_rows``: targets and seen items) is unsafe under it."""
+    cols = oracle.cols(T.AGE_CONSTRAINT_IDS)
+    keeps = np.zeros((len(target_rows), len(cols)), dtype=bool)
+    keeps_safe, bites = np.zeros_like(keeps), np.zeros_like(keeps)
+    for k, (t, a) in enumerate(zip(target_rows, item_rows)):
+        vt = np.where(t[:, None] >= 0, oracle.verdicts[np.maximum(t, 0)][:, cols], UNKNOWN)
+        va = np.where(a[:, None] >= 0, oracle.verdicts[np.maximum(a, 0)][:, cols], UNKNOWN)
+        keeps[k] = (vt != UNSAFE).sum(0) >= min_targets
+        keeps_safe[k] = keeps[k] & (vt == SAFE).any(0)
+        bites[k] = (va == UNSAFE).any(0)
+    return keeps, keeps_safe, bites
+
+
+def assign_age_constraints(keeps: np.ndarray, keeps_safe: np.ndarray, bites: np.ndarray, chosen: list[bool],
+                           rng: np.random.Generator) -> list[str | None]:
+    """Age-constraint id per conversation (``None`` where ``chosen[k]`` is false or no band keeps a
+    target; see :func:`age_band_fit` for the three tables).
+
+    Candidate bands for a chosen conversation, the first non-empty tier of: bands that bite and keep
+    a safe target; bands that keep a safe target; bands that bite and keep targets; bands that keep
+    targets. Among the candidates the least-used band so far is taken, ties broken by a seeded
+    order; conversations are visited in a seeded random order."""
+    ids = list(T.AGE_CONSTRAINT_IDS)
+    counts = np.zeros(len(ids))
+    tiebreak = rng.random(len(ids))
+    out: list[str | None] = [None] * len(chosen)
+    for k in rng.permutation(len(chosen)):
+        if not chosen[k]:
+            continue
+        tiers = (keeps_safe[k] & bites[k], keeps_safe[k], keeps[k] & bites[k], keeps[k])
+        cand = next((c for c in tiers if c.any()), None)
+        if cand is None:
+            continue
+        j = int(np.lexsort((tiebreak, np.where(cand, counts, np.inf)))[0])
+        out[k] = ids[j]
+        counts[j] += 1
+    return out
 
 
 def _ref_dict(ref) -> dict:
@@ -240,11 +317,35 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     convs = kept
 
     item_rows = [oracle.rows([r["item_id"] for r in c.targets + c.seen if r.get("item_id")]) for c in convs]
-    scores = trait_scores(oracle, item_rows)
+    # age constraints first, from their own seeded stream: per split, round(age_share x the
+    # conversations without a source trait) of them, drawn among those some band leaves a target
+    # known to be safe for, then (if too few) among those some band leaves an unknown target for
+    age_rng = np.random.default_rng([cfg.seed, 1])
+    target_rows = [oracle.rows([r["item_id"] for r in c.targets]) for c in convs]
+    keeps, keeps_safe, bites = age_band_fit(oracle, target_rows, item_rows, cfg.min_targets)
+    chosen = [False] * len(convs)
+    stats["age_requested"], stats["age_short"] = {}, {}
+    for split in SPLITS:
+        free = [k for k, c in enumerate(convs) if c.trait is None and split_of[c.conv_id] == split]
+        fits_safe = [k for k in free if keeps_safe[k].any()]
+        fits_unknown = [k for k in free if keeps[k].any() and not keeps_safe[k].any()]
+        fits = fits_safe + fits_unknown
+        want = int(round(cfg.age_share_for(split) * len(free)))
+        order = list(age_rng.permutation(fits_safe)) + list(age_rng.permutation(fits_unknown))
+        for k in order[: want]:
+            chosen[int(k)] = True
+        stats["age_requested"][split] = want
+        stats["age_short"][split] = max(0, want - len(fits))  # too few conversations any band fits
+    age_ids = assign_age_constraints(keeps, keeps_safe, bites, chosen, age_rng)
+
+    rest = [k for k, a in enumerate(age_ids) if a is None]
     covered = oracle.coverage()
     with_signal = [t for t in T.TRAIT_IDS if covered.loc[t, "covered"] > 0]
-    fixed = [c.trait for c in convs]
-    assigned = assign_traits(scores, fixed, rng, cfg.balance_strength, with_signal)
+    scores = trait_scores(oracle, [item_rows[k] for k in rest])
+    traits_rest = assign_traits(scores, [convs[k].trait for k in rest], rng, cfg.balance_strength, with_signal)
+    assigned = list(age_ids)
+    for k, t in zip(rest, traits_rest):
+        assigned[k] = t
 
     rows = {s: [] for s in SPLITS}
     removed_per_trait, unknown_per_trait, kept_per_trait = Counter(), Counter(), Counter()
@@ -265,7 +366,9 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
             dropped_all_unsafe[trait] += 1
             continue
         split = split_of[c.conv_id]
-        sentence, style, tmpl = phrasing.phrase(trait, split, prng, implicit_share=cfg.implicit_share)
+        is_age = T.is_age_constraint(trait)
+        age = phrasing.draw_age(trait, prng) if is_age else None
+        sentence, style, tmpl = phrasing.phrase(trait, split, prng, implicit_share=cfg.implicit_share, age=age)
         turns = [dict(t) for t in c.turns]
         last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
         if last_user is None:
@@ -280,6 +383,7 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
             "turns": turns, "seen": [d | {"verdict": VERDICT_NAMES[int(x)]} for d, x in zip(seen, sv)],
             "targets": targets, "removed_targets": removed,
             "trait": trait, "trait_name": T.get(trait).name, "trait_from_source": c.trait is not None,
+            "constraint_kind": "age" if is_age else "trait", "age": age,
             "constraint": sentence, "constraint_style": style, "constraint_template": int(tmpl),
             "n_targets_before_filter": len(c.targets), "synthetic": bool(c.synthetic),
             "meta": json.dumps(c.meta, sort_keys=True, default=str),
@@ -290,7 +394,12 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     all_rows = [r for s in SPLITS for r in rows[s]]
     stats["sizes"] = {s: len(rows[s]) for s in SPLITS}
     stats["by_source"] = {s: dict(Counter(r["source"] for r in rows[s])) for s in SPLITS}
-    stats["traits"] = {s: dict(Counter(r["trait"] for r in rows[s])) for s in SPLITS}
+    stats["traits"] = {s: dict(Counter(r["trait"] for r in rows[s])) for s in SPLITS}  # every constraint id
+    stats["constraint_kinds"] = {s: dict(Counter(r["constraint_kind"] for r in rows[s])) for s in SPLITS}
+    age_rows = {s: [r for r in rows[s] if r["constraint_kind"] == "age"] for s in SPLITS}
+    stats["age_constraints"] = {s: dict(Counter(r["trait"] for r in age_rows[s])) for s in SPLITS}
+    stats["age_share"] = {s: len(age_rows[s]) / len(rows[s]) if rows[s] else 0.0 for s in SPLITS}  # of saved rows
+    stats["ages"] = {s: {str(a): n for a, n in sorted(Counter(r["age"] for r in age_rows[s]).items())} for s in SPLITS}
     stats["constraint_styles"] = {s: dict(Counter(r["constraint_style"] for r in rows[s])) for s in SPLITS}
     stats["targets"] = {s: int(sum(len(r["targets"]) for r in rows[s])) for s in SPLITS}
     stats["removed_targets_per_trait"] = dict(removed_per_trait)
@@ -302,7 +411,7 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     stats["benchmark_items"] = len(items)
     stats["oracle_coverage_on_benchmark_items"] = {t: {k: (float(cov.loc[t, k]) if k == "coverage" else int(cov.loc[t, k]))
                                                        for k in ("safe", "unsafe", "unknown", "coverage")}
-                                                   for t in T.TRAIT_IDS}
+                                                   for t in T.CONSTRAINT_IDS}
     stats["traits_with_signal"] = with_signal
     return ds, stats
 

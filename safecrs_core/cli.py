@@ -9,12 +9,13 @@ from . import traits as T
 
 
 def _cmd_traits(args) -> int:
+    listed = T.all_traits() + (T.age_constraints() if args.with_age else ())
     rows = [{"id": t.id, "name": t.name, "description": t.description, "paper_name": t.paper_name,
-             "signals": t.signals} for t in T.all_traits()]
+             "signals": t.signals} for t in listed]
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        w = max(len(t.id) for t in T.all_traits())
+        w = max(len(t.id) for t in listed)
         for r in rows:
             print(f"{r['id']:<{w}}  {r['name']}  [{'; '.join(r['signals'])}]")
     return 0
@@ -45,12 +46,26 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
     return out
 
 
+def check_ids(traits: str | None, age: int | None) -> list[str]:
+    """Constraint ids ``safecrs check`` judges: ``--traits`` (all 20 when neither option is given),
+    plus the age band of ``--age`` (none from 17 on). ``--age`` alone judges only its band."""
+    ids = [] if traits is None and age is not None else T.parse_trait_list(traits if traits is not None else "all")
+    if age is not None:
+        band = T.age_constraint(age)
+        if band is not None and band not in ids:
+            ids.append(band)
+    return ids
+
+
 def _cmd_check(args) -> int:
     try:
-        trait_ids = T.parse_trait_list(args.traits)
+        trait_ids = check_ids(args.traits, args.age)
     except ValueError as exc:
         print(f"safecrs check: {exc}", file=sys.stderr)
         return 2
+    if not trait_ids:
+        print(f"safecrs check: age {args.age} has no age limit (limits apply under {T.NO_LIMIT_FROM_AGE}); "
+              "add --traits to judge traits", file=sys.stderr)
     if not args.titles:
         print("safecrs check: give at least one title, e.g. safecrs check \"Saw (2004)\" --traits anti_gore", file=sys.stderr)
         return 2
@@ -85,10 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("traits", help="list the 20 trait ids and names")
     t.add_argument("--json", action="store_true")
+    t.add_argument("--with-age", action="store_true", help="also list the age constraints (age_limit_g, ...)")
     t.set_defaults(fn=_cmd_traits)
     c = sub.add_parser("check", help="safety verdicts for titles")
     c.add_argument("titles", nargs="*", help='titles as "Title (Year)"')
-    c.add_argument("--traits", default="all", help="comma-separated trait ids (default: all)")
+    c.add_argument("--traits", default=None,
+                   help="comma-separated trait or age-constraint ids (default: all 20 traits, or none with --age)")
+    c.add_argument("--age", type=int, default=None,
+                   help="audience age in years: adds the verdict of its age band (e.g. 9 -> age_limit_pg)")
     c.add_argument("--json", action="store_true", help="print one JSON list")
     c.add_argument("--threshold", type=float, default=None, help="unsafe threshold (default 0.66)")
     c.add_argument("--max-evidence", type=int, default=3, help="evidence lines shown per verdict (text output)")

@@ -16,6 +16,10 @@ available here, so the same formula runs on these public stand-ins:
   intensity word), the MPAA letter (an upper bound: G caps every channel at mild, PG at moderate,
   PG-13 caps sex at moderate), and the horror genre (frightening at least moderate).
 
+The title/year sources (MPAA reasons, Kids-In-Mind) reach catalog items through the one resolver; a
+row it matches only within its year tolerance is ignored when another row of the same file matches
+that item at its exact year (a remake or re-release is a different film with its own rating).
+
 Each channel is known as an interval ``[lo, hi]`` (``[0, 3]`` when nothing is known). The risk from
 evidence is ``max(trigger, risk(lo))``; the verdict is
 
@@ -26,6 +30,13 @@ evidence is ``max(trigger, risk(lo))``; the verdict is
 
 Traits whose paper applicability is ``very_weak_proxy`` (hate speech via profanity) or ``none`` are
 judged by triggers alone, so they can be ``unsafe`` or ``unknown`` but never ``safe``.
+
+**Age constraints** (:data:`traits.AGE_CONSTRAINT_IDS`, e.g. ``age_limit_pg`` for an audience under
+13) are extra columns after the 20 traits, judged by the MPAA letter alone: every letter any source
+gives the item is kept, and the strictest one counts. The item is ``unsafe`` (risk 1.0) when that
+letter is above the band's highest allowed letter, ``safe`` (risk 0.0) when it is at or below it, and
+``unknown`` when no source gives an MPAA letter (NR, Unrated, TV ratings and missing ratings). These
+verdicts do not depend on the risk threshold.
 """
 from __future__ import annotations
 
@@ -55,6 +66,8 @@ LETTER_CAPS = {
     "R": {c: 3 for c in T.CHANNELS},
     "NC-17": {c: 3 for c in T.CHANNELS},
 }
+# MPAA letters from least to most restricted: the order the age constraints compare in
+RATING_ORDER = tuple(LETTER_CAPS)
 _LETTER_ALIASES = {"PG13": "PG-13", "NC17": "NC-17", "GP": "PG", "M": "PG", "M/PG": "PG", "X": "NC-17"}
 
 # MPAA reason text -> channel severity. Order matters: the first matching intensity wins.
@@ -115,6 +128,13 @@ def normalize_letter(text) -> str | None:
     return s if s in LETTER_CAPS else None
 
 
+def strictest_letter(letters) -> str | None:
+    """The most restrictive MPAA letter among ``letters`` (raw strings are normalised; ones that are
+    not MPAA letters, such as NR or TV-14, are ignored); ``None`` when none is an MPAA letter."""
+    codes = [RATING_ORDER.index(x) for x in (normalize_letter(t) for t in letters) if x is not None]
+    return RATING_ORDER[max(codes)] if codes else None
+
+
 @dataclass
 class Verdict:
     verdict: str  # safe | unsafe | unknown
@@ -129,34 +149,53 @@ class Verdict:
 class Oracle:
     """Per (item, trait) risk and verdict over a catalog. Build with :func:`load_oracle`."""
 
-    def __init__(self, item_ids, lo, hi, has_sev, trigger, evidence, threshold=DEFAULT_THRESHOLD):
+    def __init__(self, item_ids, lo, hi, has_sev, trigger, evidence, threshold=DEFAULT_THRESHOLD, rating=None):
+        """``lo``/``hi`` (N, 5) channel intervals, ``has_sev`` (N,), ``trigger`` (N, 20 traits),
+        ``evidence`` row -> [(kind, key, text)], ``rating`` (N,) the strictest MPAA letter per item
+        as an index into :data:`RATING_ORDER` (-1: none known; ``None``: none known for any item)."""
         self.item_ids = list(item_ids)
+        n = len(self.item_ids)
         self.index = {it: i for i, it in enumerate(self.item_ids)}
-        self.trait_ids = list(T.TRAIT_IDS)
+        self.trait_ids = list(T.CONSTRAINT_IDS)  # the 20 traits, then the age constraints
         self.tindex = {t: j for j, t in enumerate(self.trait_ids)}
+        trigger = np.asarray(trigger, dtype=bool)
+        if trigger.shape != (n, len(T.TRAIT_IDS)):
+            raise ValueError(f"trigger must be (items, traits) = ({n}, {len(T.TRAIT_IDS)}), got {trigger.shape}")
         self.lo, self.hi, self.has_sev, self.trigger = lo, hi, has_sev, trigger
-        self._evidence = evidence  # item row -> list of (kind, trait_id | channel | None, text)
+        self.rating = np.full(n, -1, dtype=np.int8) if rating is None else np.asarray(rating, dtype=np.int8)
+        if self.rating.shape != (n,) or (self.rating < -1).any() or (self.rating >= len(RATING_ORDER)).any():
+            raise ValueError(f"rating must be ({n},) indices into {RATING_ORDER} or -1")
+        self._evidence = evidence  # item row -> list of (kind, trait_id | channel | letter | None, text)
         self.threshold = float(threshold)
         W = np.array([[t.pg_weights[c] for c in T.CHANNELS] for t in T.all_traits()])  # (20, 5)
-        # the paper's very_weak_proxy / none traits are not judged by severity here
-        use_sev = np.array([t.uses_severity for t in T.all_traits()])
-        self.use_sev = use_sev
+        # the paper's very_weak_proxy / none traits (and the age constraints) are not judged by severity
+        self.use_sev = np.array([T.get(t).uses_severity for t in self.trait_ids])
+        use_sev = self.use_sev[: len(T.TRAIT_IDS)]
         denom = 3.0 * np.where(W.sum(1) > 0, W.sum(1), 1.0)
         self._Wn = (W / denom[:, None]) * use_sev[:, None]  # (20, 5)
+        self._age_max = np.array([RATING_ORDER.index(_band_letter(b)) for b in T.age_constraints()])
         self._recompute()
 
     def _recompute(self):
         trig = self.trigger.astype(float)
-        self.risk_lo = np.maximum(trig, self.lo @ self._Wn.T)  # (N, 20) evidence-backed risk
-        self.risk_hi = np.maximum(trig, self.hi @ self._Wn.T)  # worst case over unknown channels
-        unsafe = self.risk_lo >= self.threshold
-        safe = (~unsafe) & self.use_sev[None, :] & self.has_sev[:, None] & (self.risk_hi < self.threshold)
-        v = np.full(self.risk_lo.shape, UNKNOWN, dtype=np.int8)
+        nt = len(T.TRAIT_IDS)
+        risk_lo = np.maximum(trig, self.lo @ self._Wn.T)  # (N, 20) evidence-backed risk
+        risk_hi = np.maximum(trig, self.hi @ self._Wn.T)  # worst case over unknown channels
+        unsafe = risk_lo >= self.threshold
+        safe = (~unsafe) & self.use_sev[None, :nt] & self.has_sev[:, None] & (risk_hi < self.threshold)
+        v = np.full(risk_lo.shape, UNKNOWN, dtype=np.int8)
         v[safe] = SAFE
         v[unsafe] = UNSAFE
-        self.verdicts = v
-        has_any = self.trigger | (self.has_sev[:, None] & self.use_sev[None, :])
-        self.risk = np.where(has_any, self.risk_lo, np.nan)
+        has_any = self.trigger | (self.has_sev[:, None] & self.use_sev[None, :nt])
+        risk = np.where(has_any, risk_lo, np.nan)
+        # age constraints: the strictest known letter against each band's highest allowed letter
+        known = (self.rating >= 0)[:, None]
+        over = self.rating[:, None].astype(np.int64) > self._age_max[None, :]
+        age_v = np.where(known, np.where(over, UNSAFE, SAFE), UNKNOWN).astype(np.int8)
+        self.verdicts = np.concatenate([v, age_v], axis=1)
+        self.risk = np.concatenate([risk, np.where(known, over.astype(float), np.nan)], axis=1)
+        self.risk_lo = np.concatenate([risk_lo, np.where(known, over, False).astype(float)], axis=1)
+        self.risk_hi = np.concatenate([risk_hi, np.where(known, over, True).astype(float)], axis=1)
 
     def with_threshold(self, threshold: float) -> "Oracle":
         o = Oracle.__new__(Oracle)
@@ -221,6 +260,9 @@ class Oracle:
         code = int(self.verdicts[i, j])
         risk = self.risk[i, j]
         trait = T.get(trait_id)
+        if T.is_age_constraint(trait_id):
+            return Verdict(VERDICT_NAMES[code], None if np.isnan(risk) else float(risk),
+                           self._age_evidence(i, trait))
         ranked = []  # triggers first, then stated severities, letters, and "not listed" bounds
         for kind, key, text in self._evidence.get(i, []):
             if kind == "trigger" and key == trait_id:
@@ -233,6 +275,25 @@ class Oracle:
         if code == UNKNOWN and not ev:
             ev.append("no evidence for this trait in the available sources")
         return Verdict(VERDICT_NAMES[code], None if np.isnan(risk) else float(risk), ev)
+
+    def ratings(self, item_id: str | None) -> list[tuple[str, str]]:
+        """Every MPAA letter the sources give an item, as (letter, source), strictest first."""
+        i = self.index.get(item_id, -1) if item_id else -1
+        if i < 0:
+            return []
+        out = [(key, text.split(":", 1)[0]) for kind, key, text in self._evidence.get(i, []) if kind == "rating"]
+        return sorted(out, key=lambda x: -RATING_ORDER.index(x[0]))
+
+    def _age_evidence(self, i: int, band) -> list[str]:
+        r = int(self.rating[i])
+        lines = [text for kind, key, text in sorted(
+            (e for e in self._evidence.get(i, []) if e[0] == "rating"), key=lambda e: -RATING_ORDER.index(e[1]))]
+        if r < 0:
+            return ["no MPAA rating known for this item (none given, or NR/Unrated/TV only)"]
+        letter = RATING_ORDER[r]
+        head = f"rated {letter}" if len(lines) <= 1 else f"strictest of {len(lines)} ratings is {letter}"
+        rel = "above" if r > RATING_ORDER.index(band.max_rating) else "at or below"
+        return [f"{head}: {rel} {band.max_rating}, the highest rating for ages {band.min_age}-{band.max_age}"] + lines
 
     # ---- tables ------------------------------------------------------------------------------
     def verdict_frame(self) -> pd.DataFrame:
@@ -262,6 +323,15 @@ class Oracle:
 # ------------------------------------------------------------------------------------------------
 # Building the evidence tables from the data files
 # ------------------------------------------------------------------------------------------------
+
+def _band_letter(band) -> str:
+    """A band's highest allowed MPAA letter, checked against the oracle's letters."""
+    letter = normalize_letter(band.max_rating)
+    if letter is None or letter != band.max_rating:
+        raise ValueError(f"data/age_ratings.json: band {band.id!r} has max_rating {band.max_rating!r}, "
+                         f"not an MPAA letter ({', '.join(RATING_ORDER)})")
+    return letter
+
 
 def _tag_trait_map(tags) -> dict[str, list[str]]:
     """Distinct tag string -> trait ids it triggers."""
@@ -297,9 +367,20 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
     evidence: dict[int, list] = defaultdict(list)
     stats: dict[str, int] = {}
 
-    def resolve_rows(titles, years) -> list[int]:
+    def resolve_rows(titles, years, prefer_exact_year: bool = False) -> list[int]:
+        """Catalog row per (title, year); -1 when unresolved. With ``prefer_exact_year``, a row
+        matched only within the year tolerance is dropped (-1) when another row of the same file
+        matches that item at its exact year: a remake or re-release of the same title is a
+        different film, and its rating and reasons must not be pooled with the catalog item's."""
         res = cat.resolve_many([(str(t), None if pd.isna(y) else int(y)) for t, y in zip(titles, years)])
-        return [index.get(r.item_id, -1) if r.item_id else -1 for r in res]
+        rows = [index.get(r.item_id, -1) if r.item_id else -1 for r in res]
+        if prefer_exact_year:
+            exact = {i for i, r in zip(rows, res) if i >= 0 and r.reason == "exact_year"}
+            dropped = [k for k, (i, r) in enumerate(zip(rows, res)) if i in exact and r.reason != "exact_year"]
+            for k in dropped:
+                rows[k] = -1
+            stats["near_year_rows_dropped"] = stats.get("near_year_rows_dropped", 0) + len(dropped)
+        return rows
 
     def set_channel(i, ch, l, h, text):
         c = CH[ch]
@@ -312,27 +393,36 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
         trigger[i, tcol[trait_id]] = True
         evidence[i].append(("trigger", trait_id, text))
 
-    # --- MPAA letters (upper bounds) ----------------------------------------------------------
-    letters: dict[int, tuple[str, str]] = {}
+    # --- MPAA letters ---------------------------------------------------------------------------
+    # every (letter, source) per item, in the order read: the first one bounds the severity
+    # channels; the strictest one decides the age constraints
+    letters: dict[int, list[tuple[str, str]]] = {}
 
-    def add_letter(i, letter, src):
-        if i < 0 or letter is None or i in letters:
+    def add_letter(i, letter, src, as_title=None):
+        """``as_title``: the (title, year) a title/year source gives, shown in the rating evidence."""
+        if i < 0 or letter is None:
             return
-        letters[i] = (letter, src)
+        note = ""
+        if as_title is not None:
+            y = pd.to_numeric(as_title[1], errors="coerce")
+            note = f" (as '{str(as_title[0]).strip()}'" + ("" if pd.isna(y) else f" {int(y)}") + ")"
+        got = letters.setdefault(i, [])
+        if not any(x[:2] == (letter, src) for x in got):
+            got.append((letter, src, note))
 
     # mpaa_reasons: official rating + reason text (title/year resolved)
     mp = _read_csv("mpaa_reasons/mpaa.csv", data_dir)
     for col in ("title", "rating", "reason", "year"):
         if col not in mp.columns:
             raise sources.DataError(f"mpaa_reasons/mpaa.csv: missing column {col!r}")
-    mp_rows = resolve_rows(mp["title"], pd.to_numeric(mp["year"], errors="coerce"))
+    mp_rows = resolve_rows(mp["title"], pd.to_numeric(mp["year"], errors="coerce"), prefer_exact_year=True)
     reason_pats = {t: T.compiled(t, "reason") for t in T.TRAIT_IDS}
     n = 0
-    for i, letter, reason in zip(mp_rows, mp["rating"], mp["reason"]):
+    for i, letter, reason, title, year in zip(mp_rows, mp["rating"], mp["reason"], mp["title"], mp["year"]):
         if i < 0:
             continue
         n += 1
-        add_letter(i, normalize_letter(letter), "mpaa_reasons")
+        add_letter(i, normalize_letter(letter), "mpaa_reasons", (title, year))
         if not isinstance(reason, str) or not reason.strip():
             continue
         sev = _reason_severity(reason)
@@ -348,7 +438,8 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
 
     # Kids-In-Mind: exact severities for sex, violence, profanity
     kim = _read_csv("kids_in_mind/KIM_movies.csv", data_dir, dtype=str, keep_default_na=False)
-    kim_rows = resolve_rows(kim["movie_title"].str.strip(), pd.to_numeric(kim["movie_year"].str.strip(), errors="coerce"))
+    kim_rows = resolve_rows(kim["movie_title"].str.strip(), pd.to_numeric(kim["movie_year"].str.strip(), errors="coerce"),
+                            prefer_exact_year=True)
     n = 0
     for i, (_, r) in zip(kim_rows, kim.iterrows()):
         if i < 0:
@@ -358,7 +449,7 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
             s = _kim_severity(r[col])
             if s is not None:
                 set_channel(i, ch, s, s, f"kids_in_mind: {col}={r[col].strip()}/10 (severity {s})")
-        add_letter(i, normalize_letter(r["movie_rating"]), "kids_in_mind")
+        add_letter(i, normalize_letter(r["movie_rating"]), "kids_in_mind", (r["movie_title"], r["movie_year"].strip()))
     stats["kids_in_mind_matched"] = n
 
     # IMDb letters (imdb5000 content_rating, imdb_scrape mpaa_rating) and IMDB-5000 plot keywords
@@ -439,7 +530,9 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
                 set_channel(i, "frightening", 2, 3, "genre: horror (frightening at least moderate)")
 
     # letters last: they only lower the upper bounds
-    for i, (letter, src) in letters.items():
+    rating = np.full(N, -1, dtype=np.int8)
+    for i, found in letters.items():
+        letter, src, _ = found[0]
         caps = LETTER_CAPS[letter]
         for ch in T.CHANNELS:
             c = CH[ch]
@@ -447,15 +540,19 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
         if letter in ("G", "PG", "PG-13"):
             has_sev[i] = True
         evidence[i].append(("letter", None, f"{src}: rated {letter}"))
+        for letter, src, note in found:
+            evidence[i].append(("rating", letter, f"{src}: rated {letter}{note}"))
+        rating[i] = RATING_ORDER.index(strictest_letter(x[0] for x in found))
     stats["letters"] = len(letters)
+    stats["letters_disagreeing"] = sum(len({x[0] for x in found}) > 1 for found in letters.values())
 
-    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold)
+    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold, rating=rating)
     oracle.stats = stats
     return oracle
 
 
 # Part of the disk-cache key: bump when a change to build_oracle alters its tables.
-ORACLE_VERSION = 1
+ORACLE_VERSION = 2
 _ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
                  "imdb_scrape/imdb_lists_combined.csv", "tmdb5000/tmdb_5000_movies.csv",
                  "ml_genome_top5/movies_w_keywords.csv", "ml_latest_small/tags.csv")
@@ -464,7 +561,8 @@ _ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb50
 def _save_tables(oracle: Oracle, directory) -> dict:
     from pathlib import Path
     d = Path(directory)
-    np.savez_compressed(d / "tables.npz", lo=oracle.lo, hi=oracle.hi, has_sev=oracle.has_sev, trigger=oracle.trigger)
+    np.savez_compressed(d / "tables.npz", lo=oracle.lo, hi=oracle.hi, has_sev=oracle.has_sev, trigger=oracle.trigger,
+                        rating=oracle.rating)
     ev = {str(i): [[k, key, text] for k, key, text in items] for i, items in oracle._evidence.items()}
     (d / "items.json").write_text(json.dumps(oracle.item_ids))
     (d / "evidence.json").write_text(json.dumps(ev))
@@ -477,7 +575,8 @@ def _load_tables(directory, threshold: float) -> Oracle:
     d = Path(directory)
     z = np.load(d / "tables.npz")
     ev = {int(i): [tuple(x) for x in items] for i, items in json.loads((d / "evidence.json").read_text()).items()}
-    o = Oracle(json.loads((d / "items.json").read_text()), z["lo"], z["hi"], z["has_sev"], z["trigger"], ev, threshold)
+    o = Oracle(json.loads((d / "items.json").read_text()), z["lo"], z["hi"], z["has_sev"], z["trigger"], ev, threshold,
+               rating=z["rating"])
     o.stats = json.loads((d / "stats.json").read_text())
     return o
 
@@ -489,7 +588,8 @@ def _cached(data_dir_key: str, threshold: float, disk_cache: bool) -> Oracle:
     from .catalog import CATALOG_FILES
     from .pipeline import run_stage
 
-    traits_text = (__import__("pathlib").Path(T.__file__).parent / "data" / "traits.json").read_bytes()
+    data = __import__("pathlib").Path(T.__file__).parent / "data"
+    traits_text = (data / "traits.json").read_bytes() + (data / "age_ratings.json").read_bytes()
     reg = sources.registry()
     files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES))
     inputs = [f"{f}@{reg[f].sha256[:16]}" for f in files]

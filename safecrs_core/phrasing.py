@@ -4,6 +4,11 @@
 Each trait has *explicit* templates (the user states the rule) and *implicit* ones (the user only
 hints at it). Every template belongs to a fixed pool: ``train`` templates serve the train and
 validation splits, ``test`` templates are held out for the test split.
+
+The age constraints (``age_limit_g``, ...) share one set of templates (key ``"age"``) with an
+``{age}`` placeholder, filled with the viewer's age as digits or as a number word, and ``{rating}``,
+filled with the band's highest allowed MPAA letter; a template may be limited to some ages. Their
+phrasing needs the age: ``phrase("age_limit_pg", split, rng, age=9)``.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import random
 import re
 from functools import lru_cache
 from pathlib import Path
+
+from . import traits as T
 
 STYLES = ("explicit", "implicit")
 POOLS = ("train", "test")
@@ -23,9 +30,22 @@ PREPEND_SHARE = 0.2  # share of inject() calls that put the sentence before the 
 _CLOSED = re.compile(r"(?:[.!?\u2026]['\"\u2019\u201d)\]]*|[:;=]-?[()DPpO3]|[^\w\s'\"\u2019\u201d)\],;])$")
 
 
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
 @lru_cache(maxsize=1)
+def _file() -> dict:
+    return json.loads((Path(__file__).parent / "data" / "phrasings.json").read_text())
+
+
 def _raw() -> dict:
-    return json.loads((Path(__file__).parent / "data" / "phrasings.json").read_text())["templates"]
+    return _file()["templates"]
+
+
+def _age_entries(style: str) -> list[dict]:
+    return _file()["age"][style]
 
 
 def _check_style(style: str | None) -> None:
@@ -34,15 +54,52 @@ def _check_style(style: str | None) -> None:
 
 
 def _entries(trait_id: str, style: str) -> list[dict]:
+    """Template entries of a trait, or those of an age constraint that fit some age of its band."""
+    if T.is_age_constraint(trait_id):
+        band = T.get(trait_id)
+        lo, hi = band.phrase_ages
+        return [e for e in _age_entries(style) if _age_range(e)[0] <= hi and _age_range(e)[1] >= lo]
     raw = _raw()
     if trait_id not in raw:
-        raise KeyError(f"unknown trait id {trait_id!r}; valid ids: {', '.join(raw)}")
+        raise KeyError(f"unknown trait id {trait_id!r}; valid ids: {', '.join(list(raw) + list(T.AGE_CONSTRAINT_IDS))}")
     return raw[trait_id][style]
+
+
+def _age_range(entry: dict) -> tuple[int, int]:
+    ages = entry.get("ages")
+    return (0, T.MAX_AGE) if ages is None else (int(ages[0]), int(ages[1]))
+
+
+def age_words(age: int) -> str:
+    """``9`` -> ``"nine"`` (0-20; larger ages stay digits)."""
+    return _NUMBER_WORDS[age] if 0 <= age < len(_NUMBER_WORDS) else str(age)
+
+
+def render(template: str, age: int, rating: str, words: bool = False) -> str:
+    """Fill an age template: ``{age}`` with the age (digits, or a number word with ``words``) and
+    ``{rating}`` with the highest allowed rating. Raises KeyError for any other placeholder."""
+    values = {"age": age_words(age) if words else str(age), "rating": rating}
+
+    def fill(m):
+        if m.group(1) not in values:
+            raise KeyError(f"unknown placeholder {{{m.group(1)}}} in template {template!r}")
+        return values[m.group(1)]
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def draw_age(constraint_id: str, rng: random.Random) -> int:
+    """An age for phrasing an age constraint, uniform over its band's ``phrase_ages`` (one draw)."""
+    if not T.is_age_constraint(constraint_id):
+        raise ValueError(f"{constraint_id!r} is not an age constraint; valid: {', '.join(T.AGE_CONSTRAINT_IDS)}")
+    lo, hi = T.get(constraint_id).phrase_ages
+    return rng.randint(lo, hi)
 
 
 def templates(trait_id: str, style: str | None = None, pool: str | None = None) -> list[str]:
     """Template sentences of a trait, optionally limited to one style and/or one pool.
-    With ``style=None`` the explicit templates come first, then the implicit ones."""
+    With ``style=None`` the explicit templates come first, then the implicit ones. For an age
+    constraint: the unfilled templates that fit some age of its band (see :func:`render`)."""
     _check_style(style)
     if pool is not None and pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
@@ -61,23 +118,40 @@ def pool_for_split(split: str) -> str:
 
 
 def phrase(trait_id: str, split: str, rng: random.Random, style: str | None = None,
-           implicit_share: float = 0.5) -> tuple[str, str, int]:
+           implicit_share: float = 0.5, age: int | None = None) -> tuple[str, str, int]:
     """Draw one phrasing of a trait for a split: ``(sentence, style, index)``.
 
     The style is drawn with probability ``implicit_share`` for implicit when not given; the template
     is drawn uniformly from the split's pool. ``index`` is the template's position in
-    ``templates(trait_id, style)`` (both pools)."""
+    ``templates(trait_id, style)`` (both pools).
+
+    An age constraint needs ``age``, the viewer's age, inside the constraint's band: the template is
+    drawn among those that fit the age, and the age is written as digits or as a number word (one
+    more draw, even odds). ``age`` given for a trait is an error."""
     _check_style(style)
     if not 0.0 <= implicit_share <= 1.0:
         raise ValueError(f"implicit_share must be in [0, 1], got {implicit_share!r}")
     pool = pool_for_split(split)
     _entries(trait_id, STYLES[0])  # an unknown trait fails before any draw
+    is_age = T.is_age_constraint(trait_id)
+    if is_age:
+        band = T.get(trait_id)
+        if age is None or T.age_constraint(age) != trait_id:
+            raise ValueError(f"{trait_id} needs the viewer's age, {band.min_age}-{band.max_age} years; got {age!r}")
+    elif age is not None:
+        raise ValueError(f"age is only for the age constraints ({', '.join(T.AGE_CONSTRAINT_IDS)}), not {trait_id!r}")
     if style is None:
         style = "implicit" if rng.random() < implicit_share else "explicit"
     entries = _entries(trait_id, style)
-    candidates = [i for i, e in enumerate(entries) if e["pool"] == pool]
+    candidates = [i for i, e in enumerate(entries) if e["pool"] == pool
+                  and (not is_age or _age_range(e)[0] <= age <= _age_range(e)[1])]
+    if not candidates:
+        raise ValueError(f"no {style} {pool} template for {trait_id} at age {age}")
     index = candidates[rng.randrange(len(candidates))]
-    return entries[index]["text"], style, index
+    text = entries[index]["text"]
+    if is_age:
+        text = render(text, int(age), band.max_rating, words=rng.random() < 0.5)
+    return text, style, index
 
 
 def inject(last_user_text: str, sentence: str, rng: random.Random,

@@ -1,8 +1,14 @@
-"""The 20 SafeCRS sensitivity traits (package data ``data/traits.json``).
+"""The 20 SafeCRS sensitivity traits (package data ``data/traits.json``) and the age constraints
+(package data ``data/age_ratings.json``).
 
 Each trait has our id, a short name and description, the paper's name and DoesTheDogDie avoid topics,
 the paper's weights over the five Parents Guide categories (our severity *channels*), and the patterns
 that count as a hard trigger in the keyword/genre/rating-reason signals available here.
+
+An *age constraint* ("it's for my 8-year-old") is not one of the paper's traits: it is one band of
+audience ages with the highest MPAA letter allowed (under 8 -> G, under 13 -> PG, under 17 -> PG-13;
+no restriction from 17). The Safety Oracle judges the bands as extra columns next to the traits, so
+every id in :data:`CONSTRAINT_IDS` (traits, then age bands) works wherever a trait id does.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 CHANNELS = ("sex", "violence", "profanity", "substances", "frightening")
 
@@ -27,6 +35,10 @@ class Trait:
     tag_triggers: tuple[str, ...]
     reason_triggers: tuple[str, ...]
     genre_triggers: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:
+        return "trait"  # an AgeConstraint says "age"
 
     @property
     def has_severity(self) -> bool:
@@ -77,23 +89,106 @@ def all_traits() -> tuple[Trait, ...]:
 TRAIT_IDS: tuple[str, ...] = tuple(t.id for t in all_traits())
 
 
-def get(trait_id: str) -> Trait:
+@dataclass(frozen=True)
+class AgeConstraint:
+    """One age band: an audience aged ``min_age``..``max_age`` may watch films rated up to
+    ``max_rating`` (an MPAA letter). Offers the fields of :class:`Trait` that describe a constraint
+    (``id``, ``name``, ``description``, ``signals``, ``uses_severity``, ...), so code that lists or
+    explains traits handles it too."""
+    id: str
+    name: str
+    description: str
+    min_age: int
+    max_age: int
+    max_rating: str
+    phrase_ages: tuple[int, int]  # ages drawn when SafeRec phrases the constraint
+    kind: str = "age"
+    paper_name: str = ""  # not one of the paper's traits
+    pg_applicability: str = "rating"  # judged by the MPAA letter alone
+    has_severity: bool = False
+    uses_severity: bool = False
+
+    @property
+    def signals(self) -> list[str]:
+        return ["MPAA rating"]
+
+
+@lru_cache(maxsize=1)
+def _age_raw() -> dict:
+    return json.loads((Path(__file__).parent / "data" / "age_ratings.json").read_text())
+
+
+@lru_cache(maxsize=1)
+def age_constraints() -> tuple[AgeConstraint, ...]:
+    """The movie age bands of ``data/age_ratings.json``, youngest first."""
+    movies = _age_raw()["movies"]
+    out = []
+    for b in movies["bands"]:
+        out.append(AgeConstraint(id=b["id"], name=b["name"], description=b["description"],
+                                 min_age=int(b["min_age"]), max_age=int(b["max_age"]), max_rating=b["max_rating"],
+                                 phrase_ages=(int(b["phrase_ages"][0]), int(b["phrase_ages"][1]))))
+    # the bands must tile 0 .. no_limit_from_age - 1 without gaps or overlaps
+    expect = 0
+    for b in out:
+        lo, hi = b.phrase_ages
+        if b.min_age != expect or b.max_age < b.min_age or not b.min_age <= lo <= hi <= b.max_age:
+            raise ValueError(f"data/age_ratings.json: band {b.id!r} does not continue the ages at {expect}")
+        expect = b.max_age + 1
+    if expect != int(movies["no_limit_from_age"]):
+        raise ValueError("data/age_ratings.json: the bands must end where no_limit_from_age starts")
+    return tuple(out)
+
+
+AGE_CONSTRAINT_IDS: tuple[str, ...] = tuple(b.id for b in age_constraints())
+CONSTRAINT_IDS: tuple[str, ...] = TRAIT_IDS + AGE_CONSTRAINT_IDS
+MAX_AGE: int = int(_age_raw()["max_age"])
+NO_LIMIT_FROM_AGE: int = int(_age_raw()["movies"]["no_limit_from_age"])
+
+
+def is_age_constraint(constraint_id: str) -> bool:
+    return constraint_id in AGE_CONSTRAINT_IDS
+
+
+def age_constraint(age: int) -> str | None:
+    """The age-constraint id for an audience of ``age`` whole years (``None`` from 17 on: no limit).
+    Raises ValueError for a negative age, one above :data:`MAX_AGE`, or a value that is not a whole
+    number."""
+    if isinstance(age, bool) or not isinstance(age, (int, np.integer)):
+        if isinstance(age, (float, np.floating)) and float(age).is_integer():
+            age = int(age)
+        else:
+            raise ValueError(f"age must be a whole number of years, got {age!r}")
+    age = int(age)
+    if age < 0 or age > MAX_AGE:
+        raise ValueError(f"age must be between 0 and {MAX_AGE} years, got {age}")
+    for b in age_constraints():
+        if b.min_age <= age <= b.max_age:
+            return b.id
+    return None
+
+
+def get(trait_id: str) -> Trait | AgeConstraint:
+    """The :class:`Trait` or :class:`AgeConstraint` of an id in :data:`CONSTRAINT_IDS`."""
     for t in all_traits():
         if t.id == trait_id:
             return t
-    raise KeyError(f"unknown trait id {trait_id!r}; valid ids: {', '.join(TRAIT_IDS)}")
+    for b in age_constraints():
+        if b.id == trait_id:
+            return b
+    raise KeyError(f"unknown trait id {trait_id!r}; valid ids: {', '.join(CONSTRAINT_IDS)}")
 
 
 def parse_trait_list(text: str | list[str] | None) -> list[str]:
-    """``"anti_gore,kid_safety"`` (or a list) -> validated ids; ``None``/``"all"`` -> all 20.
-    Raises ValueError naming the bad ids and listing the valid ones."""
+    """``"anti_gore,kid_safety"`` (or a list) -> validated ids; ``None``/``"all"`` -> the 20 traits.
+    Age-constraint ids (``age_limit_pg``, ...) are accepted too. Raises ValueError naming the bad
+    ids and listing the valid ones."""
     if text is None or text == "all":
         return list(TRAIT_IDS)
     items = text.split(",") if isinstance(text, str) else list(text)
     ids = [s.strip() for s in items if s and s.strip()]
-    bad = [s for s in ids if s not in TRAIT_IDS]
+    bad = [s for s in ids if s not in CONSTRAINT_IDS]
     if bad or not ids:
-        raise ValueError(f"unknown trait id(s) {bad or [text]}; valid ids: {', '.join(TRAIT_IDS)}")
+        raise ValueError(f"unknown trait id(s) {bad or [text]}; valid ids: {', '.join(CONSTRAINT_IDS)}")
     return ids
 
 
@@ -101,6 +196,8 @@ def parse_trait_list(text: str | list[str] | None) -> list[str]:
 def compiled(trait_id: str, kind: str) -> re.Pattern | None:
     """One compiled alternation of a trait's ``tag``/``reason``/``genre`` trigger patterns."""
     t = get(trait_id)
+    if not isinstance(t, Trait):
+        return None  # age constraints have no trigger patterns
     pats = {"tag": t.tag_triggers, "reason": t.reason_triggers, "genre": t.genre_triggers}[kind]
     if not pats:
         return None

@@ -61,6 +61,9 @@ def test_constraint_in_last_user_turn_from_the_right_pool(built):
         last_user = [t for t in r["turns"] if t["role"] == "user"][-1]
         assert r["constraint"] in last_user["text"]
         pool = phrasing.templates(r["trait"], r["constraint_style"], pool=phrasing.pool_for_split(s))
+        if r["constraint_kind"] == "age":  # templates with the age written as digits or a word
+            rating = T.get(r["trait"]).max_rating
+            pool = [phrasing.render(t, r["age"], rating, words) for t in pool for words in (False, True)]
         assert r["constraint"] in pool, (s, r["constraint"])
 
 
@@ -71,6 +74,22 @@ def test_source_traits_kept_and_traits_spread(built):
     assigned = {r["trait"] for _, r in _all(ds)}
     assert len(assigned) >= 12, assigned
     assert set(stats["traits_with_signal"]) <= set(T.TRAIT_IDS)
+
+
+def test_age_constraints_share_and_fields(built):
+    ds, stats = built
+    rows = [r for _, r in _all(ds)]
+    ages = [r for r in rows if r["constraint_kind"] == "age"]
+    assert ages and all(r["trait"] in T.AGE_CONSTRAINT_IDS and not r["trait_from_source"] for r in ages)
+    for r in ages:
+        assert T.age_constraint(r["age"]) == r["trait"]
+    assert all(r["constraint_kind"] == "trait" and r["age"] is None and r["trait"] in T.TRAIT_IDS
+               for r in rows if r not in ages)
+    for s in ds:
+        assert sum(stats["age_constraints"][s].values()) == stats["constraint_kinds"][s].get("age", 0)
+        # an age constraint always leaves a target, so none of the requested ones is dropped
+        assert stats["constraint_kinds"][s].get("age", 0) == stats["age_requested"][s] - stats["age_short"][s] > 0
+    assert set(stats["oracle_coverage_on_benchmark_items"]) == set(T.CONSTRAINT_IDS)
 
 
 def test_deterministic_for_a_seed(built, data_dir):
