@@ -80,6 +80,14 @@ sizes
 plots.save(plots.trait_distribution(stats), "benchmark_traits");
 
 # %% [markdown]
+# Besides the 20 traits, a share of users carries an **age limit** ("it's for my 8-year-old"):
+# the audience's age maps to the highest MPAA rating allowed (G under 8, PG under 13, PG-13
+# under 17), judged by the same oracle from the ratings the sources give.
+
+# %%
+pd.DataFrame(stats["constraint_kinds"]).fillna(0).astype(int)
+
+# %% [markdown]
 # ## How much the oracle knows
 # Share of the benchmark's items judged safe, unsafe or **unknown** per trait. Unknown is never
 # treated as safe: such targets stay in the data, flagged, and metrics report them separately.
