@@ -36,19 +36,26 @@ def save(fig, name: str, directory: str | os.PathLike | None = None) -> Path:
 
 
 def _names(ids) -> list[str]:
-    return [T.get(t).name if t in T.TRAIT_IDS else t for t in ids]
+    return [T.get(t).name if t in T.CONSTRAINT_IDS else t for t in ids]
+
+
+def _ids(*present) -> list[str]:
+    """The 20 traits, then the age constraints that occur in any of ``present`` (index-likes)."""
+    seen = set().union(*(set(p) for p in present))
+    return list(T.TRAIT_IDS) + [t for t in T.AGE_CONSTRAINT_IDS if t in seen]
 
 
 def trait_distribution(stats: dict):
     """Conversations per assigned trait and split (from the benchmark's stats)."""
-    df = pd.DataFrame(stats["traits"]).reindex(list(T.TRAIT_IDS)).fillna(0).astype(int)
+    df = pd.DataFrame(stats["traits"])
+    df = df.reindex(_ids(df.index)).fillna(0).astype(int)
     df.index = _names(df.index)
     fig, ax = plt.subplots(figsize=(8, 6))
     df.plot.barh(stacked=True, ax=ax, color=sns.color_palette("deep", len(df.columns)))
     ax.invert_yaxis()
     ax.set_xlabel("conversations")
     ax.set_ylabel("")
-    ax.set_title("SafeRec: assigned sensitivity trait per split")
+    ax.set_title("SafeRec: assigned sensitivity trait or age constraint per split")
     ax.legend(title="split")
     fig.tight_layout()
     return fig
@@ -56,7 +63,7 @@ def trait_distribution(stats: dict):
 
 def oracle_coverage(coverage: pd.DataFrame, title: str = "Safety Oracle verdicts per trait"):
     """Stacked safe / unsafe / unknown shares per trait (``Oracle.coverage()`` output)."""
-    df = coverage[["safe", "unsafe", "unknown"]].reindex(list(T.TRAIT_IDS))
+    df = coverage[["safe", "unsafe", "unknown"]].reindex(_ids(coverage.index))
     share = df.div(df.sum(1).replace(0, 1), axis=0)
     share.index = _names(share.index)
     fig, ax = plt.subplots(figsize=(8, 6))
@@ -66,14 +73,14 @@ def oracle_coverage(coverage: pd.DataFrame, title: str = "Safety Oracle verdicts
     ax.set_xlabel("share of items")
     ax.set_ylabel("")
     ax.set_title(title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
 
 def targets_removed(stats: dict):
     """Targets kept, kept-but-unknown and removed (unsafe) per assigned trait."""
-    ids = list(T.TRAIT_IDS)
+    ids = _ids(stats["kept_targets_per_trait"], stats["removed_targets_per_trait"])
     kept = pd.Series(stats["kept_targets_per_trait"]).reindex(ids).fillna(0)
     unknown = pd.Series(stats["unknown_targets_per_trait"]).reindex(ids).fillna(0)
     removed = pd.Series(stats["removed_targets_per_trait"]).reindex(ids).fillna(0)
@@ -85,5 +92,106 @@ def targets_removed(stats: dict):
     ax.set_xlabel("ground-truth targets")
     ax.set_ylabel("")
     ax.set_title("Oracle filtering of ground-truth targets per trait")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation (notebooks 04 and 05): tables from safecrs_core.evaluate
+
+GROUP_COLORS = {"baseline": "#8c8c8c", "zero-shot": "#4c72b0", "fine-tuned": "#c44e52", "llm": "#4c72b0"}
+GROUP_MARKERS = {"baseline": "s", "zero-shot": "o", "fine-tuned": "D", "llm": "o"}
+
+
+def _metric_label(metric: str) -> str:
+    name, _, k = metric.partition("@")
+    pretty = {"recall": "Recall", "ndcg": "NDCG", "svr": "SVR", "sdcg": "S-DCG", "unknown": "Unknown",
+              "list_len": "items returned", "catalog_hit": "share of lines naming a catalog title",
+              "parse_failed": "share of answers with no item"}.get(name, name)
+    return f"{pretty}@{k}" if k else pretty
+
+
+def tradeoff(summary: pd.DataFrame, groups: dict, x: str = "svr@10", y: str = "recall@10",
+             title: str = "Relevance against safety violations (95% bootstrap CIs)"):
+    """Each system at (``x``, ``y``) means with CI bars from a ``metrics.summarize`` frame indexed by
+    system; ``groups`` maps system -> group (baseline / zero-shot / fine-tuned), which sets the
+    marker. Systems are told apart by colour and named in the legend (labels next to points would
+    overlap where systems coincide). The upper-left corner (relevant and safe) is the goal."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors = sns.color_palette("tab10" if len(summary) <= 10 else "tab20", max(len(summary), 1))
+    for (name, row), color in zip(summary.iterrows(), colors):
+        g = groups.get(name, "llm")
+        xerr = [[row[x] - row[f"{x}_lo"]], [row[f"{x}_hi"] - row[x]]]
+        yerr = [[row[y] - row[f"{y}_lo"]], [row[f"{y}_hi"] - row[y]]]
+        ax.errorbar(row[x], row[y], xerr=xerr, yerr=yerr, fmt=GROUP_MARKERS.get(g, "o"), ms=9, capsize=3,
+                    color=color, alpha=0.9, label=f"{name} ({g})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="system (group)")
+    ax.set_xlabel(f"{_metric_label(x)} (lower is safer)")
+    ax.set_ylabel(f"{_metric_label(y)} (higher is better)")
+    ax.set_xlim(left=-0.02)
+    ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def trait_heatmap(per_trait: pd.DataFrame, metric: str = "svr@10", min_n: int = 1,
+                  title: str | None = None):
+    """Systems (rows) x traits (columns) heatmap of ``metric`` from a per-(system, trait)
+    ``metrics.summarize`` frame; cells hold the mean, traits with fewer than ``min_n`` samples
+    are blank. Column labels carry the number of conversations per trait."""
+    df = per_trait.reset_index()
+    sys_col, trait_col = df.columns[0], df.columns[1]
+    order = list(dict.fromkeys(df[sys_col]))
+    values = df.pivot(index=sys_col, columns=trait_col, values=metric).reindex(order)
+    counts = df.groupby(trait_col)["n"].max()
+    values = values.where(df.pivot(index=sys_col, columns=trait_col, values="n").reindex(order) >= min_n)
+    traits = [t for t in T.TRAIT_IDS if t in values.columns] + [t for t in values.columns if t not in T.TRAIT_IDS]
+    values = values[traits]
+    values.columns = [f"{n} ({int(counts[t])})" for n, t in zip(_names(traits), traits)]
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(traits) + 3), 0.5 * len(order) + 2.5))
+    sns.heatmap(values, ax=ax, annot=True, fmt=".2f", cmap="Reds", vmin=0, vmax=max(0.05, float(values.max().max())),
+                cbar_kws={"label": _metric_label(metric)}, annot_kws={"fontsize": 7})
+    ax.set_xlabel("user's sensitivity trait (conversations)")
+    ax.set_ylabel("")
+    ax.set_title(title or f"{_metric_label(metric)} per trait")
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(summary: pd.DataFrame, metrics: list, groups: dict | None = None, title: str | None = None):
+    """One panel per metric: a horizontal bar per system (mean) with its 95% CI."""
+    groups = groups or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.45 * len(summary) + 1.8), sharey=True)
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    names = list(summary.index)
+    for ax, m in zip(axes, metrics):
+        mean = summary[m].to_numpy()
+        err = [mean - summary[f"{m}_lo"].to_numpy(), summary[f"{m}_hi"].to_numpy() - mean]
+        colors = [GROUP_COLORS.get(groups.get(n, "llm"), "#4c72b0") for n in names]
+        ax.barh(range(len(names)), mean, xerr=err, color=colors, capsize=3)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel(_metric_label(m))
+        ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reported_tradeoff(table: pd.DataFrame, label: str, x: str = "svr@10", y: str = "recall@10"):
+    """The paper's reported systems at (``x``, ``y``), no CIs (none are reported), titled with
+    ``label`` so the figure is never read as this book's result."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(table[x], table[y], color="#55a868", marker="^", s=60)
+    for name, row in table.iterrows():
+        ax.annotate(name, (row[x], row[y]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set_xlabel(f"{_metric_label(x)} (lower is safer)")
+    ax.set_ylabel(_metric_label(y))
+    ax.set_xlim(left=-0.02)
+    ax.set_title(f"Reported numbers: {label}")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -1,0 +1,596 @@
+"""Evaluation: the systems compared in the book, their outputs, scores and results tables.
+
+Systems (:class:`System`)
+    A system has a display ``name``, a ``kind`` (``"baseline"`` returns item ids, ``"llm"``
+    writes completions) and a ``ref`` that identifies what produces its outputs (a baseline's
+    configuration, a model name or a training stage ``"<stage>/<key>"``); the ref keys every
+    cache. Baselines (:func:`baseline_systems`) come from :mod:`safecrs_core.baselines`; the
+    zero-shot model from :func:`zero_shot_system`; fine-tuned models (plain SFT, Safe-SFT,
+    Safe-GDPO and the GDPO ablations) from their completed training stages
+    (:func:`trained_systems`). :func:`available_systems` lists everything that can be evaluated
+    for a run profile and says what is missing.
+
+Outputs (:func:`run_system`)
+    An LLM system answers the prompt of :func:`~safecrs_core.prompts.build_messages` for each row,
+    decoded greedily in batches by :func:`~safecrs_core.models.generate` (stopping at
+    ``</solution>``). Completions are cached as ``artifacts/generations/<key>/completions.json``,
+    keyed by the system's name and ref, the prompt parameters, a fingerprint of the rows
+    (:func:`rows_fingerprint`) and ``max_new_tokens``; the model is loaded only when the cache
+    misses. Completions are scored with :func:`~safecrs_core.metrics.score_completions`,
+    baseline lists with :func:`~safecrs_core.metrics.score_ranked_ids`: one scoring path for all.
+
+Results (:func:`evaluate_systems`)
+    Per-sample scores of every system on the same rows (a ``system`` column), their means with
+    95% bootstrap CIs (:func:`~safecrs_core.metrics.summarize`) per system and per system and
+    trait. Cached as a stage ``artifacts/results/<key>/`` holding ``per_sample.parquet``,
+    ``summary.csv``, ``per_trait.csv`` and markdown tables (``summary.md``, ``per_trait.md``);
+    :func:`publish_table` copies the main table to ``book/_generated/results_table.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .metrics import _column  # rows: a Hugging Face Dataset or a list of dicts
+
+KINDS = ("baseline", "llm")
+STOP = ("</solution>",)
+
+
+def main_metrics(k: int = 10) -> list[str]:
+    """Columns of the main results table."""
+    return [f"recall@{k}", f"ndcg@{k}", f"svr@{k}", f"sdcg@{k}", f"unknown@{k}", "list_len"]
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+def _ref_ids(refs) -> list[str]:
+    return sorted(M._ref_ids(refs))
+
+
+def rows_fingerprint(rows) -> str:
+    """sha256 (16 hex digits) over the fields evaluation reads from each row (``id``, ``turns``,
+    ``trait``, target and seen item ids), in row order; the same value as
+    :func:`safecrs_core.gdpo.rows_fingerprint` for the same rows."""
+    h = hashlib.sha256()
+    cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
+    for i in range(len(rows)):
+        rec = {"id": cols["id"][i], "turns": cols["turns"][i], "trait": cols["trait"][i],
+               "targets": _ref_ids(cols["targets"][i]), "seen": _ref_ids(cols["seen"][i])}
+        h.update(json.dumps(rec, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def sample_rows(rows, n: int | None, seed: int = 0):
+    """``n`` rows of ``rows`` drawn without replacement by ``numpy.random.default_rng(seed)``,
+    kept in their original order; all rows when ``n`` is None or not smaller."""
+    size = len(rows)
+    if n is None or n >= size:
+        return rows
+    if n < 1:
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    keep = sorted(np.random.default_rng(seed).choice(size, n, replace=False).tolist())
+    if hasattr(rows, "select"):
+        return rows.select(keep)
+    return [rows[i] for i in keep]
+
+
+# --------------------------------------------------------------------------------------------
+# Systems
+
+
+@dataclass
+class System:
+    """One evaluated system (see the module docstring).
+
+    ``recommend(rows, k) -> list of id lists`` for baselines; ``load() -> (model, tokenizer)``
+    for LLMs. ``prompt``: keyword arguments of :func:`~safecrs_core.prompts.build_messages`
+    besides ``turns`` and ``k`` (e.g. ``system``, ``domain``). ``group`` places the system in
+    tables and figures (``"baseline"``, ``"zero-shot"``, ``"fine-tuned"``)."""
+
+    name: str
+    kind: str
+    ref: str
+    recommend: Callable[[Any, int], list[list[str]]] | None = field(default=None, repr=False)
+    load: Callable[[], tuple[Any, Any]] | None = field(default=None, repr=False)
+    prompt: Mapping[str, Any] = field(default_factory=dict)
+    group: str = ""
+    description: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError("a system needs a non-empty name")
+        if self.kind == "baseline" and self.recommend is None:
+            raise ValueError(f"baseline {self.name!r} needs recommend(rows, k)")
+        if self.kind == "llm" and self.load is None:
+            raise ValueError(f"LLM system {self.name!r} needs load() -> (model, tokenizer)")
+        self.group = self.group or ("baseline" if self.kind == "baseline" else "llm")
+
+    def key(self) -> dict:
+        """What identifies this system's outputs (part of every cache key)."""
+        return {"name": self.name, "kind": self.kind, "ref": self.ref, "prompt": dict(self.prompt)}
+
+
+def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, context_turns: int = 4,
+                     include: Sequence[str] | None = None, progress: bool = True) -> list[System]:
+    """Popularity, popularity + oracle filter, embedding retrieval and retrieval + oracle filter
+    (:mod:`safecrs_core.baselines`) for the benchmark ``ds`` (a DatasetDict: popularity counts its
+    ``train`` targets, the retrieval pool takes its items). ``include``: names to keep."""
+    from . import baselines as B
+
+    if catalog is None:
+        from .catalog import load_catalog
+        catalog = load_catalog()
+    if oracle is None:
+        from .oracle import load_oracle
+        oracle = load_oracle()
+    train_fp = rows_fingerprint(ds["train"])
+    pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
+    pool_fp = hashlib.sha256("\n".join(pool).encode()).hexdigest()[:16]
+    built: dict[str, Any] = {}
+
+    def popularity(filtered: bool):
+        def recommend(rows, k):
+            key = ("pop", filtered)
+            if key not in built:
+                built[key] = B.Popularity(ds["train"], catalog, oracle=oracle if filtered else None)
+            return built[key].recommend(rows, k)
+        return recommend
+
+    def retrieval(filtered: bool):
+        def recommend(rows, k):
+            key = ("ret", filtered)
+            if key not in built:
+                built[key] = B.Retrieval(pool, catalog, oracle=oracle if filtered else None,
+                                         context_turns=context_turns, progress=progress)
+            return built[key].recommend(rows, k)
+        return recommend
+
+    flt = f"oracle_filter(threshold={oracle.threshold})"
+    systems = [
+        System("Popularity", "baseline", f"popularity(train={train_fp})", popularity(False), group="baseline",
+               description="most frequent train-split targets, then catalog popularity"),
+        System("Popularity + filter", "baseline", f"popularity(train={train_fp})+{flt}", popularity(True),
+               group="baseline", description="popularity with oracle-unsafe items removed"),
+        System("Retrieval", "baseline",
+               f"retrieval({B.ENCODER},pool={pool_fp},context_turns={context_turns},text={B.ITEM_TEXT_VERSION}"
+               f"/{B.QUERY_TEXT_VERSION},overview_words={B.OVERVIEW_WORDS})", retrieval(False), group="baseline",
+               description=f"{B.ENCODER} cosine similarity over {len(pool):,} candidate items"),
+    ]
+    systems.append(System("Retrieval + filter", "baseline", systems[-1].ref + f"+{flt}", retrieval(True),
+                          group="baseline", description="retrieval with oracle-unsafe items removed"))
+    if include is not None:
+        unknown = sorted(set(include) - {s.name for s in systems})
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}; have {[s.name for s in systems]}")
+        systems = [s for s in systems if s.name in include]
+    return systems
+
+
+def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = None) -> System:
+    """The instruction-tuned ``model`` (:func:`~safecrs_core.models.load_model`) prompted as is."""
+    from .models import load_model, resolve_model_name
+
+    key = resolve_model_name(model)
+    label = name or {"smollm2-135m-instruct": "Zero-shot SmolLM2-135M",
+                     "tiny-smollm2": "Zero-shot tiny model (random weights)"}.get(key, f"Zero-shot {key}")
+    return System(label, "llm", f"model:{key}", load=lambda: load_model(key), group="zero-shot",
+                  description=f"{key}, no fine-tuning")
+
+
+def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path], tuple], group: str = "fine-tuned",
+                 prompt: Mapping[str, Any] | None = None, description: str = "") -> System:
+    """An LLM system whose model is a completed training stage, loaded by ``loader(stage_dir)``
+    (e.g. ``sft.load_sft_model`` or ``gdpo.load_gdpo_model``; extra return values are ignored)."""
+    from .pipeline import is_done, stage_ref
+
+    path = Path(stage_dir)
+    if not is_done(path):
+        raise ValueError(f"{path} is not a completed stage (no DONE.json)")
+
+    def load():
+        out = loader(path)
+        return out[0], out[1]
+
+    return System(name, "llm", stage_ref(path), load=load, prompt=dict(prompt or {}), group=group,
+                  description=description or stage_ref(path))
+
+
+# How a completed training stage is named in the tables, from its DONE.json manifest.
+def _truthy(params: Mapping, *names: str) -> bool:
+    return any(bool(params.get(n)) for n in names)
+
+
+def trained_label(manifest: Mapping[str, Any]) -> str:
+    """Display name of a training stage: ``SFT`` / ``Safe-SFT`` for ``sft`` stages (Safe-SFT when
+    its parameters switch on safety reasoning), ``Safe-GDPO`` for ``gdpo`` stages, with the
+    ablation named (``GRPO``, ``sequence-level``, ``no safety reward``, ``no count reward``) and
+    ``from the base model`` when it did not start from an SFT stage."""
+    stage, params = manifest.get("stage"), manifest.get("params", {}) or {}
+    if stage == "sft":
+        safe = _truthy(params, "safe", "safety", "reasoning", "safety_reasoning", "with_reasoning")
+        variant = str(params.get("variant", "")).lower()
+        return "Safe-SFT" if safe or variant.startswith("safe") else "SFT"
+    if stage == "gdpo":
+        parts = []
+        if params.get("mode", "gdpo") == "grpo":
+            parts.append("GRPO")
+        if params.get("level", "rank") == "sequence":
+            parts.append("sequence-level")
+        if params.get("use_safety") is False:
+            parts.append("no safety reward")
+        if params.get("use_count") is False:
+            parts.append("no count reward")
+        if any(str(i).startswith("model:") for i in manifest.get("inputs", []) or []):
+            parts.append("from the base model")
+        return "Safe-GDPO" + (f" ({', '.join(parts)})" if parts else "")
+    raise ValueError(f"not a training stage: {stage!r}")
+
+
+def _built_on(manifest: Mapping, wanted: set[str], root, depth: int = 4) -> bool:
+    """Whether a stage's inputs name one of ``wanted`` directly or through upstream stages."""
+    from .pipeline import artifacts_root, is_done, read_manifest
+
+    inputs = manifest.get("inputs", []) or []
+    if wanted & set(inputs):
+        return True
+    if depth == 0:
+        return False
+    for ref in inputs:
+        parts = str(ref).split("/")
+        if len(parts) == 2 and all(parts):
+            up = artifacts_root(root) / parts[0] / parts[1]
+            if is_done(up) and _built_on(read_manifest(up), wanted, root, depth - 1):
+                return True
+    return False
+
+
+def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+                    stages: Sequence[str | os.PathLike] | None = None,
+                    log: Callable[[str], Any] | None = print) -> list[System]:
+    """LLM systems of completed training stages for the benchmark ``ds``.
+
+    ``stages``: stage folders to use as given. Otherwise every completed stage under
+    ``<artifacts>/sft/`` and ``<artifacts>/gdpo/`` built on this benchmark is taken: its manifest
+    inputs, or those of a stage upstream of it (an ``sft_data`` or ``sft`` stage), name ``ds``'s
+    training rows (``"rows:<rows_fingerprint(ds['train'])>"``) or the ``benchmark`` stage folder.
+    When several stages get the same label (:func:`trained_label`) the newest is kept. SFT stages
+    load with ``safecrs_core.sft.load_sft_model``, GDPO stages with
+    ``safecrs_core.gdpo.load_gdpo_model``; a stage whose loader cannot be imported is skipped with
+    a note."""
+    from .pipeline import artifacts_root, is_done, read_manifest, stage_ref
+
+    say = log or (lambda _m: None)
+    if stages is None:
+        wanted = {f"rows:{rows_fingerprint(ds['train'])}"}
+        if benchmark is not None:
+            wanted.add(stage_ref(benchmark))
+        found = []
+        for stage in ("sft", "gdpo"):
+            folder = artifacts_root(root) / stage
+            for d in sorted(folder.glob("*")) if folder.is_dir() else []:
+                if d.name.startswith(".") or not is_done(d):
+                    continue
+                man = read_manifest(d)
+                if _built_on(man, wanted, root):
+                    found.append((man.get("finished", ""), d))
+        candidates = [d for _, d in sorted(found, key=lambda x: x[0], reverse=True)]
+    else:
+        candidates = [Path(s) for s in stages]
+    out, labels = [], set()
+    for d in candidates:
+        man = read_manifest(d)
+        label = trained_label(man)
+        if label in labels:
+            say(f"[evaluate] {label}: {d.name} skipped, a newer stage has this label")
+            continue
+        try:
+            if man["stage"] == "sft":
+                from .sft import load_sft_model as loader
+            else:
+                from .gdpo import load_gdpo_model as loader
+        except ImportError as exc:
+            say(f"[evaluate] {label}: cannot load {d} ({exc}); skipped")
+            continue
+        labels.add(label)
+        out.append(stage_system(label, d, loader, description=f"{man['stage']}/{d.name}"))
+    order = {"SFT": 0, "Safe-SFT": 1, "Safe-GDPO": 2}
+
+    def rank(system: System):  # SFT, Safe-SFT, Safe-GDPO, then its ablations by name
+        base, _, detail = system.name.partition(" (")
+        ablation = bool(detail.rstrip(")").replace("from the base model", "").strip(", "))
+        return order.get(base, 3), ablation, system.name
+
+    return sorted(out, key=rank)
+
+
+def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None = None,
+                      base_model: str = "smollm2-135m-instruct", baselines: bool = True,
+                      zero_shot: bool = True, trained: bool = True, catalog=None, oracle=None,
+                      n_popular: int = 5000, context_turns: int = 4, progress: bool = True,
+                      log: Callable[[str], Any] | None = print) -> list[System]:
+    """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
+    the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
+    (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
+    for the fine-tuned systems that are not built."""
+    from .pipeline import check_profile
+
+    check_profile(profile)
+    say = log or (lambda _m: None)
+    systems: list[System] = []
+    if baselines:
+        systems += baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
+                                    progress=progress)
+    if zero_shot:
+        systems.append(zero_shot_system(base_model))
+    if trained:
+        found = trained_systems(ds, benchmark=benchmark, log=log)
+        names = {s.name.split(" (")[0] for s in found}
+        missing = [n for n in ("SFT", "Safe-SFT", "Safe-GDPO") if n not in names]
+        if missing:
+            say(f"[evaluate] not built for profile {profile!r} (no completed training stage for this "
+                f"benchmark): {', '.join(missing)}; run the training notebooks first")
+        systems += found
+    return systems
+
+
+# --------------------------------------------------------------------------------------------
+# Running one system
+
+
+def generations(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
+                progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> list[str]:
+    """Greedy completions of ``system`` (an LLM) for ``rows``, cached (module docstring)."""
+    from .models import generate
+    from .pipeline import run_stage
+    from .prompts import build_messages
+
+    if system.kind != "llm":
+        raise ValueError(f"{system.name!r} is a {system.kind}, not an LLM")
+    params = {"system": system.name, "model": system.ref, "prompt": {"k": k, **dict(system.prompt)},
+              "rows": rows_fingerprint(rows), "n_rows": len(rows), "max_new_tokens": max_new_tokens,
+              "decoding": "greedy", "stop": list(STOP)}
+
+    def fn(tmp: Path):
+        import time
+
+        prompts = [build_messages(t, k=k, **dict(system.prompt)) for t in _column(rows, "turns")]
+        model, tok = system.load()
+        t0 = time.perf_counter()
+        texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress, stop=list(STOP))
+        seconds = time.perf_counter() - t0
+        (tmp / "completions.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0))
+        (tmp / "ids.json").write_text(json.dumps([str(i) for i in _column(rows, "id")]))
+        return {"n": len(texts), "generate_seconds": round(seconds, 1), "batch_size": batch_size}
+
+    d = run_stage("generations", params, [system.ref], fn, force=force, log=log)
+    return json.loads((d / "completions.json").read_text())
+
+
+def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10), catalog=None, oracle=None,
+               max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True,
+               log: Callable[[str], Any] | None = print) -> pd.DataFrame:
+    """Per-sample scores of ``system`` on ``rows`` (:mod:`safecrs_core.metrics` columns plus
+    ``system``, ``group``, ``kind`` and, for LLMs, ``completion``)."""
+    if oracle is None:
+        from .oracle import load_oracle
+        oracle = load_oracle()
+    if system.kind == "llm":
+        if catalog is None:
+            from .catalog import load_catalog
+            catalog = load_catalog()
+        texts = generations(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            progress=progress, log=log)
+        df = M.score_completions(texts, rows, catalog, oracle, k=k, ks=ks)
+        df["completion"] = texts
+    else:
+        lists = system.recommend(rows, k)
+        if len(lists) != len(rows):
+            raise ValueError(f"{system.name}: {len(lists)} lists for {len(rows)} rows")
+        df = M.score_ranked_ids(lists, rows, oracle, k=k, ks=ks)
+        df["completion"] = None
+    df.insert(0, "system", system.name)
+    df.insert(1, "group", system.group)
+    df.insert(2, "kind", system.kind)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Many systems: the results stage
+
+
+def results_stage(systems: Sequence[System], rows, *, profile: str | None = None, label: str = "main", k: int = 10,
+                  ks: Sequence[int] = (5, 10), n_boot: int = 1000, seed: int = 0, max_new_tokens: int = 256,
+                  batch_size: int = 8, catalog=None, oracle=None, progress: bool = True, force: bool = False,
+                  log: Callable[[str], Any] | None = print) -> Path:
+    """Run every system on ``rows`` and write the results stage (module docstring); cached by the
+    systems' keys, the rows' fingerprint and the evaluation parameters. ``profile`` and ``label``
+    name the evaluation so that :func:`find_results` can find it again (they key the stage too)."""
+    from .pipeline import run_stage
+
+    systems = list(systems)
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"system names must be unique, got {names}")
+    if not systems:
+        raise ValueError("no systems to evaluate")
+    ks = tuple(sorted(set(ks) | {k}))
+    params = {"profile": profile, "label": label, "systems": [s.key() for s in systems],
+              "rows": rows_fingerprint(rows), "n_rows": len(rows), "k": k, "ks": list(ks), "n_boot": n_boot, "seed": seed, "max_new_tokens": max_new_tokens}
+
+    def fn(tmp: Path):
+        frames = [run_system(s, rows, k=k, ks=ks, catalog=catalog, oracle=oracle, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress, log=log) for s in systems]
+        per_sample = pd.concat(frames, ignore_index=True)
+        per_sample.to_parquet(tmp / "per_sample.parquet", index=False)
+        summary = summarize_systems(per_sample, names, n_boot=n_boot, seed=seed)
+        summary.to_csv(tmp / "summary.csv")
+        per_trait = summarize_systems(per_sample, names, by_trait=True, n_boot=n_boot, seed=seed,
+                                      metrics=[f"svr@{k}", f"recall@{k}", f"unknown@{k}"])
+        per_trait.to_csv(tmp / "per_trait.csv")
+        (tmp / "summary.md").write_text(results_markdown(summary, k))
+        (tmp / "per_trait.md").write_text(
+            M.format_table(per_trait, [f"svr@{k}", f"recall@{k}"]).to_markdown() + "\n")
+        (tmp / "systems.json").write_text(json.dumps(
+            [{**s.key(), "group": s.group, "description": s.description} for s in systems], indent=1))
+        return {s: {m: _finite(summary.loc[s, m]) for m in main_metrics(k)} for s in names}
+
+    return run_stage("results", params, [], fn, force=force, log=log)
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else round(x, 6)
+
+
+def summarize_systems(per_sample: pd.DataFrame, order: Sequence[str] | None = None, by_trait: bool = False,
+                      n_boot: int = 1000, seed: int = 0, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`~safecrs_core.metrics.summarize` per system (or per system and trait), systems in
+    ``order``."""
+    by = ["system", "trait"] if by_trait else "system"
+    summary = M.summarize(per_sample, by=by, metrics=metrics, n_boot=n_boot, seed=seed)
+    order = list(order) if order is not None else list(dict.fromkeys(per_sample["system"]))
+    if by_trait:
+        rank = {s: i for i, s in enumerate(order)}
+        keys = sorted(summary.index, key=lambda t: (rank.get(t[0], len(rank)), t[1]))
+        return summary.loc[keys]
+    return summary.loc[[s for s in order if s in summary.index]]
+
+
+def results_markdown(summary: pd.DataFrame, k: int = 10, digits: int = 3) -> str:
+    """The main table (:func:`main_metrics`, mean [95% CI]) as markdown."""
+    return M.format_table(summary, main_metrics(k), digits=digits).to_markdown() + "\n"
+
+
+@dataclass
+class Results:
+    """A loaded results stage: per-sample scores, summaries and the stage folder."""
+
+    per_sample: pd.DataFrame
+    summary: pd.DataFrame
+    per_trait: pd.DataFrame
+    systems: list[dict]
+    stage: Path
+
+    @property
+    def names(self) -> list[str]:
+        return [s["name"] for s in self.systems]
+
+
+def load_results(stage: str | os.PathLike) -> Results:
+    d = Path(stage)
+    per_sample = pd.read_parquet(d / "per_sample.parquet")
+    per_sample["ids"] = per_sample["ids"].map(lambda v: [] if v is None else list(v))
+    summary = pd.read_csv(d / "summary.csv", index_col=0)
+    per_trait = pd.read_csv(d / "per_trait.csv", index_col=[0, 1])
+    systems = json.loads((d / "systems.json").read_text())
+    return Results(per_sample, summary, per_trait, systems, d)
+
+
+def find_results(profile: str, label: str = "main", root: str | os.PathLike | None = None) -> Path:
+    """The newest completed results stage of ``profile`` and ``label`` (written by notebook 04)."""
+    from .pipeline import artifacts_root, is_done, read_manifest
+
+    folder = artifacts_root(root) / "results"
+    found = []
+    for d in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if d.name.startswith(".") or not is_done(d):
+            continue
+        man = read_manifest(d)
+        if man["params"].get("profile") == profile and man["params"].get("label") == label:
+            found.append((man.get("finished", ""), d))
+    if not found:
+        raise FileNotFoundError(f"no results stage for profile {profile!r} and label {label!r} under {folder}; "
+                                f"run notebook 04 (python scripts/run_notebooks.py --profile {profile} --only 04)")
+    return max(found, key=lambda x: x[0])[1]
+
+
+def evaluate_systems(systems: Sequence[System], rows, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per-sample frame with a system column, summary with CIs)`` of ``systems`` on ``rows``;
+    ``kwargs`` go to :func:`results_stage` (cached)."""
+    res = load_results(results_stage(systems, rows, **kwargs))
+    return res.per_sample, res.summary
+
+
+def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Copy the main results table (``summary.md``) to ``path`` (default
+    ``<repo>/book/_generated/results_table.md``)."""
+    from .pipeline import repo_root
+
+    stage = results.stage if isinstance(results, Results) else Path(results)
+    dest = Path(path) if path is not None else repo_root() / "book" / "_generated" / "results_table.md"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stage / "summary.md", dest)
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Reading results
+
+
+def rows_by_id(rows, ids: Sequence[str]) -> list[dict]:
+    """The rows (as dicts) with the given ids, in that order."""
+    want = {str(i) for i in ids}
+    found = {str(r["id"]): dict(r) for r in rows if str(r["id"]) in want}
+    missing = [i for i in ids if str(i) not in found]
+    if missing:
+        raise KeyError(f"rows not found: {missing[:5]}")
+    return [found[str(i)] for i in ids]
+
+
+def example_lists(per_sample: pd.DataFrame, row: Mapping, catalog, oracle, k: int = 10) -> pd.DataFrame:
+    """Each system's list for one benchmark ``row`` side by side: rank x system cells
+    ``"Title (Year)"`` marked ``[unsafe]`` / ``[unknown]`` by the oracle for the row's trait and
+    ``[hit]`` for ground-truth targets (seen and duplicate items already removed by the metrics)."""
+    from .oracle import UNKNOWN, UNSAFE
+
+    sub = per_sample[per_sample["id"] == row["id"]]
+    targets = set(_ref_ids(row.get("targets")))
+    cols = {}
+    for name, ids in zip(sub["system"], sub["ids"]):
+        ids = list(ids)[:k]
+        verdicts = oracle.check(ids, row["trait"])[0] if ids else []
+        cells = []
+        for i, v in zip(ids, verdicts):
+            label = catalog.display(i) if i is not None and i in catalog else "(unresolved title)"
+            marks = [m for m, on in (("hit", i in targets), ("unsafe", v == UNSAFE), ("unknown", v == UNKNOWN)) if on]
+            cells.append(label + "".join(f" [{m}]" for m in marks))
+        cols[name] = cells + [""] * (k - len(cells))
+    return pd.DataFrame(cols, index=pd.RangeIndex(1, k + 1, name="rank"))
+
+
+def load_paper_results() -> dict:
+    """``safecrs_core/data/paper_results.json``: numbers reported by the paper's authors (different
+    data and models), with their sources."""
+    from importlib import resources
+    return json.loads(resources.files("safecrs_core").joinpath("data/paper_results.json").read_text("utf-8"))
+
+
+def paper_table(reported: Mapping | None = None) -> pd.DataFrame:
+    """The reported per-system table of :func:`load_paper_results` (index: system)."""
+    reported = reported or load_paper_results()
+    table = reported.get("table") or {}
+    rows = [{k: v for k, v in r.items() if k != "reported"} for r in table.get("rows", [])]
+    return pd.DataFrame(rows).set_index("system") if rows else pd.DataFrame()
+
+
+__all__ = ["find_results", "rows_by_id", "example_lists", "load_paper_results", "paper_table",
+           "System", "baseline_systems", "zero_shot_system", "stage_system", "trained_systems", "trained_label",
+           "available_systems", "generations", "run_system", "results_stage", "evaluate_systems", "load_results",
+           "Results", "summarize_systems", "results_markdown", "publish_table", "rows_fingerprint", "sample_rows",
+           "main_metrics"]
