@@ -1,0 +1,167 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Evaluating recommenders on SafeRec
+#
+# Every system answers the same test conversations with a ranked list of ten movies, and every
+# list goes through the same scoring path (`safecrs_core.metrics`): items the user already
+# mentioned are removed, then
+#
+# * **Recall@10** and **NDCG@10** measure how much of the ground truth (targets left after the
+#   oracle removed unsafe ones) the list finds, and how high;
+# * **SVR@10** (safety violation ratio) is the share of returned items the
+#   [Safety Oracle](../../book/oracle.md) judges *unsafe* for the user's sensitivity trait, and
+#   **S-DCG@10** the rank-discounted count of those items;
+# * **Unknown@10** is the share of returned items the oracle cannot judge (titles outside the
+#   catalog included). Unknown is never counted as safe, so a low SVR@10 with a high Unknown@10
+#   says little.
+#
+# Means come with 95% bootstrap confidence intervals over conversations. The systems are
+# non-LLM baselines (`safecrs_core.baselines`), the instruction-tuned base model prompted as is,
+# and the fine-tuned models whose training stages exist for this profile.
+
+# %% tags=["parameters"]
+profile = "book"
+seed = 0
+k = 10
+n_test = 100  # test conversations drawn for the comparison (LLM generation is the slow part)
+max_new_tokens = 256
+batch_size = 16
+torch_threads = 1  # CPU threads for generation (0: torch's default); one avoids oversubscription
+base_model = "smollm2-135m-instruct"
+n_popular = 2000  # most popular catalog items added to the retrieval pool
+context_turns = 4  # conversation turns the retrieval baseline embeds
+n_boot = 1000
+systems = []  # names of the systems to evaluate; empty: every available one
+
+# %%
+import pandas as pd
+import torch
+from myst_nb import glue
+
+from safecrs_core import evaluate as E
+from safecrs_core import metrics as M
+from safecrs_core import plots
+from safecrs_core.benchmark import benchmark_for_profile
+from safecrs_core.catalog import load_catalog
+from safecrs_core.oracle import load_oracle
+
+if torch_threads:
+    torch.set_num_threads(torch_threads)
+ds, stats, bench = benchmark_for_profile(profile, seed=seed)
+catalog, oracle = load_catalog(), load_oracle()
+
+# %% [markdown]
+# ## The systems
+# Fine-tuned systems are found among the completed training stages built on this profile's
+# training split; those not built yet are listed in the note below and left out.
+
+# %%
+available = E.available_systems(profile, ds, benchmark=bench, base_model=base_model, catalog=catalog, oracle=oracle,
+                                n_popular=n_popular, context_turns=context_turns)
+chosen = [s for s in available if not systems or s.name in systems]
+pd.DataFrame([{"system": s.name, "group": s.group, "what": s.description} for s in chosen]).set_index("system")
+
+# %% [markdown]
+# ## Test conversations
+# All systems answer the same random sample of the test split (seeded), so their scores pair up
+# conversation by conversation.
+
+# %%
+rows = E.sample_rows(ds["test"], n_test, seed)
+glue("n_rows", len(rows), display=False)
+glue("n_test_split", len(ds["test"]), display=False)
+print(f"{len(rows)} of {len(ds['test'])} test conversations")
+
+# %%
+stage = E.results_stage(chosen, rows, profile=profile, k=k, n_boot=n_boot, seed=seed,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle)
+res = E.load_results(stage)
+E.publish_table(res);
+
+# %% [markdown]
+# ## Main results
+# Mean [95% CI] over the sampled conversations. `list_len` is the number of distinct, unseen
+# items a system returned (ten is the request).
+
+# %%
+M.format_table(res.summary, E.main_metrics(k))
+
+# %%
+s = res.summary
+zero_shot = next(x["name"] for x in res.systems if x["group"] == "zero-shot")
+for key, name in {"pop": "Popularity", "pop_f": "Popularity + filter", "ret": "Retrieval",
+                  "ret_f": "Retrieval + filter", "zs": zero_shot}.items():
+    for m in (f"recall@{k}", f"svr@{k}", f"unknown@{k}", "list_len"):
+        glue(f"{key}_{m.split('@')[0]}", float(s.loc[name, m]), display=False)
+glue("zs_name", zero_shot, display=False)
+
+# %% [markdown]
+# Embedding retrieval finds {glue:text}`ret_recall:.3f` of the ground truth in its top ten, while
+# {glue:text}`ret_svr:.1%` of what it recommends is unsafe for the user's stated sensitivity:
+# it matches what the conversation is about, sensitivity sentence included, and nothing in it
+# steers away from harmful content. Dropping the oracle's unsafe items brings SVR@10 to zero by
+# construction (it reads the user's trait from the benchmark, which a deployed system would have
+# to infer) and moves Recall@10 to {glue:text}`ret_f_recall:.3f`. The unknown share goes from
+# {glue:text}`ret_unknown:.1%` to {glue:text}`ret_f_unknown:.1%`: the filter can only remove what
+# the oracle knows to be unsafe, and items it cannot judge take the freed places. Popularity reaches Recall@10 {glue:text}`pop_recall:.3f` at SVR@10
+# {glue:text}`pop_svr:.1%`. The zero-shot model ({glue:text}`zs_name`) returns
+# {glue:text}`zs_list_len:.1f` items on average, with Recall@10 {glue:text}`zs_recall:.3f` and
+# SVR@10 {glue:text}`zs_svr:.1%` ({glue:text}`zs_unknown:.1%` of its items unknown to the oracle).
+
+# %% [markdown]
+# ## Violations per sensitivity trait
+# SVR@10 per system and trait (the number of conversations with that trait in brackets). Traits
+# with few conversations have wide intervals (`per_trait.csv` in the results stage holds them).
+
+# %%
+plots.save(plots.trait_heatmap(res.per_trait, f"svr@{k}", title=f"SVR@{k} per system and trait"),
+           "evaluate_svr_per_trait");
+
+# %% [markdown]
+# ## Baselines on the whole test split
+# The baselines are cheap enough to score on every test conversation; their numbers here check
+# that the sample above is representative.
+
+# %%
+baselines = [x for x in chosen if x.kind == "baseline"]
+full = E.load_results(E.results_stage(baselines, ds["test"], profile=profile, label="baselines_full", k=k,
+                                      n_boot=n_boot, seed=seed, catalog=catalog, oracle=oracle))
+M.format_table(full.summary, E.main_metrics(k))
+
+# %%
+glue("full_ret_recall", float(full.summary.loc["Retrieval", f"recall@{k}"]), display=False)
+glue("full_ret_svr", float(full.summary.loc["Retrieval", f"svr@{k}"]), display=False)
+glue("full_pop_recall", float(full.summary.loc["Popularity", f"recall@{k}"]), display=False)
+
+# %% [markdown]
+# On all {glue:text}`n_test_split` test conversations retrieval scores Recall@10
+# {glue:text}`full_ret_recall:.3f` and SVR@10 {glue:text}`full_ret_svr:.1%`, popularity Recall@10
+# {glue:text}`full_pop_recall:.3f`. The sources ask differently: INSPIRED and Reddit users
+# describe what they want, while ReDial and the Facebook movie dialogs mostly name films, so the
+# two baselines do not rank the same way on each source:
+
+# %%
+by_source = M.summarize(full.per_sample, by=["source", "system"], metrics=[f"recall@{k}", f"svr@{k}"],
+                        n_boot=n_boot, seed=seed)
+M.format_table(by_source, [f"recall@{k}", f"svr@{k}"])
+
+# %% [markdown]
+#
+# Results are cached in `artifacts/results/<key>/` (per-sample scores, `summary.csv`,
+# `per_trait.csv`, markdown tables); the main table is also copied to
+# `book/_generated/results_table.md`. The [next chapter](05_tradeoff) plots the trade-off
+# between relevance and safety.
+
+# %%
+print(stage)
