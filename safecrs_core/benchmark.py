@@ -42,7 +42,7 @@ from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
 
 SPLITS = ("train", "validation", "test")
 # Part of the cache key: bump when a change to the build alters its output for the same parameters.
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 # (source, split given by the source) -> benchmark split
 SPLIT_MAP = {

@@ -552,7 +552,7 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
 
 
 # Part of the disk-cache key: bump when a change to build_oracle alters its tables.
-ORACLE_VERSION = 2
+ORACLE_VERSION = 3
 _ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
                  "imdb_scrape/imdb_lists_combined.csv", "tmdb5000/tmdb_5000_movies.csv",
                  "ml_genome_top5/movies_w_keywords.csv", "ml_latest_small/tags.csv")
