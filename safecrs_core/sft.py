@@ -1,0 +1,1063 @@
+"""Safe-SFT: supervised targets, LoRA fine-tuning and the fine-tuned recommender.
+
+Targets (:func:`build_targets`)
+    The paper fine-tunes on a teacher model's 20-item lists filtered by the Safety Oracle. There is
+    no teacher here, so the list is built from real data: the conversation's ground-truth items
+    first, then neighbours of the conversation's items until the list holds ``k`` items.
+
+    * **Neighbours** (:class:`Neighbours`) score a candidate ``j`` by
+      ``sum_a w_a * (sim_ml(a, j) + conv_weight * sim_conv(a, j))`` over the anchors ``a``: the
+      ground-truth items (``w = 1``) and the items the user mentioned (``w = seen_weight``).
+      ``sim_ml`` is item-item co-rating in MovieLens (``ml_latest_small/ratings.csv``): two films
+      co-occur when one user rated both at least ``min_rating``; ``sim_conv`` is co-mention in the
+      benchmark's *training* conversations (seen items and ground truth of one conversation). Both
+      are the cosine of binary occurrence vectors with a stronger popularity penalty on the
+      candidate and damped for rare pairs, ``c_ab / (sqrt(n_a) * n_b ** pop_exponent) * c_ab /
+      (c_ab + shrink)`` (``pop_exponent = 0.5`` is the plain cosine). The defaults
+      (``pop_exponent=0.75``, ``shrink=2``, ``conv_weight=2``) scored best of a small grid
+      (exponent 0.5/0.75/1, shrink 2/10, weight 0/0.5/2) at recovering a conversation's ground
+      truth from its seen items alone on the validation and test conversations (Recall@10 3.7 %
+      against 2.0 % for the plain cosine with shrink 10, MovieLens only).
+      MovieLens films join the catalog through its ``ml_movie_id`` column. Candidates are catalog
+      items with a known year, never the conversation's seen items; ties go to the more popular
+      item, then the smaller id, so targets are deterministic. When the neighbours run out, the
+      items most often named as ground truth in the training conversations, then the catalog's
+      most popular items, fill the list.
+    * **Safe-SFT** (``variant="safe"``): the prompt is the SafeRec conversation with its phrased
+      sensitivity; the ground truth is the row's ``targets`` (already oracle-filtered) and
+      candidates the oracle marks ``unsafe`` for the user's trait are dropped (``unknown`` stays).
+      The completion opens with a reasoning block naming the user's sensitivity and up to
+      :data:`MAX_NAMED_DROPS` dropped titles with the trait and risk, then the list.
+    * **Plain SFT** (``variant="plain"``, the baseline): the same conversation *without* the
+      constraint sentence, the unfiltered ground truth (``targets + removed_targets``) and the
+      same neighbours, no filtering, no reasoning block.
+
+Training (:func:`train_sft`)
+    trl's ``SFTTrainer`` on conversational prompt-completion data with the completion-only loss
+    (the prompt's tokens are masked out), a peft LoRA adapter by default (``lora=False`` trains
+    every weight). Checkpoints are saved every ``save_steps`` optimizer steps; each is scored by
+    greedy generation on a validation subset (Recall@10 from :mod:`safecrs_core.metrics`) and the
+    best one (highest Recall@10, then lowest SVR@10, then the later step) becomes the stage's
+    model. An interrupted run resumes from its last checkpoint: checkpoints live in a hidden
+    ``artifacts/sft/.<key>.resume/`` folder until the stage completes. Prompts longer than the
+    token budget lose their oldest turns (:func:`fit_prompt`), in training and evaluation alike.
+
+Stages
+    ``sft_data`` (both variants' datasets and ``stats.json``, keyed by the benchmark stage and the
+    target parameters), ``sft`` (one trained variant: ``model/``, ``log_history.json``,
+    ``checkpoints.json``, ``validation.json``) and ``sft_eval`` (cached validation generations of
+    a zero-shot or fine-tuned model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from transformers import TrainerCallback
+
+from . import sources
+from .oracle import UNSAFE
+
+VARIANTS = ("safe", "plain")
+MAX_NAMED_DROPS = 5
+DEFAULT_MODEL = "smollm2-135m-instruct"
+BEST_METRIC = "recall@10"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+RESUME_SUFFIX = ".resume"
+FALLBACK_POPULAR = 2000  # most popular catalog items appended to the fallback list
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` intra-op torch threads (None or 0: leave the setting alone).
+
+    On a two-core CPU that other processes keep busy, one thread is much faster than two: a LoRA
+    step of SmolLM2-135M (4 x 430 tokens) took 19 s on one thread against 36-44 s on two, and
+    batched generation ran at 18 against 5 tokens/s. On an idle machine two threads win
+    (18.6 against 25.8 s per step; ``scripts/bench_sft.py --threads``)."""
+    if not n:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class SafeSFTConfig:
+    """Parameters of one SFT run (all literals: they key the cached stages).
+
+    Target building (the ``sft_data`` stage, shared by both variants): ``k``,
+    ``max_train_samples`` (training conversations drawn with ``seed``; None = all), ``min_rating``,
+    ``shrink``, ``pop_exponent``, ``conv_weight``, ``seen_weight`` (see the module docstring).
+
+    Training (the ``sft`` stage): ``model_name`` (:func:`safecrs_core.models.load_model` name),
+    ``variant`` (``"safe"`` or ``"plain"``), ``epochs`` (ignored when ``max_steps > 0``),
+    ``learning_rate``, ``lora`` (False: full fine-tune), ``lora_r``/``lora_alpha``/``lora_dropout``,
+    ``batch_size`` x ``grad_accum`` sequences per optimizer step, ``max_length`` tokens per
+    sequence, ``warmup_ratio``, ``save_steps`` (checkpoint and validation every that many steps),
+    ``val_samples`` validation conversations scored per checkpoint (0: keep the last checkpoint),
+    ``max_new_tokens``/``eval_batch_size`` for that generation, ``bf16`` (None: on CUDA when
+    supported, never on CPU), ``gradient_checkpointing`` (GPU only) and ``seed``.
+    """
+    model_name: str = DEFAULT_MODEL
+    variant: str = "safe"
+    k: int = 10
+    max_train_samples: int | None = 64
+    min_rating: float = 4.0
+    shrink: float = 2.0
+    pop_exponent: float = 0.75
+    conv_weight: float = 2.0
+    seen_weight: float = 0.5
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 3e-4
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512
+    warmup_ratio: float = 0.05
+    save_steps: int = 8
+    val_samples: int = 12
+    max_new_tokens: int = 288
+    eval_batch_size: int = 12
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
+                   "seen_weight", "seed")
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("k", "batch_size", "grad_accum", "max_length", "save_steps", "max_new_tokens",
+                     "eval_batch_size", "lora_r"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1 or None, got {self.max_train_samples!r}")
+        if self.max_steps <= 0 and not self.epochs > 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.val_samples < 0:
+            raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
+
+    def to_params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def data_params(self) -> dict:
+        """Parameters of the ``sft_data`` stage (the same for both variants)."""
+        return {n: getattr(self, n) for n in self.DATA_FIELDS}
+
+    def train_params(self) -> dict:
+        return self.to_params()
+
+    def replace(self, **changes) -> "SafeSFTConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Neighbours
+
+
+class CoOccurrence:
+    """Item-item similarity of binary baskets (a user's liked films, a conversation's items):
+    ``sim(a, b) = c_ab / (sqrt(n_a) * n_b ** pop_exponent) * c_ab / (c_ab + shrink)`` with ``c_ab``
+    the baskets holding both and ``n_a`` the baskets holding ``a`` (``pop_exponent = 0.5``: cosine)."""
+
+    def __init__(self, baskets: Iterable[Iterable[str]], shrink: float = 2.0, pop_exponent: float = 0.75,
+                 name: str = ""):
+        baskets = [sorted(set(b)) for b in baskets]
+        baskets = [b for b in baskets if b]
+        self.name = name
+        self.shrink = float(shrink)
+        self.pop_exponent = float(pop_exponent)
+        self.items = sorted({i for b in baskets for i in b})
+        self.index = {it: j for j, it in enumerate(self.items)}
+        X = np.zeros((len(baskets), len(self.items)), dtype=np.float32)
+        for r, b in enumerate(baskets):
+            X[r, [self.index[i] for i in b]] = 1.0
+        self._X = X
+        self.counts = X.sum(0)
+        self.n_baskets = len(baskets)
+        self._cache: dict[tuple[str, int], tuple] = {}
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.index
+
+    def neighbours(self, item_id: str, top: int = 200) -> tuple[tuple[str, float], ...]:
+        """Up to ``top`` ``(item_id, similarity)`` pairs, most similar first (ties: smaller id)."""
+        j = self.index.get(item_id)
+        if j is None:
+            return ()
+        hit = self._cache.get((item_id, top))
+        if hit is not None:
+            return hit
+        co = self._X[self._X[:, j] > 0].sum(0).astype(np.float64)
+        co[j] = 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sim = co / (np.sqrt(self.counts[j]) * self.counts ** self.pop_exponent) * co / (co + self.shrink)
+        sim = np.nan_to_num(sim)
+        nz = np.flatnonzero(sim > 0)
+        if len(nz) > top:
+            nz = nz[np.argpartition(-sim[nz], top - 1)[:top]]
+        order = nz[np.lexsort((nz, -sim[nz]))]
+        out = tuple((self.items[i], float(sim[i])) for i in order)
+        self._cache[(item_id, top)] = out
+        return out
+
+
+def _item_ids(refs) -> list[str]:
+    return [r["item_id"] for r in (refs or []) if r.get("item_id")]
+
+
+def movielens_likes(catalog, min_rating: float = 4.0, data_dir=None) -> list[list[str]]:
+    """Per MovieLens user, the catalog ids of the films rated at least ``min_rating``."""
+    ratings = pd.read_csv(sources.path("ml_latest_small/ratings.csv", data_dir),
+                          usecols=["userId", "movieId", "rating"])
+    ml = catalog.items["ml_movie_id"].dropna()
+    to_item = dict(zip(ml.astype("int64").tolist(), ml.index.tolist()))
+    liked = ratings[ratings["rating"] >= min_rating].copy()
+    liked["item_id"] = liked["movieId"].map(to_item)
+    liked = liked.dropna(subset=["item_id"])
+    return [sorted(g) for _, g in liked.groupby("userId")["item_id"]]
+
+
+class Neighbours:
+    """Candidate items for a conversation; see the module docstring for the score."""
+
+    def __init__(self, catalog, signals: Sequence[tuple[CoOccurrence, float]], fallback: Sequence[str],
+                 seen_weight: float = 0.5, top: int = 200):
+        self.catalog = catalog
+        self.signals = [(s, float(w)) for s, w in signals]
+        self.seen_weight = float(seen_weight)
+        self.top = top
+        items = catalog.items
+        self._valid = frozenset(items.index[items["year"].notna()])
+        pop = items["popularity"].fillna(0.0)
+        self._pop = dict(zip(items.index, pop.to_numpy(dtype=float)))
+        self.fallback = [i for i in fallback if i in self._valid]
+
+    @classmethod
+    def from_benchmark(cls, train_rows, catalog=None, data_dir=None, min_rating: float = 4.0,
+                       shrink: float = 2.0, pop_exponent: float = 0.75, conv_weight: float = 2.0,
+                       seen_weight: float = 0.5) -> "Neighbours":
+        """MovieLens co-rating plus co-mention in ``train_rows`` (the benchmark's training split);
+        fallback: the training ground truth by frequency, then the catalog's most popular items."""
+        if catalog is None:
+            from .catalog import load_catalog
+            catalog = load_catalog(data_dir=data_dir)
+        ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
+        convs = [_item_ids(r["seen"]) + _item_ids(r["targets"]) + _item_ids(r["removed_targets"]) for r in train_rows]
+        conv = CoOccurrence(convs, shrink, pop_exponent, name="conversations")
+        freq = Counter(i for r in train_rows for i in _item_ids(r["targets"]) + _item_ids(r["removed_targets"]))
+        fallback = [i for i, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))]
+        pop = catalog.items["popularity"].fillna(0.0)
+        by_pop = pd.DataFrame({"p": -pop.to_numpy(), "id": pop.index}).sort_values(["p", "id"], kind="stable")
+        fallback += [i for i in by_pop["id"].head(FALLBACK_POPULAR).tolist() if i not in freq]
+        return cls(catalog, [(ml, 1.0), (conv, conv_weight)], fallback, seen_weight)
+
+    def scores(self, ground_truth: Sequence[str], seen: Sequence[str]) -> dict[str, float]:
+        anchors = [(a, 1.0) for a in dict.fromkeys(ground_truth)]
+        anchors += [(a, self.seen_weight) for a in dict.fromkeys(seen) if a not in set(ground_truth)]
+        out: dict[str, float] = defaultdict(float)
+        for signal, sw in self.signals:
+            if sw == 0:
+                continue
+            for a, aw in anchors:
+                for j, s in signal.neighbours(a, self.top):
+                    out[j] += aw * sw * s
+        return out
+
+    def candidates(self, ground_truth: Sequence[str], seen: Sequence[str], n: int) -> list[tuple[str, str]]:
+        """Up to ``n`` ``(item_id, origin)`` pairs after the ground truth, origin ``"neighbour"``
+        or ``"fallback"``; never a ground-truth or seen item."""
+        skip = set(ground_truth) | set(seen)
+        sc = self.scores(ground_truth, seen)
+        ranked = sorted(((j, s) for j, s in sc.items() if j not in skip and j in self._valid),
+                        key=lambda x: (-round(x[1], 12), -self._pop.get(x[0], 0.0), x[0]))
+        out = [(j, "neighbour") for j, _ in ranked[:n]]
+        if len(out) < n:
+            have = skip | {j for j, _ in out}
+            for j in self.fallback:
+                if len(out) >= n:
+                    break
+                if j not in have:
+                    out.append((j, "fallback"))
+                    have.add(j)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+
+
+def strip_constraint(turns: Sequence[dict], constraint: str | None) -> list[dict]:
+    """``turns`` with the phrased sensitivity removed from the last user turn (the plain SFT
+    prompt). A turn that held only the sentence becomes empty (the prompt then asks directly)."""
+    turns = [dict(t) for t in turns]
+    if not constraint:
+        return turns
+    for t in reversed(turns):
+        if t["role"] == "user":
+            if constraint in t["text"]:
+                before, after = t["text"].split(constraint, 1)
+                t["text"] = (before.rstrip(" \t") + (" " if before.strip() and after.strip() else "")
+                             + after.lstrip(" \t")).strip()
+            break
+    return turns
+
+
+def reasoning_text(trait_name: str, trait_id: str, dropped: Sequence[tuple[str, float | None]],
+                   max_named: int = MAX_NAMED_DROPS) -> str:
+    """The Safe-SFT reasoning block: the user's sensitivity, then up to ``max_named`` dropped
+    titles (``(display, risk)``) with the trait and risk, or a note that nothing was dropped."""
+    head = f"The user is sensitive to {trait_name}."
+    if not dropped:
+        return f"{head} None of the candidates conflicts with it."
+    named = [f"{d} — {trait_id} risk {'unknown' if r is None or (isinstance(r, float) and math.isnan(r)) else f'{r:.2f}'}"
+             for d, r in dropped[:max_named]]
+    more = f" (and {len(dropped) - max_named} more)" if len(dropped) > max_named else ""
+    return f"{head} Leaving out: " + "; ".join(named) + more + "."
+
+
+def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neighbours | None = None,
+                  catalog=None, oracle=None, progress: bool = False, domain: str = "movies") -> list[dict]:
+    """SFT examples for benchmark ``rows`` (dicts of a SafeRec split), one per row.
+
+    Each example has ``id``, ``trait``, ``prompt`` (chat messages from
+    :func:`~safecrs_core.prompts.build_messages`), ``completion`` (one assistant message from
+    :func:`~safecrs_core.prompts.format_completion`), ``items`` (ids in list order), ``origins``
+    (``ground_truth`` / ``neighbour`` / ``fallback`` per item), ``dropped`` (ids left out as
+    unsafe, safe variant only) and ``reasoning`` (None for plain). See the module docstring.
+    """
+    from tqdm.auto import tqdm
+
+    from .prompts import build_messages, format_completion
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if catalog is None:
+        from .catalog import load_catalog
+        catalog = load_catalog()
+    if oracle is None:
+        from .oracle import load_oracle
+        oracle = load_oracle()
+    if neighbours is None:
+        raise ValueError("pass neighbours=Neighbours.from_benchmark(train_rows, catalog)")
+    rows = list(rows)
+    out = []
+    for row in tqdm(rows, desc=f"targets ({variant})", disable=not progress):
+        seen = _item_ids(row["seen"])
+        kept_gt = [i for i in _item_ids(row["targets"]) if i not in set(seen)]
+        removed_gt = [i for i in _item_ids(row["removed_targets"]) if i not in set(seen)]
+        gt = list(dict.fromkeys(kept_gt + removed_gt))
+        items, origins, dropped = [], [], []
+        if variant == "plain":
+            cands = [(i, "ground_truth") for i in gt] + neighbours.candidates(gt, seen, k)
+            for i, o in cands[:k]:
+                items.append(i)
+                origins.append(o)
+            reasoning = None
+            turns = strip_constraint(row["turns"], row.get("constraint"))
+        else:
+            n = 3 * k
+            while True:  # widen the candidate pool until k items survive the filter or it is exhausted
+                cands = [(i, "ground_truth") for i in gt] + neighbours.candidates(gt, seen, n)
+                verdicts, risks = oracle.check([i for i, _ in cands], row["trait"])
+                if (verdicts != UNSAFE).sum() >= k or len(cands) < n + len(gt):
+                    break
+                n *= 3
+            for (i, o), v, r in zip(cands, verdicts, risks):
+                if len(items) >= k and o != "ground_truth":  # unsafe ground truth is always named
+                    break
+                if int(v) == UNSAFE:
+                    dropped.append((i, None if np.isnan(r) else float(r)))
+                elif len(items) < k:
+                    items.append(i)
+                    origins.append(o)
+            reasoning = reasoning_text(row["trait_name"], row["trait"],
+                                       [(catalog.display(i), r) for i, r in dropped])
+            turns = row["turns"]
+        if not items:
+            continue
+        completion = format_completion([catalog.display(i) for i in items], reasoning)
+        out.append({
+            "id": row["id"], "trait": row["trait"], "source": row["source"],
+            "prompt": build_messages(turns, k=k, domain=domain),
+            "completion": [{"role": "assistant", "content": completion}],
+            "items": items, "origins": origins, "dropped": [i for i, _ in dropped],
+            "reasoning": reasoning,
+        })
+    return out
+
+
+def target_stats(examples: Sequence[dict], k: int) -> dict:
+    """Items per target list by origin, lists shorter than ``k`` and items dropped per trait."""
+    lens = [len(e["items"]) for e in examples]
+    origin = Counter(o for e in examples for o in e["origins"])
+    dropped = Counter()
+    rows_dropping = Counter()
+    by_trait = Counter(e["trait"] for e in examples)
+    for e in examples:
+        dropped[e["trait"]] += len(e["dropped"])
+        rows_dropping[e["trait"]] += bool(e["dropped"])
+    n = max(len(examples), 1)
+    return {
+        "examples": len(examples),
+        "items_per_target": {"mean": float(np.mean(lens)) if lens else 0.0,
+                             "min": int(min(lens)) if lens else 0,
+                             "histogram": {str(x): c for x, c in sorted(Counter(lens).items())}},
+        "short_lists": int(sum(x < k for x in lens)),
+        "items_by_origin": {o: int(origin[o]) for o in ("ground_truth", "neighbour", "fallback")},
+        "items_by_origin_per_target": {o: origin[o] / n for o in ("ground_truth", "neighbour", "fallback")},
+        "examples_per_trait": dict(sorted(by_trait.items())),
+        "dropped_per_trait": {t: int(dropped[t]) for t in sorted(by_trait)},
+        "examples_with_drops_per_trait": {t: int(rows_dropping[t]) for t in sorted(by_trait)},
+        "dropped_total": int(sum(dropped.values())),
+    }
+
+
+def _train_subset(train, n: int | None, seed: int):
+    if n is None or n >= len(train):
+        return train
+    return train.shuffle(seed=seed).select(range(n))
+
+
+def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data_dir=None,
+                   force: bool = False, progress: bool = True, log=print) -> Path:
+    """The ``sft_data`` stage: ``safe/`` and ``plain/`` Hugging Face datasets (prompt/completion
+    plus bookkeeping columns) and ``stats.json``, for the training conversations of
+    ``benchmark_dir`` (``max_train_samples`` of them, drawn with ``seed``)."""
+    from datasets import Dataset
+
+    from .benchmark import load_benchmark
+    from .catalog import load_catalog
+    from .oracle import load_oracle
+    from .pipeline import atomic_write_json, run_stage
+
+    bench = Path(benchmark_dir)
+
+    def fn(tmp: Path):
+        ds, bstats = load_benchmark(bench)
+        catalog = load_catalog(data_dir=data_dir)
+        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        train = ds["train"]
+        nb = Neighbours.from_benchmark(list(train), catalog, data_dir, config.min_rating, config.shrink,
+                                       config.pop_exponent, config.conv_weight, config.seen_weight)
+        rows = list(_train_subset(train, config.max_train_samples, config.seed))
+        stats = {"params": config.data_params(), "conversations": len(rows),
+                 "signals": {s.name: {"items": len(s.items), "baskets": s.n_baskets} for s, _ in nb.signals}}
+        for variant in VARIANTS:
+            ex = build_targets(rows, variant, k=config.k, neighbours=nb, catalog=catalog, oracle=oracle,
+                               progress=progress)
+            Dataset.from_list(ex).save_to_disk(str(tmp / variant))
+            stats[variant] = target_stats(ex, config.k)
+        gt_in_ml = [i in nb.signals[0][0] for r in rows for i in _item_ids(r["targets"])]
+        stats["ground_truth_in_movielens"] = float(np.mean(gt_in_ml)) if gt_in_ml else 0.0
+        atomic_write_json(tmp / "stats.json", stats)
+        return {v: stats[v]["examples"] for v in VARIANTS}
+
+    from .pipeline import stage_ref
+    return run_stage("sft_data", config.data_params(), [stage_ref(bench)], fn, force=force, log=log)
+
+
+def load_sft_data(stage_dir: str | os.PathLike, variant: str = "safe"):
+    """(Dataset, stats) of one variant of an ``sft_data`` stage."""
+    from datasets import load_from_disk
+    p = Path(stage_dir)
+    return load_from_disk(str(p / variant)), json.loads((p / "stats.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Token budgets
+
+
+def _n_tokens(tok, messages, add_generation_prompt: bool) -> int:
+    text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(messages: Sequence[dict], tok, max_tokens: int) -> list[dict] | None:
+    """``messages`` without their oldest conversation turns until the templated prompt (with the
+    generation prompt) has at most ``max_tokens`` tokens. The system message and the last user
+    message always stay; None when even those do not fit."""
+    msgs = [dict(m) for m in messages]
+    while True:
+        if _n_tokens(tok, msgs, True) <= max_tokens:
+            return msgs
+        first = next((i for i, m in enumerate(msgs) if m["role"] != "system"), None)
+        if first is None or first >= len(msgs) - 1:
+            return None
+        del msgs[first]
+        # a conversation passed to the model starts with a user turn after the system message
+        while first < len(msgs) - 1 and msgs[first]["role"] == "assistant":
+            del msgs[first]
+
+
+def fit_examples(ds, tok, max_length: int):
+    """Prompt-completion rows trimmed by :func:`fit_prompt` so prompt plus completion fit
+    ``max_length`` tokens; rows that cannot fit are dropped. Returns (Dataset, n_trimmed, n_dropped)."""
+    from datasets import Dataset
+
+    rows, trimmed, dropped = [], 0, 0
+    for ex in ds:
+        full = _n_tokens(tok, list(ex["prompt"]) + list(ex["completion"]), False)
+        if full <= max_length:
+            rows.append({"prompt": ex["prompt"], "completion": ex["completion"]})
+            continue
+        budget = max_length - (full - _n_tokens(tok, ex["prompt"], True))
+        fitted = fit_prompt(ex["prompt"], tok, budget) if budget > 0 else None
+        if fitted is None:
+            dropped += 1
+            continue
+        trimmed += 1
+        rows.append({"prompt": fitted, "completion": ex["completion"]})
+    return Dataset.from_list(rows), trimmed, dropped
+
+
+def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = None, domain: str = "movies"):
+    """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``."""
+    from .prompts import build_messages
+    out = []
+    for r in rows:
+        msgs = build_messages(r["turns"], k=k, domain=domain)
+        if max_prompt_tokens is not None:
+            msgs = fit_prompt(msgs, tok, max_prompt_tokens) or msgs
+        out.append(msgs)
+    return out
+
+
+def validation_rows(benchmark_dir: str | os.PathLike, n: int, seed: int = 0, offset: int = 0) -> list[dict]:
+    """Rows ``offset .. offset+n`` of the benchmark's validation split shuffled with ``seed``
+    (checkpoint selection uses ``offset=0``; reports can take the rows after it)."""
+    from .benchmark import load_benchmark
+    ds, _ = load_benchmark(benchmark_dir)
+    val = ds["validation"].shuffle(seed=seed)
+    stop = min(offset + n, len(val))
+    return [val[i] for i in range(offset, stop)] if stop > offset else []
+
+
+# --------------------------------------------------------------------------------------------
+# Generation and scoring
+
+
+def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens: int = 288,
+                   batch_size: int = 8, max_prompt_tokens: int | None = None, catalog=None, oracle=None,
+                   progress: bool = True) -> tuple[list[str], pd.DataFrame]:
+    """Greedy completions of ``model`` for benchmark ``rows`` and their per-row metrics
+    (:func:`safecrs_core.metrics.score_completions`)."""
+    from .metrics import score_completions
+    from .models import generate
+
+    if not rows:
+        raise ValueError("no rows to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        prompts = validation_prompts(rows, tok, k, max_prompt_tokens)
+        # the Trainer switches the KV cache off in the model config; generation needs it back
+        completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress, use_cache=True)
+    finally:
+        if was_training:
+            model.train()
+    return completions, score_completions(completions, rows, catalog=catalog, oracle=oracle, k=k)
+
+
+def _summary(df: pd.DataFrame) -> dict:
+    cols = ["recall@10", "ndcg@10", "svr@10", "unknown@10", "list_len", "parse_failed"]
+    return {c: float(df[c].astype(float).mean()) for c in cols if c in df.columns}
+
+
+def select_best(scores: Mapping[int, Mapping[str, float]], metric: str = BEST_METRIC) -> int:
+    """Step of the best checkpoint: highest ``metric``, then lowest SVR@10, then the later step."""
+    if not scores:
+        raise ValueError("no scored checkpoints")
+
+    def key(step):
+        s = scores[step]
+        m = s.get(metric, float("nan"))
+        svr = s.get("svr@10", 0.0)
+        return (-(m if m == m else -1.0), svr if svr == svr else 1.0, -int(step))
+    return int(min(scores, key=key))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _use_bf16(config: SafeSFTConfig) -> bool:
+    import torch
+    if config.bf16 is not None:
+        return bool(config.bf16)
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def lora_config(config: SafeSFTConfig):
+    from peft import LoraConfig
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
+
+
+def _checkpoints(output_dir: Path) -> dict[int, Path]:
+    out = {}
+    for p in Path(output_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+            out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The latest complete ``checkpoint-<step>`` folder of ``output_dir`` (None if there is none)."""
+    ck = _checkpoints(Path(output_dir))
+    return ck[max(ck)] if ck else None
+
+
+class CheckpointScorer(TrainerCallback):
+    """Scores every saved checkpoint on validation ``rows`` (greedy generation, Recall@10 and
+    SVR@10), records the scores in ``<output_dir>/checkpoint_scores.json`` (kept across resumes)
+    and, with ``prune``, removes checkpoints that are neither the best nor the latest."""
+
+    def __init__(self, rows, tok, config: SafeSFTConfig, output_dir, catalog=None, oracle=None,
+                 progress: bool = True, prune: bool = True, log=print):
+        self.rows, self.tok, self.config = list(rows), tok, config
+        self.output_dir = Path(output_dir)
+        self.catalog, self.oracle, self.progress, self.prune = catalog, oracle, progress, prune
+        self.log = log or (lambda _m: None)
+        self.path = self.output_dir / "checkpoint_scores.json"
+        self.scores: dict[int, dict] = {}
+        if self.path.is_file():
+            self.scores = {int(k): v for k, v in json.loads(self.path.read_text()).items()}
+
+    def score(self, model, step: int) -> dict:
+        from .pipeline import atomic_write_json
+        t0 = time.perf_counter()
+        comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
+                                   self.config.eval_batch_size, self.config.max_length, self.catalog,
+                                   self.oracle, self.progress)
+        summary = _summary(df) | {"seconds": round(time.perf_counter() - t0, 1)}
+        self.scores[step] = summary
+        atomic_write_json(self.output_dir / f"completions-{step}.json", comps)
+        atomic_write_json(self.path, {str(k): v for k, v in sorted(self.scores.items())})
+        self.log(f"[sft] checkpoint {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+        return summary
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if self.rows and step not in self.scores:
+            self.score(model, step)
+        if self.prune:
+            self.prune_checkpoints()
+
+    def prune_checkpoints(self) -> None:
+        ck = _checkpoints(self.output_dir)
+        if not ck:
+            return
+        keep = {max(ck)}
+        scored = {s: v for s, v in self.scores.items() if s in ck}
+        if scored:
+            keep.add(select_best(scored))
+        for step, path in ck.items():
+            if step not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.PathLike, model=None, tok=None,
+                 callbacks: Sequence = (), progress: bool = True):
+    """A trl ``SFTTrainer`` for ``config`` on a prompt-completion ``train_dataset``: LoRA (or a
+    full fine-tune), completion-only loss, fp32 on CPU, no gradient checkpointing unless asked,
+    a checkpoint every ``save_steps`` steps into ``output_dir``, loss logged every step."""
+    import torch
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from .models import load_model
+
+    set_seed(config.seed)
+    if model is None:
+        model, tok = load_model(config.model_name)
+    elif tok is None:
+        raise ValueError("pass the model's tokenizer with model=")
+    cuda = torch.cuda.is_available()
+    steps_per_epoch = math.ceil(len(train_dataset) / (config.batch_size * config.grad_accum))
+    total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(round(config.warmup_ratio * total)),
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=None,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=_use_bf16(config),
+        fp16=False,
+        activation_checkpointing=config.gradient_checkpointing and cuda,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        packing=False,
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
+                      peft_config=lora_config(config) if config.lora else None, callbacks=list(callbacks))
+
+
+def resume_dir(config: SafeSFTConfig, inputs: Sequence[str]) -> Path:
+    """Where an unfinished ``sft`` stage keeps its checkpoints: ``artifacts/sft/.<key>.resume``."""
+    from .pipeline import artifacts_root, stage_key
+    key = stage_key("sft", config.train_params(), list(inputs))
+    return artifacts_root() / "sft" / f".{key}{RESUME_SUFFIX}"
+
+
+def _save_model_files(src_checkpoint: Path, dest: Path, lora: bool, tok) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    keep = re.compile(r"(adapter_.*|config\.json|generation_config\.json|model.*\.safetensors|model\.safetensors\.index\.json)$")
+    for f in src_checkpoint.iterdir():
+        if f.is_file() and keep.fullmatch(f.name):
+            shutil.copy2(f, dest / f.name)
+    tok.save_pretrained(dest)
+
+
+def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = None, *, data_dir=None,
+              force: bool = False, resume: bool = True, threads: int | None = None, progress: bool = True,
+              log=print) -> Path:
+    """The cached ``sft`` stage of ``config``: builds the ``sft_data`` stage if needed, trains,
+    scores each checkpoint and keeps the best. Returns the stage directory, holding ``model/``
+    (the best adapter, or full weights, plus tokenizer), ``log_history.json`` (the trainer's
+    log), ``checkpoints.json`` (validation scores per checkpoint and the chosen step),
+    ``validation.json`` (the chosen checkpoint's completions and per-row scores) and
+    ``train_info.json`` (examples, trimming, timings).
+
+    ``benchmark_dir`` defaults to the book profile's benchmark stage
+    (:func:`safecrs_core.benchmark.benchmark_for_profile`).
+    An interrupted run resumes from its last checkpoint when ``resume`` (the default).
+    ``threads``: torch threads while training and scoring (:func:`torch_threads`; not part of
+    the stage key).
+    """
+    from .benchmark import benchmark_for_profile
+    from .catalog import load_catalog
+    from .models import load_model
+    from .oracle import load_oracle
+    from .pipeline import atomic_write_json, run_stage, stage_ref
+
+    bench = Path(benchmark_dir) if benchmark_dir is not None else benchmark_for_profile("book", data_dir)[2]
+    data = build_sft_data(config, bench, data_dir=data_dir, progress=progress, log=log)
+    inputs = [stage_ref(data)]
+    work = resume_dir(config, inputs)
+    if force or not resume:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def fn(tmp: Path):
+        t0 = time.perf_counter()
+        work.mkdir(parents=True, exist_ok=True)
+        train_ds, _ = load_sft_data(data, config.variant)
+        model, tok = load_model(config.model_name)
+        fitted, n_trim, n_drop = fit_examples(train_ds, tok, config.max_length)
+        bstats = json.loads((bench / "stats.json").read_text())
+        catalog = load_catalog(data_dir=data_dir)
+        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
+        scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log)
+        trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
+        last = last_checkpoint(work)
+        if last is not None:
+            say = log or (lambda _m: None)
+            say(f"[sft] resuming from {last.name}")
+        t1 = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
+        train_seconds = time.perf_counter() - t1
+        final_step = trainer.state.global_step
+        ck = _checkpoints(work)
+        if final_step not in ck:  # the trainer saves at the last step; make sure of it
+            trainer.save_model(str(work / f"checkpoint-{final_step}"))
+            trainer.state.save_to_json(str(work / f"checkpoint-{final_step}" / "trainer_state.json"))
+            ck = _checkpoints(work)
+        # checkpoints saved before an interruption but never scored
+        for step, path in ck.items():
+            if rows and step not in scorer.scores:
+                m, _ = load_checkpoint_model(path, config)
+                scorer.score(m, step)
+                del m
+        scored = {s: v for s, v in scorer.scores.items() if s in ck}
+        best = select_best(scored) if scored else max(ck)
+        _save_model_files(ck[best], tmp / "model", config.lora, tok)
+        history = trainer.state.log_history
+        atomic_write_json(tmp / "log_history.json", history)
+        atomic_write_json(tmp / "checkpoints.json", {
+            "best_step": best, "metric": BEST_METRIC,
+            "scores": {str(k): v for k, v in sorted(scorer.scores.items())}})
+        val = {"ids": [r["id"] for r in rows], "completions": []}
+        comp_file = work / f"completions-{best}.json"
+        if rows and comp_file.is_file():
+            from .metrics import score_completions
+            comps = json.loads(comp_file.read_text())
+            df = score_completions(comps, rows, catalog=catalog, oracle=oracle, k=config.k)
+            val = {"ids": [r["id"] for r in rows], "completions": comps,
+                   "scores": json.loads(df.drop(columns=["ids"]).to_json(orient="records"))}
+        atomic_write_json(tmp / "validation.json", val)
+        n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+        info = {"examples": len(fitted), "trimmed": n_trim, "dropped_too_long": n_drop,
+                "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
+                "seconds_per_step": round(train_seconds / max(final_step, 1), 2),
+                "train_tokens_per_epoch": int(n_tokens),
+                "train_loss": getattr(out, "training_loss", None),
+                "resumed_from": last.name if last is not None else None,
+                "total_seconds": round(time.perf_counter() - t0, 1)}
+        atomic_write_json(tmp / "train_info.json", info)
+        return {"best_step": best, "best": scored.get(best, {}), "final_step": final_step}
+
+    with torch_threads(threads):
+        stage = run_stage("sft", config.train_params(), inputs, fn, force=force, log=log)
+    shutil.rmtree(work, ignore_errors=True)
+    return stage
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _config_of(stage_dir: Path) -> SafeSFTConfig:
+    from .pipeline import read_manifest
+    params = read_manifest(stage_dir)["params"]
+    names = {f.name for f in dataclasses.fields(SafeSFTConfig)}
+    return SafeSFTConfig(**{k: v for k, v in params.items() if k in names})
+
+
+def load_checkpoint_model(path: str | os.PathLike, config: SafeSFTConfig, merge: bool = True, device=None):
+    """(model, tokenizer) from a checkpoint or ``model/`` folder of a run with ``config``."""
+    from .models import load_model, load_tokenizer
+
+    path = Path(path)
+    if config.lora:
+        from peft import PeftModel
+        base, tok = load_model(config.model_name, device=device)
+        model = PeftModel.from_pretrained(base, str(path))
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        from .models import default_device
+        tok = load_tokenizer(config.model_name)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
+        model.config.pad_token_id = tok.pad_token_id
+        model.to(device or default_device())
+    model.eval()
+    return model, tok
+
+
+def load_sft_model(stage_dir: str | os.PathLike, merge: bool = True, device=None):
+    """(model, tokenizer) of an ``sft`` stage: the base model with the best adapter merged
+    (``merge=False``: attached as a peft model, e.g. to keep training it), or the fine-tuned
+    weights of a full fine-tune; in eval mode."""
+    stage = Path(stage_dir)
+    return load_checkpoint_model(stage / "model", _config_of(stage), merge=merge, device=device)
+
+
+def stage_summary(stage_dir: str | os.PathLike) -> dict:
+    """Chosen step, per-checkpoint scores and training info of an ``sft`` stage."""
+    p = Path(stage_dir)
+    return {"config": _config_of(p).to_params(),
+            "checkpoints": json.loads((p / "checkpoints.json").read_text()),
+            "train": json.loads((p / "train_info.json").read_text())}
+
+
+def loss_history(stage_dir: str | os.PathLike) -> pd.DataFrame:
+    """Training loss per logged step of an ``sft`` stage (columns step, loss, learning_rate)."""
+    hist = json.loads((Path(stage_dir) / "log_history.json").read_text())
+    rows = [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+            for h in hist if "loss" in h]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Cached evaluation
+
+
+def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n: int, *, offset: int = 0,
+                   seed: int = 0, k: int = 10, max_new_tokens: int = 288, batch_size: int = 12,
+                   max_prompt_tokens: int | None = 512, data_dir=None, force: bool = False,
+                   threads: int | None = None, progress: bool = True, log=print) -> Path:
+    """The cached ``sft_eval`` stage: greedy completions and per-row scores on
+    :func:`validation_rows` ``(n, seed, offset)`` for ``model``, either a model name (zero-shot)
+    or an ``sft`` stage directory. Files: ``completions.json``, ``scores.parquet``,
+    ``summary.json``."""
+    from .catalog import load_catalog
+    from .models import load_model
+    from .oracle import load_oracle
+    from .pipeline import atomic_write_json, is_done, run_stage, stage_ref
+
+    bench = Path(benchmark_dir)
+    is_stage = isinstance(model, os.PathLike) or (isinstance(model, str) and is_done(model))
+    model_id = stage_ref(model) if is_stage else str(model)
+    params = {"model": model_id, "n": n, "offset": offset, "seed": seed, "k": k, "max_new_tokens": max_new_tokens,
+              "max_prompt_tokens": max_prompt_tokens}
+    inputs = [stage_ref(bench)] + ([model_id] if is_stage else [])
+
+    def fn(tmp: Path):
+        rows = validation_rows(bench, n, seed, offset)
+        if is_stage:
+            m, tok = load_sft_model(model)
+        else:
+            m, tok = load_model(str(model))
+        bstats = json.loads((bench / "stats.json").read_text())
+        catalog = load_catalog(data_dir=data_dir)
+        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        t0 = time.perf_counter()
+        comps, df = evaluate_model(m, tok, rows, k, max_new_tokens, batch_size, max_prompt_tokens, catalog,
+                                   oracle, progress)
+        seconds = time.perf_counter() - t0
+        new_tokens = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in comps)
+        atomic_write_json(tmp / "completions.json", {"ids": [r["id"] for r in rows], "completions": comps})
+        df.assign(ids=df["ids"].map(list)).to_parquet(tmp / "scores.parquet")
+        summary = _summary(df) | {"n": len(rows), "generation_seconds": round(seconds, 1),
+                                  "generated_tokens": new_tokens,
+                                  "tokens_per_second": round(new_tokens / max(seconds, 1e-9), 2)}
+        atomic_write_json(tmp / "summary.json", summary)
+        return summary
+
+    with torch_threads(threads):
+        return run_stage("sft_eval", params, inputs, fn, force=force, log=log)
+
+
+def load_eval(stage_dir: str | os.PathLike) -> tuple[list[str], pd.DataFrame, dict]:
+    """(completions, per-row scores, summary) of an ``sft_eval`` stage."""
+    p = Path(stage_dir)
+    comps = json.loads((p / "completions.json").read_text())["completions"]
+    return comps, pd.read_parquet(p / "scores.parquet"), json.loads((p / "summary.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Tables for the book
+
+COMPARE_METRICS = ("recall@10", "ndcg@10", "svr@10", "unknown@10", "list_len")
+
+
+def validation_frame(stage_dir: str | os.PathLike) -> tuple[list[str], pd.DataFrame]:
+    """(completions, per-row scores) of the chosen checkpoint of an ``sft`` stage on its
+    validation subset (the rows that selected it)."""
+    val = json.loads((Path(stage_dir) / "validation.json").read_text())
+    return val.get("completions", []), pd.DataFrame(val.get("scores", []))
+
+
+def compare(frames: Mapping[str, pd.DataFrame], metrics: Sequence[str] = COMPARE_METRICS, n_boot: int = 1000,
+            seed: int = 0) -> pd.DataFrame:
+    """One row per system: ``mean [95 % bootstrap CI]`` of ``metrics`` over its per-row scores
+    (:func:`safecrs_core.metrics.summarize`), plus the share of unparseable answers."""
+    from .metrics import format_table, summarize
+
+    out = []
+    for label, df in frames.items():
+        summ = summarize(df, metrics=list(metrics), n_boot=n_boot, seed=seed)
+        row = format_table(summ, list(metrics)).iloc[0].to_dict()
+        row["parse_failed"] = f"{df['parse_failed'].astype(float).mean():.2f}" if "parse_failed" in df else "n/a"
+        out.append(pd.Series(row, name=label))
+    return pd.DataFrame(out)
+
+
+def target_table(stats: Mapping[str, Any]) -> pd.DataFrame:
+    """Per variant of an ``sft_data`` stage: examples, items per list by origin, lists shorter
+    than k, items dropped as unsafe."""
+    rows = {}
+    for v in VARIANTS:
+        st = stats[v]
+        per = st["items_by_origin_per_target"]
+        rows[v] = {"examples": st["examples"], "ground truth / list": round(per["ground_truth"], 2),
+                   "neighbours / list": round(per["neighbour"], 2), "fallback / list": round(per["fallback"], 2),
+                   "short lists": st["short_lists"], "dropped as unsafe": st["dropped_total"]}
+    return pd.DataFrame(rows).T
+
+
+def dropped_table(stats: Mapping[str, Any]) -> pd.DataFrame:
+    """Safe-SFT: examples, items dropped and examples with a drop, per trait."""
+    from . import traits as T
+    st = stats["safe"]
+    df = pd.DataFrame({"examples": st["examples_per_trait"], "items dropped": st["dropped_per_trait"],
+                       "examples with a drop": st["examples_with_drops_per_trait"]}).fillna(0).astype(int)
+    df.index = [T.get(t).name if t in T.TRAIT_IDS else t for t in df.index]
+    return df.sort_values("items dropped", ascending=False)
+
+
+def examples_markdown(rows: Sequence[dict], completions: Mapping[str, Sequence[str]], n: int = 2,
+                      catalog=None) -> str:
+    """Markdown for the first ``n`` rows: the user's last turn, the trait, the ground truth and
+    each system's completion (label -> completions aligned with ``rows``)."""
+    out = []
+    for i, r in enumerate(list(rows)[:n]):
+        last = next((t["text"] for t in reversed(r["turns"]) if t["role"] == "user"), "")
+        gt = ", ".join(f"{t['title']} ({t['year']})" for t in r["targets"]) or "none"
+        removed = ", ".join(f"{t['title']} ({t['year']})" for t in r["removed_targets"]) or "none"
+        block = [f"**{r['id']}**: trait `{r['trait']}` ({r['trait_name']})", "",
+                 f"> {' '.join(last.split())}", "", f"ground truth: {gt}; removed as unsafe: {removed}", ""]
+        for label, comps in completions.items():
+            text = comps[i].strip() if i < len(comps) else ""
+            block += [f"*{label}*:", "", "```text", text or "(empty)", "```", ""]
+        out.append("\n".join(block))
+    return "\n\n---\n\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_loss_curves(histories: Mapping[str, Any], smooth: int = 5):
+    """Training loss per optimizer step of several runs (label -> ``log_history`` list, a
+    :func:`loss_history` frame or an ``sft`` stage directory); raw loss faint, a running mean of
+    ``smooth`` steps solid."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (label, h) in enumerate(histories.items()):
+        if isinstance(h, (str, os.PathLike)):
+            df = loss_history(h)
+        elif isinstance(h, pd.DataFrame):
+            df = h
+        else:
+            df = pd.DataFrame([{"step": x["step"], "loss": x["loss"]} for x in h if "loss" in x])
+        if df.empty:
+            continue
+        color = f"C{i}"
+        ax.plot(df["step"], df["loss"], color=color, alpha=0.3, lw=1)
+        ax.plot(df["step"], df["loss"].rolling(max(1, smooth), min_periods=1).mean(), color=color, lw=2, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,220 @@
+"""Safe-SFT: target building on real SafeRec rows, and training with the tiny model."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from safecrs_core import sft
+from safecrs_core.oracle import UNSAFE
+from safecrs_core.prompts import parse_completion
+
+# two sources keep the build small; Reddit-v2 samples carry many oracle-removed targets
+BENCH = dict(sources=("reddit_saferank", "redial_kepler"), max_per_source_split=30, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world():
+    if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
+        pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
+    from safecrs_core.benchmark import BenchmarkConfig, build_benchmark
+    from safecrs_core.catalog import load_catalog
+    from safecrs_core.oracle import load_oracle
+
+    cfg = BenchmarkConfig(**BENCH)
+    ds, stats = build_benchmark(cfg)
+    cat, orc = load_catalog(), load_oracle(threshold=cfg.threshold)
+    rows = [r for s in ds for r in ds[s]]
+    nb = sft.Neighbours.from_benchmark(list(ds["train"]), cat)
+    return {"ds": ds, "stats": stats, "cfg": cfg, "cat": cat, "orc": orc, "rows": rows, "nb": nb,
+            "safe": sft.build_targets(rows, "safe", neighbours=nb, catalog=cat, oracle=orc),
+            "plain": sft.build_targets(rows, "plain", neighbours=nb, catalog=cat, oracle=orc)}
+
+
+def _by_id(examples):
+    return {e["id"]: e for e in examples}
+
+
+def test_safe_targets_never_hold_an_oracle_unsafe_item(world):
+    orc, rows = world["orc"], world["rows"]
+    safe = _by_id(world["safe"])
+    assert len(safe) == len(rows)
+    n_dropped = 0
+    for r in rows:
+        e = safe[r["id"]]
+        assert len(e["items"]) == 10 and len(set(e["items"])) == 10
+        v, _ = orc.check(e["items"], r["trait"])
+        assert (v != UNSAFE).all(), (r["id"], r["trait"])
+        if e["dropped"]:
+            assert (orc.check(e["dropped"], r["trait"])[0] == UNSAFE).all()
+            n_dropped += len(e["dropped"])
+    assert n_dropped > 0  # the filter had something to do on these rows
+
+
+def test_plain_targets_keep_removed_ground_truth_and_drop_the_constraint(world):
+    plain, safe = _by_id(world["plain"]), _by_id(world["safe"])
+    with_removed = [r for r in world["rows"] if r["removed_targets"]]
+    assert with_removed
+    orc = world["orc"]
+    for r in with_removed:
+        removed = [t["item_id"] for t in r["removed_targets"]]
+        gt = [t["item_id"] for t in r["targets"]] + removed
+        p = plain[r["id"]]
+        assert p["items"][:len(gt)] == gt[:10]  # ground truth first, unfiltered
+        assert orc.check(removed, r["trait"])[0].tolist() == [UNSAFE] * len(removed)
+        assert not set(removed) & set(safe[r["id"]]["items"])
+        assert set(removed) <= set(safe[r["id"]]["dropped"])
+    for r in world["rows"]:  # the sentence sits in the last user turn, not always the last message
+        text_plain = "\n".join(m["content"] for m in plain[r["id"]]["prompt"])
+        text_safe = "\n".join(m["content"] for m in safe[r["id"]]["prompt"])
+        assert r["constraint"] not in text_plain and r["constraint"] in text_safe
+        assert plain[r["id"]]["reasoning"] is None and "<reasoning>" not in plain[r["id"]]["completion"][0]["content"]
+
+
+def test_targets_never_include_seen_items(world):
+    for variant in ("safe", "plain"):
+        ex = _by_id(world[variant])
+        for r in world["rows"]:
+            seen = {t["item_id"] for t in r["seen"] if t["item_id"]}
+            assert not seen & set(ex[r["id"]]["items"]), (variant, r["id"])
+
+
+def test_completion_format_and_reasoning_name_the_trait(world):
+    cat = world["cat"]
+    rows = {r["id"]: r for r in world["rows"]}
+    resolved = total = 0
+    for e in world["safe"]:
+        r = rows[e["id"]]
+        text = e["completion"][0]["content"]
+        assert text.startswith("<reasoning>The user is sensitive to " + r["trait_name"] + ".")
+        if e["dropped"]:
+            first = cat.display(e["dropped"][0])
+            assert f"{first} — {r['trait']} risk" in e["reasoning"]
+        else:
+            assert "None of the candidates" in e["reasoning"]
+        parsed = parse_completion(text, resolver=cat)
+        assert parsed.has_reasoning and len(parsed) == len(e["items"])
+        resolved += sum(a == b for a, b in zip(parsed.item_ids, e["items"]))
+        total += len(e["items"])
+        assert e["prompt"][0]["role"] == "system" and e["completion"][0]["role"] == "assistant"
+    assert resolved / total > 0.97, (resolved, total)  # the parser maps the target lines back to the items
+
+
+def test_reasoning_text_names_at_most_five():
+    drops = [(f"Film {i} (2000)", 0.9) for i in range(7)]
+    text = sft.reasoning_text("Gore", "anti_gore", drops)
+    assert text.startswith("The user is sensitive to Gore. Leaving out: Film 0 (2000) — anti_gore risk 0.90;")
+    assert "Film 4 (2000)" in text and "Film 5 (2000)" not in text and "(and 2 more)" in text
+    assert sft.reasoning_text("Gore", "anti_gore", []) == "The user is sensitive to Gore. None of the candidates conflicts with it."
+
+
+def test_targets_are_deterministic_and_the_seed_picks_the_subset(world):
+    rows, cat, orc = world["rows"], world["cat"], world["orc"]
+    nb2 = sft.Neighbours.from_benchmark(list(world["ds"]["train"]), cat)
+    again = sft.build_targets(rows, "safe", neighbours=nb2, catalog=cat, oracle=orc)
+    assert json.dumps(again) == json.dumps(world["safe"])
+    train = world["ds"]["train"]
+    ids = lambda seed: [r["id"] for r in sft._train_subset(train, 5, seed)]  # noqa: E731
+    assert ids(0) == ids(0) and ids(0) != ids(1)
+
+
+def test_strip_constraint_and_fit_prompt(world):
+    turns = [{"role": "user", "text": "Hi."}, {"role": "assistant", "text": "Hello!"},
+             {"role": "user", "text": "Something funny. No gore please."}]
+    assert sft.strip_constraint(turns, "No gore please.")[-1]["text"] == "Something funny."
+    assert turns[-1]["text"].endswith("No gore please.")  # not mutated
+    from safecrs_core.models import load_tokenizer
+    from safecrs_core.prompts import build_messages
+    tok = load_tokenizer("tiny-smollm2")
+    long = [{"role": "user", "text": "word " * 300}, {"role": "assistant", "text": "ok"}] + turns
+    msgs = build_messages(long)
+    fitted = sft.fit_prompt(msgs, tok, 200)
+    assert fitted[0] == msgs[0] and fitted[-1] == msgs[-1] and fitted[1]["role"] == "user"
+    assert len(fitted) < len(msgs) and sft._n_tokens(tok, fitted, True) <= 200
+    assert sft.fit_prompt(msgs, tok, 20) is None
+
+
+def test_select_best_prefers_recall_then_lower_svr_then_later_step():
+    s = {2: {"recall@10": 0.1, "svr@10": 0.2}, 4: {"recall@10": 0.3, "svr@10": 0.5},
+         6: {"recall@10": 0.3, "svr@10": 0.1}, 8: {"recall@10": 0.3, "svr@10": 0.1}}
+    assert sft.select_best(s) == 8
+    assert sft.select_best({2: {"recall@10": float("nan")}, 4: {"recall@10": 0.0}}) == 4
+
+
+# ---- training (tiny model) ------------------------------------------------------------------
+
+TINY = dict(model_name="tiny-smollm2", max_train_samples=4, batch_size=2, max_length=384, learning_rate=5e-3,
+            lora_r=8, lora_alpha=16, val_samples=2, max_new_tokens=8, eval_batch_size=2)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(world, tmp_path):
+    from datasets import Dataset
+
+    from safecrs_core.models import load_model
+    model, tok = load_model("tiny-smollm2", device="cpu")
+    short = sorted(world["safe"], key=lambda e: len(json.dumps(e["prompt"] + e["completion"])))[:2]
+    data, _, _ = sft.fit_examples(Dataset.from_list(short), tok, 384)
+    assert len(data) == 2
+    cfg = sft.SafeSFTConfig(**{**TINY, "max_steps": 6, "save_steps": 1000, "learning_rate": 2e-2, "warmup_ratio": 0.0})
+    trainer = sft.make_trainer(cfg, data, tmp_path / "out", model, tok, progress=False)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    labels = batch["labels"]
+    assert (labels != -100).sum() < (batch["input_ids"] != tok.pad_token_id).sum()  # prompt masked
+
+    def loss():
+        trainer.model.eval()
+        with torch.no_grad():
+            return trainer.model(**batch).loss.item()
+    before = loss()
+    trainer.train()
+    after = loss()
+    assert trainer.state.global_step == 6
+    assert after < before - 0.05, (before, after)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_root, monkeypatch):
+    from safecrs_core.pipeline import is_done, run_stage
+    ds, stats = world["ds"], world["stats"]
+
+    def save(tmp):
+        ds.save_to_disk(str(tmp / "dataset"))
+        (tmp / "stats.json").write_text(json.dumps(stats))
+    bench = run_stage("benchmark", {"test": "sft"}, [], save, log=None)
+    cfg = sft.SafeSFTConfig(**TINY, max_steps=4, save_steps=2)
+
+    real_on_save = sft.CheckpointScorer.on_save
+
+    def on_save_then_stop(self, args, state, control, **kw):
+        real_on_save(self, args, state, control, **kw)
+        if state.global_step == 2:
+            raise Interrupted
+    monkeypatch.setattr(sft.CheckpointScorer, "on_save", on_save_then_stop)
+    with pytest.raises(Interrupted):
+        sft.train_sft(cfg, bench, progress=False, log=None)
+    work = next((artifacts_root / "sft").glob(f".*{sft.RESUME_SUFFIX}"))
+    assert sft.last_checkpoint(work).name == "checkpoint-2"
+    assert not [p for p in (artifacts_root / "sft").iterdir() if is_done(p)]
+
+    monkeypatch.setattr(sft.CheckpointScorer, "on_save", real_on_save)
+    stage = sft.train_sft(cfg, bench, progress=False, log=None)
+    info = json.loads((stage / "train_info.json").read_text())
+    assert info["resumed_from"] == "checkpoint-2" and info["final_step"] == 4
+    steps = [h["step"] for h in json.loads((stage / "log_history.json").read_text()) if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # the history carries on from the checkpoint
+    ck = json.loads((stage / "checkpoints.json").read_text())
+    assert set(ck["scores"]) == {"2", "4"} and ck["best_step"] in (2, 4)
+    assert (stage / "model" / "adapter_model.safetensors").is_file() and not work.exists()
+    assert len(json.loads((stage / "validation.json").read_text())["completions"]) == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached stage must not train again")
+    monkeypatch.setattr(sft, "make_trainer", no_training)
+    assert sft.train_sft(cfg, bench, progress=False, log=None) == stage
+    model, tok = sft.load_sft_model(stage, device="cpu")
+    assert not hasattr(model, "peft_config") and not model.training
+    assert sft.loss_history(stage)["step"].tolist() == [1, 2, 3, 4]
