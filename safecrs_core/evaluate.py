@@ -61,8 +61,8 @@ def _ref_ids(refs) -> list[str]:
 
 def rows_fingerprint(rows) -> str:
     """sha256 (16 hex digits) over the fields evaluation reads from each row (``id``, ``turns``,
-    ``trait``, target and seen item ids), in row order; the same value as
-    :func:`safecrs_core.gdpo.rows_fingerprint` for the same rows."""
+    ``trait``, target and seen item ids), in row order. Training stages (Safe-GDPO) record it as
+    their ``rows:<fingerprint>`` input, which is how evaluation finds them."""
     h = hashlib.sha256()
     cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
     for i in range(len(rows)):

@@ -63,6 +63,8 @@ import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from .evaluate import rows_fingerprint  # noqa: F401  (one fingerprint of SafeRec rows)
+from .metrics import _column
 from .rewards import RankRewards, ref_ids
 
 MODES = ("gdpo", "grpo")
@@ -443,13 +445,6 @@ def _quiet_deprecations():
         yield
 
 
-def _column(rows, name: str) -> list:
-    names = getattr(rows, "column_names", None)
-    if names is not None:
-        return list(rows[name]) if name in names else [None] * len(rows)
-    return [r.get(name) for r in rows]
-
-
 def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = None, seed: int = 0,
                   tokenizer=None, max_prompt_tokens: int | None = None):
     """A trl prompt dataset from SafeRec rows (a Hugging Face Dataset or list of dicts with
@@ -490,18 +485,6 @@ def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = Non
             "seen": [{"item_id": x} for x in sorted(ref_ids(cols["seen"][i]))],
         })
     return Dataset.from_list(data)
-
-
-def rows_fingerprint(rows) -> str:
-    """sha256 (16 hex digits) of the fields training reads from ``rows``: a stage input."""
-    h = hashlib.sha256()
-    cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
-    for i in range(len(rows)):
-        rec = {"id": cols["id"][i], "turns": cols["turns"][i], "trait": cols["trait"][i],
-               "targets": sorted(ref_ids(cols["targets"][i])), "seen": sorted(ref_ids(cols["seen"][i]))}
-        h.update(json.dumps(rec, sort_keys=True, default=str).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
 
 
 def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, output_dir: str | os.PathLike,
