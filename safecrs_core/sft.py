@@ -69,6 +69,7 @@ from transformers import TrainerCallback
 
 from . import sources
 from .oracle import UNSAFE
+from .prompts import SOLUTION_CLOSE
 
 VARIANTS = ("safe", "plain")
 MAX_NAMED_DROPS = 5
@@ -131,19 +132,19 @@ class SafeSFTConfig:
     seen_weight: float = 0.5
     epochs: float = 1.0
     max_steps: int = -1
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    batch_size: int = 4
+    batch_size: int = 2
     grad_accum: int = 1
     max_length: int = 512
     warmup_ratio: float = 0.05
-    save_steps: int = 8
-    val_samples: int = 12
+    save_steps: int = 16
+    val_samples: int = 8
     max_new_tokens: int = 288
-    eval_batch_size: int = 12
+    eval_batch_size: int = 8
     bf16: bool | None = None
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -580,9 +581,12 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
     model.eval()
     try:
         prompts = validation_prompts(rows, tok, k, max_prompt_tokens)
-        # the Trainer switches the KV cache off in the model config; generation needs it back
+        # the Trainer switches the KV cache off in the model config; generation needs it back.
+        # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
+        from transformers import StoppingCriteriaList, StopStringCriteria
+        stop = StoppingCriteriaList([StopStringCriteria(tok, [SOLUTION_CLOSE])])
         completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=progress, use_cache=True)
+                               progress=progress, use_cache=True, stopping_criteria=stop)
     finally:
         if was_training:
             model.train()
@@ -652,6 +656,7 @@ class CheckpointScorer(TrainerCallback):
         self.log = log or (lambda _m: None)
         self.path = self.output_dir / "checkpoint_scores.json"
         self.scores: dict[int, dict] = {}
+        self.seconds = 0.0  # spent scoring in this process
         if self.path.is_file():
             self.scores = {int(k): v for k, v in json.loads(self.path.read_text()).items()}
 
@@ -661,7 +666,9 @@ class CheckpointScorer(TrainerCallback):
         comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
                                    self.config.eval_batch_size, self.config.max_length, self.catalog,
                                    self.oracle, self.progress)
-        summary = _summary(df) | {"seconds": round(time.perf_counter() - t0, 1)}
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        summary = _summary(df) | {"seconds": round(seconds, 1)}
         self.scores[step] = summary
         atomic_write_json(self.output_dir / f"completions-{step}.json", comps)
         atomic_write_json(self.path, {str(k): v for k, v in sorted(self.scores.items())})
@@ -745,7 +752,7 @@ def resume_dir(config: SafeSFTConfig, inputs: Sequence[str]) -> Path:
     return artifacts_root() / "sft" / f".{key}{RESUME_SUFFIX}"
 
 
-def _save_model_files(src_checkpoint: Path, dest: Path, lora: bool, tok) -> None:
+def _save_model_files(src_checkpoint: Path, dest: Path, tok) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     keep = re.compile(r"(adapter_.*|config\.json|generation_config\.json|model.*\.safetensors|model\.safetensors\.index\.json)$")
     for f in src_checkpoint.iterdir():
@@ -789,6 +796,9 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         train_ds, _ = load_sft_data(data, config.variant)
         model, tok = load_model(config.model_name)
         fitted, n_trim, n_drop = fit_examples(train_ds, tok, config.max_length)
+        if len(fitted) == 0:
+            raise ValueError(f"no training example fits max_length={config.max_length} tokens "
+                             f"({n_drop} too long even without their older turns); raise max_length")
         bstats = json.loads((bench / "stats.json").read_text())
         catalog = load_catalog(data_dir=data_dir)
         oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
@@ -801,8 +811,9 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
             say(f"[sft] resuming from {last.name}")
         t1 = time.perf_counter()
         out = trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
-        train_seconds = time.perf_counter() - t1
+        train_seconds = time.perf_counter() - t1 - scorer.seconds  # checkpoint scoring left out
         final_step = trainer.state.global_step
+        steps_run = final_step - (int(last.name.split("-")[1]) if last is not None else 0)
         ck = _checkpoints(work)
         if final_step not in ck:  # the trainer saves at the last step; make sure of it
             trainer.save_model(str(work / f"checkpoint-{final_step}"))
@@ -816,7 +827,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                 del m
         scored = {s: v for s, v in scorer.scores.items() if s in ck}
         best = select_best(scored) if scored else max(ck)
-        _save_model_files(ck[best], tmp / "model", config.lora, tok)
+        _save_model_files(ck[best], tmp / "model", tok)
         history = trainer.state.log_history
         atomic_write_json(tmp / "log_history.json", history)
         atomic_write_json(tmp / "checkpoints.json", {
@@ -834,7 +845,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
         info = {"examples": len(fitted), "trimmed": n_trim, "dropped_too_long": n_drop,
                 "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
-                "seconds_per_step": round(train_seconds / max(final_step, 1), 2),
+                "seconds_per_step": round(train_seconds / max(steps_run, 1), 2),
+                "scoring_seconds": round(scorer.seconds, 1),
                 "train_tokens_per_epoch": int(n_tokens),
                 "train_loss": getattr(out, "training_loss", None),
                 "resumed_from": last.name if last is not None else None,
