@@ -10,6 +10,8 @@
 #   PYTHON            interpreter that creates .venv         (default: python3.11, else python3)
 #   PYTEST_ARGS       extra pytest arguments, e.g. PYTEST_ARGS="-k pipeline -x"
 #   ONLY              notebooks to run, e.g. ONLY="01 02"    (default: all)
+#   FORCE=1           re-execute notebooks whose output is up to date (same source, parameters,
+#                     package code and cached stages); by default those are skipped
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -45,7 +47,7 @@ test: $(STAMP)
 	exit $$rc
 
 notebooks: $(STAMP)
-	$(VPY) scripts/run_notebooks.py --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+	$(VPY) scripts/run_notebooks.py --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
 
 # Warnings are errors (-W, -n); --keep-going reports all of them before failing.
 book: notebooks

@@ -473,7 +473,7 @@ class NotebookRun:
     source: Path
     output: Path | None
     seconds: float
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "up to date" (not re-executed) or "failed"
     error: str | None = None
 
 
@@ -573,14 +573,78 @@ def _tidy_output(path: Path, source: Path, final: Path) -> None:
     path.unlink()
 
 
-def _record_timing(out_dir: Path, run: NotebookRun, profile: str) -> None:
+_STAGE_LINE = re.compile(r"\[stage [^\]]+\] (?:cached|done in [0-9.]+ s|cached \(built concurrently\)): (\S+)")
+
+
+def code_fingerprint() -> str:
+    """sha256 over the package's source and data files (``safecrs_core/**/*.py|json|txt``): a
+    notebook's output is only reused while the code that made it is unchanged."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parent
+    for path in sorted(p for p in pkg.rglob("*") if p.is_file() and p.suffix in {".py", ".json", ".txt"}
+                       and "__pycache__" not in p.parts):
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def notebook_fingerprint(source: str | os.PathLike, params: Mapping[str, Any], profile: str,
+                         code: str | None = None) -> str:
+    """What an executed notebook depends on besides its stages' artifacts: its source text, the
+    injected parameters, the profile, the package code and the data/artifact folders in use."""
+    payload = {
+        "source": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
+        "params": dict(params),
+        "profile": profile,
+        "code": code_fingerprint() if code is None else code,
+        "data_dir": os.environ.get("SAFECRS_DATA_DIR", ""),
+        "artifacts": str(artifacts_root()),
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def _stages_used(executed: Path) -> list[str]:
+    """Stage directories an executed notebook reported (``[stage X] cached|done ...: <dir>``)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    found: list[str] = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            for m in _STAGE_LINE.finditer(text if isinstance(text, str) else "".join(text)):
+                if m.group(1) not in found:
+                    found.append(m.group(1))
+    return found
+
+
+def _up_to_date(out_dir: Path, stem: str, final: Path, fingerprint: str, profile: str) -> bool:
+    """True when ``final`` was made by a successful run with the same fingerprint and profile
+    and every stage directory it used is still complete."""
+    try:
+        entry = json.loads((out_dir / "timings.json").read_text(encoding="utf-8")).get(stem) or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    if not final.is_file() or entry.get("status") != "ok" or entry.get("profile") != profile:
+        return False
+    if entry.get("fingerprint") != fingerprint or not isinstance(entry.get("stages"), list):
+        return False
+    return all(is_done(d) for d in entry["stages"])
+
+
+def _record_timing(out_dir: Path, run: NotebookRun, profile: str, fingerprint: str | None = None) -> None:
     path = out_dir / "timings.json"
     try:
         timings = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         timings = {}
-    timings[run.stem] = {"seconds": round(run.seconds, 2), "profile": profile,
-                         "status": run.status, "finished": _now()}
+    entry = {"seconds": round(run.seconds, 2), "profile": profile, "status": run.status, "finished": _now()}
+    if run.status == "ok" and fingerprint and run.output is not None:
+        entry["fingerprint"] = fingerprint
+        entry["stages"] = _stages_used(run.output)
+    timings[run.stem] = entry
     atomic_write_json(path, dict(sorted(timings.items())))
 
 
@@ -588,7 +652,7 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                   stop_on_error: bool = True, *, notebooks_dir: str | os.PathLike | None = None,
                   out_dir: str | os.PathLike | None = None, profiles: Mapping[str, Any] | None = None,
                   kernel_name: str = "python3", execution_timeout: float | None = None,
-                  log: Callable[[str], Any] | None = print) -> list[NotebookRun]:
+                  force: bool = False, log: Callable[[str], Any] | None = print) -> list[NotebookRun]:
     """Execute ``notebooks_dir/NN_*.py`` in order under ``profile``.
 
     Each notebook is converted with jupytext, parameterised with :func:`params_for` and executed
@@ -598,7 +662,12 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
     book never shows stale results. With ``stop_on_error`` the first failure raises
     :class:`NotebookError` (notebook, cell, source line, error); otherwise all notebooks run and
     one error listing every failure is raised at the end. Outputs of notebooks that succeeded are
-    kept either way. ``only`` picks notebooks by stem or number (``"01"``)."""
+    kept either way. ``only`` picks notebooks by stem or number (``"01"``).
+
+    A notebook is not re-executed (status ``"up to date"``) when its previous output came from a
+    successful run with the same :func:`notebook_fingerprint` (source, parameters, profile, package
+    code) and every stage directory that run used is still complete, unless ``force`` or an
+    earlier notebook of this call was executed (then every later one runs too)."""
     import papermill as pm  # lazy: only the book extra needs it
 
     check_profile(profile)
@@ -612,6 +681,8 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
         return []
     out.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
+    code = code_fingerprint()
+    executed_one = False
     with tempfile.TemporaryDirectory(prefix="safecrs-nb-") as work:
         work_dir = Path(work)
         with _kernel_environment(work_dir / "jupyter"):
@@ -623,6 +694,13 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                 final, failed = out / f"{stem}.ipynb", out / "failed" / f"{stem}.ipynb"
                 running = out / f".{stem}.running.ipynb"
                 t0 = time.perf_counter()
+                fingerprint = notebook_fingerprint(src, params, profile, code)
+                if not force and not executed_one and _up_to_date(out, stem, final, fingerprint, profile):
+                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "up to date")
+                    say(f"    up to date (same source, parameters, code and stages): {final}")
+                    runs.append(run)
+                    continue
+                executed_one = True
                 try:
                     defined = notebook_parameters(src)
                     unknown = sorted(set(params) - set(defined) - {"profile"})
@@ -667,8 +745,8 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                         running.unlink()
                     raise
                 runs.append(run)
-                _record_timing(out, run, profile)
-    failures = [r for r in runs if r.status != "ok"]
+                _record_timing(out, run, profile, fingerprint)
+    failures = [r for r in runs if r.status == "failed"]
     if failures:
         raise NotebookError(f"{len(failures)} of {len(runs)} notebook(s) failed:\n\n"
                             + "\n\n".join(r.error or r.stem for r in failures))
@@ -687,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=list(PROFILES), help="run profile (default: $PROFILE or book)")
     parser.add_argument("--only", nargs="+", metavar="NB", help="notebook stems or numbers, e.g. 01 03_gdpo")
     parser.add_argument("--keep-going", action="store_true", help="run the rest after a failure")
+    parser.add_argument("--force", action="store_true",
+                        help="execute every selected notebook, even those whose output is up to date")
     parser.add_argument("--notebooks-dir", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
@@ -709,12 +789,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         runs = run_notebooks(args.profile, args.only, stop_on_error=not args.keep_going,
                              notebooks_dir=args.notebooks_dir, out_dir=args.out_dir,
-                             profiles=table, execution_timeout=args.timeout)
+                             profiles=table, execution_timeout=args.timeout, force=args.force)
     except (NotebookError, PipelineError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     total = sum(r.seconds for r in runs)
-    print(f"{len(runs)} notebook(s) ran under profile {args.profile!r} in {total:.1f} s")
+    fresh = sum(r.status == "up to date" for r in runs)
+    print(f"{len(runs) - fresh} notebook(s) ran and {fresh} were up to date under profile "
+          f"{args.profile!r} in {total:.1f} s")
     return 0
 
 

@@ -353,3 +353,51 @@ def test_runner_command_line_lists_and_checks(tmp_path, capsys):
     (nbs / "02_bad.py").write_text("# %%\nx = 1\n")
     assert pl.main(["--check", *common]) == 1
     assert "02_bad.py: no cell tagged 'parameters'" in capsys.readouterr().err
+
+
+STAGE_NB = '''\
+# %% tags=["parameters"]
+profile = "book"
+n = 1
+root = ""
+
+# %%
+from safecrs_core import pipeline as pl
+d = pl.run_stage("demo", {"n": n}, [], lambda tmp: None, root=root)
+'''
+
+
+@pytest.mark.notebook
+def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path):
+    nbs, out, root = tmp_path / "nbs", tmp_path / "out", tmp_path / "artifacts"
+    nbs.mkdir()
+    (nbs / "01_stage.py").write_text(STAGE_NB)
+    (nbs / "02_after.py").write_text(AFTER_NB)
+    profiles = {"01_stage": {"smoke": {"root": str(root)}}}
+
+    def run(**kw):
+        return {r.stem: r.status for r in pl.run_notebooks("smoke", notebooks_dir=nbs, out_dir=out,
+                                                          profiles=profiles, log=None, **kw)}
+
+    assert run() == {"01_stage": "ok", "02_after": "ok"}
+    timings = json.loads((out / "timings.json").read_text())
+    stage = pl.stage_dir("demo", pl.stage_key("demo", {"n": 1}), root)
+    assert timings["01_stage"]["stages"] == [str(stage)] and timings["02_after"]["stages"] == []
+    assert run() == {"01_stage": "up to date", "02_after": "up to date"}
+    assert run(force=True) == {"01_stage": "ok", "02_after": "ok"}
+    # an earlier notebook that runs again makes every later one run
+    (nbs / "01_stage.py").write_text(STAGE_NB + "\nprint('edited')\n")
+    assert run() == {"01_stage": "ok", "02_after": "ok"}
+    # a later notebook alone: only it runs
+    (nbs / "02_after.py").write_text(AFTER_NB + "\nprint('edited')\n")
+    assert run() == {"01_stage": "up to date", "02_after": "ok"}
+    # a stage the output relied on was removed: run again (and rebuild it)
+    (stage / pl.DONE_FILE).unlink()
+    assert run() == {"01_stage": "ok", "02_after": "ok"} and pl.is_done(stage)
+    # unchanged again, then a changed parameter
+    assert run() == {"01_stage": "up to date", "02_after": "up to date"}
+    profiles["01_stage"]["smoke"]["n"] = 2
+    assert run()["01_stage"] == "ok"
+    # an output deleted by hand is made again
+    (out / "02_after.ipynb").unlink()
+    assert run() == {"01_stage": "up to date", "02_after": "ok"}
