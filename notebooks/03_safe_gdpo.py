@@ -45,13 +45,13 @@ learning_rate = 2e-5  # paper: 1e-6 over far more steps; a short CPU run needs a
 beta = 0.001  # KL coefficient (paper: 1e-3)
 lambda_safe = 1.0
 lambda_count = 1.0
-max_completion_length = 128
+max_completion_length = 192  # a Safe-SFT answer (reasoning + 10 items) is ~150-280 tokens
 max_prompt_tokens = 384
 temperature = 1.0
 lora = True
 bf16 = False
 ablations = ["grpo", "no_safety", "no_count"]  # also trained, with the same budget (paper profile adds "sequence")
-torch_threads = 0  # CPU threads (0: torch's default)
+torch_threads = 1  # CPU threads (0: torch's default); one is faster when other jobs share the CPU
 
 # %%
 import pandas as pd
