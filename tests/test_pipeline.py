@@ -368,7 +368,9 @@ d = pl.run_stage("demo", {"n": n}, [], lambda tmp: None, root=root)
 
 
 @pytest.mark.notebook
-def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path):
+def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path, monkeypatch):
+    code = {"fingerprint": "code-v1"}  # the package's own files may change while the suite runs
+    monkeypatch.setattr(pl, "code_fingerprint", lambda: code["fingerprint"])
     nbs, out, root = tmp_path / "nbs", tmp_path / "out", tmp_path / "artifacts"
     nbs.mkdir()
     (nbs / "01_stage.py").write_text(STAGE_NB)
@@ -401,3 +403,11 @@ def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path
     # an output deleted by hand is made again
     (out / "02_after.ipynb").unlink()
     assert run() == {"01_stage": "up to date", "02_after": "ok"}
+    # changed package code reruns everything
+    code["fingerprint"] = "code-v2"
+    assert run() == {"01_stage": "ok", "02_after": "ok"}
+
+
+def test_code_fingerprint_covers_the_package_sources():
+    fp = pl.code_fingerprint()
+    assert len(fp) == 64 and fp == pl.code_fingerprint()
