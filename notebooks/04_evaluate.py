@@ -34,9 +34,9 @@
 profile = "book"
 seed = 0
 k = 10
-n_test = 100  # test conversations drawn for the comparison (LLM generation is the slow part)
-max_new_tokens = 256
-batch_size = 16
+n_test = 40  # test conversations drawn for the LLM comparison (generation is the slow part on a CPU)
+max_new_tokens = 224
+batch_size = 20
 torch_threads = 1  # CPU threads for generation (0: torch's default); one avoids oversubscription
 base_model = "smollm2-135m-instruct"
 n_popular = 2000  # most popular catalog items added to the retrieval pool
