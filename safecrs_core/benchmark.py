@@ -22,6 +22,11 @@ Steps (deterministic for a seed):
    held out between train/validation and test (:mod:`safecrs_core.phrasing`); an age constraint is
    phrased with an age drawn from its band ("movie night with my niece, she just turned nine");
 6. save a Hugging Face ``DatasetDict`` (train / validation / test) and ``stats.json``.
+
+``BenchmarkConfig(domain="games")`` builds **SafeGame** the same way: the game catalog and oracle
+(ESRB descriptors and ratings, PEGI ages), and the synthetic ``safegame`` requests
+(:func:`conversations.load_safegame`, every row ``synthetic``), phrased with the game rewrites of the
+sensitivity templates. The movie build and its cache key do not change.
 """
 from __future__ import annotations
 
@@ -58,15 +63,20 @@ SPLIT_MAP = {
     ("movie_dialog_fb", "test"): "test",
     ("reddit_saferank", "dev"): "validation",
     ("reddit_crag", "test"): "test",
+    ("safegame", "train"): "train",
+    ("safegame", "validation"): "validation",
+    ("safegame", "test"): "test",
 }
+DOMAINS = ("movies", "games")
+MOVIE_SOURCES = ("redial_kepler", "redial_test", "iard", "inspired", "movie_dialog_fb", "reddit_saferank", "reddit_crag")
+GAME_SOURCES = ("safegame",)
 
 
 @dataclass
 class BenchmarkConfig:
     """Parameters of a SafeRec build (all literals: they key the cached artifact)."""
     seed: int = 0
-    sources: tuple[str, ...] = ("redial_kepler", "redial_test", "iard", "inspired", "movie_dialog_fb",
-                                "reddit_saferank", "reddit_crag")
+    sources: tuple[str, ...] = MOVIE_SOURCES  # games: the movie default becomes GAME_SOURCES
     max_per_source_split: int | None = None  # cap conversations per (source, split) before filtering
     threshold: float = 0.66
     implicit_share: float = 0.5
@@ -76,8 +86,17 @@ class BenchmarkConfig:
     # trait (before filtering; stats["age_share"] is the share of the saved rows): one share for
     # every split, or {split: share} (splits left out get 0)
     age_share: float | dict = 0.15
+    domain: str = "movies"  # "games": SafeGame (left out of the cache key for movies)
 
     def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
+        if self.domain == "games" and tuple(self.sources) == MOVIE_SOURCES:
+            self.sources = GAME_SOURCES
+        allowed = MOVIE_SOURCES if self.domain == "movies" else GAME_SOURCES
+        bad = [x for x in self.sources if x not in allowed]
+        if bad:
+            raise ValueError(f"sources {bad} are not {self.domain} conversation sources ({', '.join(allowed)})")
         for split in SPLITS:
             self.age_share_for(split)  # bad values fail when the config is made
 
@@ -98,6 +117,8 @@ class BenchmarkConfig:
         d["sources"] = list(self.sources)
         if isinstance(self.age_share, dict):
             d["age_share"] = {k: float(v) for k, v in sorted(self.age_share.items())}
+        if self.domain == "movies":  # the movie benchmark's key predates the domain parameter
+            del d["domain"]
         return d
 
 
@@ -282,8 +303,12 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
 
     cfg = config or BenchmarkConfig()
     rng = np.random.default_rng(cfg.seed)
-    cat = load_catalog(data_dir=data_dir)
-    oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold)
+    if cfg.domain == "movies":
+        cat = load_catalog(data_dir=data_dir)
+        oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold)
+    else:
+        cat = load_catalog(cfg.domain, data_dir=data_dir)
+        oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold, domain=cfg.domain)
 
     convs = drop_overlaps(_load_conversations(tuple(cfg.sources), str(sources.data_dir(data_dir))))
     if cfg.max_per_source_split:
@@ -301,6 +326,8 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     split_of = assign_splits(convs)
 
     stats: dict = {"config": cfg.to_params(), "loaded": dict(Counter(f"{c.source}/{c.split}" for c in convs))}
+    if cfg.domain != "movies":
+        stats["domain"] = cfg.domain
     # targets must resolve to catalog items; conversations with none are dropped
     unresolved = Counter()
     kept = []
@@ -368,7 +395,8 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
         split = split_of[c.conv_id]
         is_age = T.is_age_constraint(trait)
         age = phrasing.draw_age(trait, prng) if is_age else None
-        sentence, style, tmpl = phrasing.phrase(trait, split, prng, implicit_share=cfg.implicit_share, age=age)
+        sentence, style, tmpl = phrasing.phrase(trait, split, prng, implicit_share=cfg.implicit_share, age=age,
+                                                domain=cfg.domain)
         turns = [dict(t) for t in c.turns]
         last_user = max((i for i, t in enumerate(turns) if t["role"] == "user"), default=None)
         if last_user is None:
@@ -440,7 +468,18 @@ def build_or_load(config: BenchmarkConfig | None = None, data_dir=None, force: b
         return {"sizes": stats["sizes"]}
 
     params = {**cfg.to_params(), "build_version": BUILD_VERSION}
+    if cfg.domain != "movies":  # the game build also reads these package files
+        params["package_data"] = _package_data_key(("games.json", "phrasings.json", "traits.json", "age_ratings.json"))
     return run_stage("benchmark", params, benchmark_inputs(cfg), fn, force=force)
+
+
+def _package_data_key(names) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode() + b"\0" + (Path(__file__).parent / "data" / name).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def load_benchmark(path: str | Path):

@@ -7,7 +7,13 @@ benchmark, rewards and metrics all call it.
 A :class:`Catalog` is domain-neutral: an ``items`` table (index ``item_id``) and an ``aliases``
 table (every title any source gives an item, with that source's year). A domain loader turns its
 sources into per-source rows and :func:`build_catalog` merges them; :func:`load_catalog` picks the
-loader by domain (:data:`DOMAINS`). Only movies are built so far.
+loader by domain (:data:`DOMAINS`): ``"movies"`` (IMDb ``tt`` ids) and ``"games"`` (SafeGame, ids
+``game:<title key>[-<year>]`` over the ESRB, PEGI and vgsales tables, see :func:`game_sources`).
+
+A catalog built with ``platform_aliases`` (the games) also reads a platform from the query: a
+trailing ``"(PS4)"``, ``"[Xbox One]"``, ``"- PC"``, ``"for Nintendo Switch"`` or a mixed
+``"(PS4, 2016)"`` is taken off the title (:func:`split_platform`), and among the candidates of a
+key tier those released on that platform are preferred (all are kept when none is).
 
 Resolution rules (:meth:`Catalog.resolve`)
 -------------------------------------------
@@ -34,14 +40,17 @@ Reasons (:data:`REASONS`): matches are ``"exact_year"``, ``"near_year"``, ``"uni
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
 import os
 import re
 import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -201,6 +210,7 @@ class Resolution:
     query_year: int | None
     candidates: tuple[str, ...] = ()
     tier: str = ""
+    query_platform: str | None = None  # games: the platform code read from the query or given
 
     @property
     def matched(self) -> bool:
@@ -221,6 +231,8 @@ class Catalog:
     aliases: pd.DataFrame
     year_tolerance: int = 1
     dominance: float = 3.0
+    # games: platform name key -> platform code; with it, queries name platforms (see the module doc)
+    platform_aliases: dict[str, str] | None = None
     _index: dict[str, dict[str, tuple[str, ...]]] = field(init=False, repr=False)
     _years: dict[str, frozenset[int]] = field(init=False, repr=False)
     _votes: dict[str, float] = field(init=False, repr=False)
@@ -245,6 +257,9 @@ class Catalog:
             years.setdefault(i, set()).add(y)
         self._years = {i: frozenset(v) for i, v in years.items()}
         self._votes = dict(zip(self.items.index, np.expm1(self.items["popularity"].fillna(0.0).to_numpy())))
+        self._platforms: dict[str, frozenset[str]] = {}
+        if self.platform_aliases is not None and "platforms" in self.items:
+            self._platforms = {i: frozenset(p) for i, p in self.items["platforms"].items() if isinstance(p, list) and p}
         self._cached = lru_cache(maxsize=1 << 18)(self._resolve)
 
     def __len__(self) -> int:
@@ -264,8 +279,10 @@ class Catalog:
             raise KeyError(f"{self.domain} catalog has no item {item_id!r}") from None
         return row["title"] if pd.isna(row["year"]) else f"{row['title']} ({int(row['year'])})"
 
-    def resolve(self, query: str, year: int | None = None, year_tolerance: int | None = None) -> Resolution:
-        """Resolve one title (``"Title (Year)"`` or title plus ``year``); see the module rules."""
+    def resolve(self, query: str, year: int | None = None, year_tolerance: int | None = None,
+                platform: str | None = None) -> Resolution:
+        """Resolve one title (``"Title (Year)"`` or title plus ``year``); see the module rules.
+        ``platform`` (a platform code or name) only works for a catalog with platforms (games)."""
         tol = self.year_tolerance if year_tolerance is None else int(year_tolerance)
         if tol < 0:
             raise ValueError(f"year_tolerance must be >= 0, got {year_tolerance!r}")
@@ -276,7 +293,18 @@ class Catalog:
                 year = int(year)
             except (TypeError, ValueError):
                 raise ValueError(f"year must be an integer or None, got {year!r}") from None
-        return self._cached(query if isinstance(query, str) else ("" if query is None else str(query)), year, tol)
+        query = query if isinstance(query, str) else ("" if query is None else str(query))
+        if self.platform_aliases is None:
+            if platform is not None:
+                raise ValueError(f"the {self.domain} catalog has no platforms; got platform={platform!r}")
+            return self._cached(query, year, tol)
+        query, named, in_query_year = split_platform(query, self.platform_aliases)
+        if platform is not None:
+            code = self.platform_aliases.get(normalize_title(platform))
+            if code is None:
+                raise ValueError(f"unknown platform {platform!r}; known: {', '.join(sorted(set(self.platform_aliases.values())))}")
+            named = code
+        return self._cached(query, in_query_year if year is None else year, tol, named)
 
     def resolve_many(self, queries: Iterable, year_tolerance: int | None = None) -> list[Resolution]:
         """Resolve many queries; each is a string or a ``(title, year)`` pair. Repeated queries hit a
@@ -293,7 +321,11 @@ class Catalog:
         self._cached.cache_clear()
 
     # -- internals ------------------------------------------------------------------------------
-    def _resolve(self, query: str, year: int | None, tol: int) -> Resolution:
+    def _resolve(self, query: str, year: int | None, tol: int, platform: str | None = None) -> Resolution:
+        res = self._resolve_title(query, year, tol, platform)
+        return res if platform is None else dataclasses.replace(res, query_platform=platform)
+
+    def _resolve_title(self, query: str, year: int | None, tol: int, platform: str | None) -> Resolution:
         title, parsed = split_title_year(query)
         year = parsed if year is None else year
         keys = [k for k in dict.fromkeys(map(normalize_title, title_variants(title))) if k]
@@ -308,6 +340,8 @@ class Catalog:
         for tier, cands in lookups:
             if not cands:
                 continue
+            if platform is not None and self._platforms:  # prefer items released on the platform
+                cands = tuple(i for i in cands if platform in self._platforms.get(i, ())) or cands
             res = self._decide(title, year, 0 if tier == "head" else tol, cands, tier)
             if res.item_id is not None or res.reason == "ambiguous":
                 return res
@@ -503,11 +537,11 @@ def build_catalog(domain: str, rows: pd.DataFrame, source_order: tuple[str, ...]
                   title_priority: tuple[str, ...] | None = None, year_priority: tuple[str, ...] | None = None,
                   **options) -> Catalog:
     """A :class:`Catalog` from per-source rows (columns item_id, source, title, year, and optionally
-    genres (list), votes (float), plus any extra columns).
+    genres (list), platforms (list), votes (float), plus any extra columns).
 
     Every title variant of every row becomes an alias. Per item: title and year come from the first
     source in ``title_priority`` / ``year_priority`` (default ``source_order``) that has one; genres
-    are merged; popularity is ``log1p`` of the largest ``votes``; extra columns take the first
+    (and platforms) are merged; popularity is ``log1p`` of the largest ``votes``; extra columns take the first
     non-null value in ``source_order``. ``options`` go to :class:`Catalog`."""
     missing = {"item_id", "source", "title", "year"} - set(rows.columns)
     if missing:
@@ -546,9 +580,16 @@ def build_catalog(domain: str, rows: pd.DataFrame, source_order: tuple[str, ...]
         items["genres"] = [list(genres[i]) for i in keys]
         src_lists = {fs: [s for s in source_order if s in fs] for fs in set(map(frozenset, srcs.values()))}
         items["sources"] = [list(src_lists[frozenset(srcs[i])]) for i in keys]
+        if "platforms" in rows:
+            plats: dict[str, dict[str, None]] = {}
+            for i, ps in zip(ids, rows["platforms"].tolist()):
+                d = plats.setdefault(i, {})
+                for x in ps if isinstance(ps, list) else ():
+                    d[x] = None
+            items["platforms"] = [list(plats[i]) for i in keys]
         votes = pd.to_numeric(rows["votes"], errors="coerce") if "votes" in rows else pd.Series(0.0, index=rows.index)
         items["popularity"] = np.log1p(votes.groupby(rows["item_id"]).max().reindex(items.index).fillna(0.0).astype(float))
-        for col in rows.columns.difference(["item_id", "source", "title", "year", "genres", "votes"], sort=False):
+        for col in rows.columns.difference(["item_id", "source", "title", "year", "genres", "platforms", "votes"], sort=False):
             items[col] = _first_by(rows, col, source_order).reindex(items.index)
         return Catalog(domain, items, al, **options)
     finally:
@@ -589,6 +630,327 @@ def _load_movies(root, exclude: frozenset[str]) -> Catalog:
     return build_catalog("movies", rows, MOVIE_SOURCES, _TITLE_PRIORITY, _YEAR_PRIORITY)
 
 
+# ----------------------------------------------------------------------------------------------
+# Game catalog (SafeGame)
+# ----------------------------------------------------------------------------------------------
+
+GAME_SOURCES = ("vgsales", "pegi", "esrb")  # linking order: each source is matched against the ones before
+GAME_FILES = {"vgsales": "vgsales/Video_Games_Sales_as_at_22_Dec_2016.csv",
+              "pegi": "pegi/PEGI_Ratings_20170907.csv",
+              "esrb": "esrb/games.csv"}
+# the data files the game catalog is built from (cache keys of downstream stages use their sha256)
+GAME_CATALOG_FILES = tuple(GAME_FILES.values())
+# vgsales rows of one title whose release years are further apart than this are different games
+# (a remake or reboot under the same name: "Tomb Raider" 1996 and 2013)
+GAME_YEAR_GAP = 4
+# the ESRB table is the PS4 / Xbox One era: its console column is 0 = PS4, 1 = PS4 and Xbox One
+_ESRB_CONSOLE = {0: ["PS4"], 1: ["PS4", "XOne"]}
+_ESRB_ERA = 2013  # PS4 and Xbox One launched in November 2013
+_GAME_GENRE_SYNONYMS = {"rpg": "role-playing", "misc": None, "other": None, "": None}
+_MARKS_RE = re.compile(r"[\u2122\u00ae\u00a9]")  # ™ ® ©
+# trailing notes of vgsales/PEGI names that are not titles: "(JP weekly sales)", "(DS Version)", "(PC Demo)"
+_NOTE_RE = re.compile(r"\s*\((?=[^()]*\b(?:sales|versions?|demo|promotion|tracklist\w*|weekly)\b)[^()]*\)\s*$", re.I)
+_PLATFORM_TAIL_RE = re.compile(r"^(?P<title>.*\S)\s*(?:\s[-\u2013\u2014|]\s*|\s(?:for|on)\s+(?:the\s+)?)(?P<p>[^-\u2013\u2014|()\[\]]+?)\s*$", re.I)
+_GROUP_TAIL_RE = re.compile(r"^(?P<title>.*?)\s*(?:\((?P<a>[^()]*)\)|\[(?P<b>[^\[\]]*)\])\s*$")
+_GROUP_SPLIT_RE = re.compile(r"\s*(?:,|/|;|&|\+|\band\b)\s*", re.I)
+_ROMAN = {"ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7", "viii": "8", "ix": "9",
+          "xi": "11", "xii": "12", "xiii": "13", "xiv": "14", "xv": "15", "xvi": "16"}
+_ROMAN_TOKEN_RE = re.compile(r"\b(" + "|".join(sorted((k.upper() for k in _ROMAN), key=len, reverse=True)) + r")\b")
+
+
+@lru_cache(maxsize=1)
+def _games_data() -> dict:
+    path = Path(__file__).parent / "data" / "games.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+@lru_cache(maxsize=1)
+def platform_aliases() -> dict[str, str]:
+    """Platform name key (:func:`normalize_title`) -> platform code (``data/games.json``)."""
+    out: dict[str, str] = {}
+    for code, names in _games_data()["platforms"].items():
+        for name in [code, *names]:
+            key = normalize_title(name)
+            if out.get(key, code) != code:
+                raise ValueError(f"data/games.json: platform name {name!r} is listed for both {out[key]} and {code}")
+            out[key] = code
+    return out
+
+
+def platform_code(name: str | None, aliases: dict[str, str] | None = None) -> str | None:
+    """``"PlayStation 4"`` -> ``"PS4"``; ``None`` when the name is no known platform."""
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        return None
+    return (platform_aliases() if aliases is None else aliases).get(normalize_title(str(name)))
+
+
+def split_platform(query: str, aliases: dict[str, str] | None = None) -> tuple[str, str | None, int | None]:
+    """Take platform mentions off the end of a game query: ``(title, platform code, year)``.
+
+    ``"Doom (PS4)"``, ``"Doom [PlayStation 4]"``, ``"Doom - PS4"``, ``"Doom for the PS4"`` and
+    ``"Doom (PS4, 2016)"`` all give ``("Doom", "PS4", ...)``; a year found inside a mixed group is
+    returned as the third value (a plain ``"(2016)"`` stays in the title for the resolver). A
+    trailing group that is not all platforms and years is kept (``"Halo (Combat Evolved)"``).
+    Trademark signs are dropped. The first platform named wins."""
+    aliases = platform_aliases() if aliases is None else aliases
+    s = " ".join(_MARKS_RE.sub("", str(query)).split())
+    platform: str | None = None
+    year: int | None = None
+    while True:
+        m = _GROUP_TAIL_RE.match(s)
+        if m and m.group("title"):
+            parts = [x for x in _GROUP_SPLIT_RE.split(m.group("a") if m.group("a") is not None else m.group("b")) if x]
+            codes = [aliases.get(normalize_title(x)) for x in parts]
+            years = [int(x) for x in parts if re.fullmatch(r"(?:19|20)\d{2}", x)]
+            if parts and any(codes) and all(c or re.fullmatch(r"(?:19|20)\d{2}", x) for c, x in zip(codes, parts)):
+                platform = next(c for c in codes if c)
+                year = years[0] if years else year
+                s = m.group("title")
+                continue
+        m = _PLATFORM_TAIL_RE.match(s)
+        if m and aliases.get(normalize_title(m.group("p"))):
+            platform = aliases[normalize_title(m.group("p"))]
+            s = m.group("title")
+            continue
+        return s, platform, year
+
+
+def game_key(title: str) -> str:
+    """Grouping key of a game title: :func:`normalize_title` with Roman sequel numbers II-XVI as
+    digits (``"Grand Theft Auto V"`` = ``"Grand Theft Auto 5"``; a lone ``I`` or ``X`` is kept)."""
+    return " ".join(_ROMAN.get(w, w) for w in normalize_title(title).split())
+
+
+def _numeral_variant(title: str) -> str | None:
+    """``"Grand Theft Auto V"`` -> ``"Grand Theft Auto 5"``: an alias for users who write digits."""
+    out = _ROMAN_TOKEN_RE.sub(lambda m: _ROMAN[m.group(1).lower()], title)
+    return out if out != title else None
+
+
+def _clean_game_title(title) -> str | None:
+    """A source's game name without trademark signs, sales/version notes and platform tags."""
+    if title is None or (isinstance(title, float) and math.isnan(title)):
+        return None
+    s = " ".join(_MARKS_RE.sub("", str(title)).split())
+    s = _NOTE_RE.sub("", s)
+    s, _, _ = split_platform(s)
+    return s.strip() or None
+
+
+def _game_genres(values) -> list[list[str]]:
+    out = []
+    for v in values:
+        g = str(v).strip().lower() if isinstance(v, str) else ""
+        g = _GAME_GENRE_SYNONYMS.get(g, g)
+        out.append([g] if g else [])
+    return out
+
+
+def _slug(key: str) -> str:
+    return key.replace(" ", "-")
+
+
+def _read_vgsales(root) -> pd.DataFrame:
+    f = GAME_FILES["vgsales"]
+    df = _read_csv(f, root, ["Name", "Platform", "Year_of_Release", "Genre", "Publisher", "Developer",
+                             "Global_Sales", "Rating"],
+                   dtype={"Name": str, "Platform": str, "Genre": str, "Publisher": str, "Developer": str, "Rating": str})
+    df = df[df["Name"].notna()].reset_index(drop=True)  # two rows have no name
+    year = pd.to_numeric(df["Year_of_Release"], errors="coerce")
+    if ((year < 1970) | (year > 2030)).any():
+        bad = df.loc[(year < 1970) | (year > 2030), "Year_of_Release"].iloc[0]
+        raise sources.DataError(f"{f}: column 'Year_of_Release' holds an implausible year {bad!r}")
+    sales = pd.to_numeric(df["Global_Sales"], errors="coerce")
+    cleaned, named_years = [], []
+    for name in df["Name"].tolist():
+        t, y = split_title_year(_clean_game_title(name) or "")
+        cleaned.append(t)
+        named_years.append(y)
+    out = pd.DataFrame({"source": "vgsales", "title": cleaned,
+                        "year": pd.array(year.where(year.notna(), pd.Series(named_years, dtype=float)).round(), dtype="Int64"),
+                        "platform": [platform_code(p) or str(p) for p in df["Platform"]],
+                        "genres": _game_genres(df["Genre"]), "publisher": df["Publisher"], "developer": df["Developer"],
+                        "sales": sales.fillna(0.0), "rating": df["Rating"], "row": np.arange(len(df))})
+    return out[out["title"].str.len() > 0].reset_index(drop=True)
+
+
+def _read_pegi(root) -> pd.DataFrame:
+    f = GAME_FILES["pegi"]
+    df = _read_csv(f, root, ["game", "rating", "platform", "genre", "release"],
+                   dtype={"game": str, "platform": str, "genre": str, "release": str})
+    rating = pd.to_numeric(df["rating"], errors="coerce")
+    bad = rating.notna() & ~rating.isin([3, 7, 12, 16, 18])
+    if bad.any():
+        raise sources.DataError(f"{f}: column 'rating' holds {df.loc[bad, 'rating'].iloc[0]!r}, not a PEGI age (3/7/12/16/18)")
+    year = pd.to_datetime(df["release"], errors="coerce", format="%Y-%m-%d").dt.year
+    titles = [_clean_game_title(t) for t in df["game"].tolist()]
+    out = pd.DataFrame({"source": "pegi", "title": titles, "year": pd.array(year, dtype="Int64"),
+                        "platform": [platform_code(p) or (str(p) if isinstance(p, str) else None) for p in df["platform"]],
+                        "genres": _game_genres(df["genre"]),
+                        "rating": [None if pd.isna(r) else str(int(r)) for r in rating], "row": np.arange(len(df))})
+    return out[out["title"].notna()].reset_index(drop=True)
+
+
+ESRB_RATING_COLUMN = "esrb_rating"
+
+
+def _read_esrb(root) -> pd.DataFrame:
+    f = GAME_FILES["esrb"]
+    desc = list(_games_data()["esrb_descriptors"])
+    df = _read_csv(f, root, ["title", "console", *desc, ESRB_RATING_COLUMN], dtype={"title": str, ESRB_RATING_COLUMN: str})
+    for col in ["console", *desc]:
+        vals = pd.to_numeric(df[col], errors="coerce")
+        bad = ~vals.isin(list(_ESRB_CONSOLE) if col == "console" else [0, 1])
+        if bad.any():
+            k = int(np.flatnonzero(bad.to_numpy())[0])
+            raise sources.DataError(f"{f}: row {k + 2} ({df['title'].iloc[k]!r}): column {col!r} holds "
+                                    f"{df[col].iloc[k]!r}, expected " + ("0 or 1 (PS4 / PS4 and Xbox One)" if col == "console" else "0 or 1"))
+        df[col] = vals.astype(int)
+    out = pd.DataFrame({"source": "esrb", "title": [_clean_game_title(t) for t in df["title"]],
+                        "year": pd.array([None] * len(df), dtype="Int64"),
+                        "platforms": [list(_ESRB_CONSOLE[c]) for c in df["console"]],
+                        "rating": df[ESRB_RATING_COLUMN], "row": np.arange(len(df))})
+    out = pd.concat([out, df[desc].reset_index(drop=True)], axis=1)
+    return out[out["title"].notna()].reset_index(drop=True)
+
+
+def _vgsales_items(vg: pd.DataFrame) -> list[str]:
+    """Item id per vgsales row: rows of one :func:`game_key` form one game unless their years are
+    more than :data:`GAME_YEAR_GAP` apart; a row without a year joins its key's best-selling game."""
+    ids: list[str | None] = [None] * len(vg)
+    keys = [game_key(t) for t in vg["title"].tolist()]
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for k, key in enumerate(keys):
+        by_key[key].append(k)
+    years, sales = vg["year"].tolist(), vg["sales"].tolist()
+    for key, rows in by_key.items():
+        dated = sorted((r for r in rows if not pd.isna(years[r])), key=lambda r: years[r])
+        clusters: list[list[int]] = []
+        for r in dated:
+            if clusters and years[r] - years[clusters[-1][-1]] <= GAME_YEAR_GAP:
+                clusters[-1].append(r)
+            else:
+                clusters.append([r])
+        for c in clusters:
+            for r in c:
+                ids[r] = f"game:{_slug(key)}-{int(years[c[0]])}"
+        undated = [r for r in rows if pd.isna(years[r])]
+        if undated:
+            best = max(clusters, key=lambda c: sum(sales[r] for r in c)) if clusters else None
+            for r in undated:
+                ids[r] = ids[best[0]] if best else f"game:{_slug(key)}"
+    return ids  # type: ignore[return-value]
+
+
+def _link(rows: pd.DataFrame, cat: Catalog | None, prefer_latest: bool) -> list[str | None]:
+    """Item id per row of a later source through the resolver over the earlier sources (``None``:
+    new). A title match outside the year tolerance or an ambiguous one takes the nearest candidate
+    (a re-release keeps its game), or with ``prefer_latest`` the most recent one."""
+    if cat is None:
+        return [None] * len(rows)
+    out: list[str | None] = []
+    codes = set(cat.platform_aliases.values())
+    plats = rows["platforms"].tolist() if "platforms" in rows else [[p] for p in rows["platform"].tolist()]
+    for title, year, ps in zip(rows["title"].tolist(), rows["year"].tolist(), plats):
+        p = next((x for x in ps or () if x in codes), None)
+        r = cat.resolve(title, None if pd.isna(year) else int(year), platform=p)
+        if r.item_id is None and r.candidates:
+            cands = list(r.candidates)
+            if prefer_latest:
+                cands.sort(key=lambda i: -max(cat._years.get(i, {0})))
+            out.append(cands[0])
+        else:
+            out.append(r.item_id)
+    return out
+
+
+def _game_catalog(rows: pd.DataFrame) -> Catalog:
+    cols = ["item_id", "source", "title", "year", "genres", "platforms", "votes", "publisher", "developer"]
+    rows = rows.reindex(columns=cols)
+    aliases = []
+    for t in rows["title"].tolist():
+        aliases.append(_numeral_variant(t))
+    extra = rows[[a is not None for a in aliases]].assign(title=[a for a in aliases if a is not None],
+                                                          votes=np.nan, publisher=None, developer=None)
+    rows = pd.concat([rows, extra], ignore_index=True)
+    order = tuple(s for s in GAME_SOURCES if s in set(rows["source"]))
+    return build_catalog("games", rows, order, platform_aliases=platform_aliases())
+
+
+@dataclass(frozen=True)
+class GameSources:
+    """The game source tables, each row with the ``item_id`` the catalog gave it: ``vgsales``
+    (platform, genres, publisher, developer, sales, ESRB letter ``rating``), ``pegi`` (platform,
+    PEGI age ``rating``) and ``esrb`` (the 31 descriptor columns and the ESRB ``rating``)."""
+    vgsales: pd.DataFrame
+    pegi: pd.DataFrame
+    esrb: pd.DataFrame
+    catalog: Catalog
+
+
+@lru_cache(maxsize=2)
+def _game_sources(root: str, exclude: tuple[str, ...]) -> GameSources:
+    readers = {"vgsales": _read_vgsales, "pegi": _read_pegi, "esrb": _read_esrb}
+    frames: dict[str, pd.DataFrame] = {}
+    linked: list[pd.DataFrame] = []
+    cat: Catalog | None = None
+    for src in GAME_SOURCES:
+        if src in exclude:  # an empty table with the columns the oracle and the generator read
+            cols = ["source", "title", "year", "platform", "platforms", "genres", "publisher", "developer", "sales",
+                    "rating", "row", "item_id", *_games_data()["esrb_descriptors"]]
+            frames[src] = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+            continue
+        df = readers[src](root)
+        if src == "vgsales":
+            ids = _vgsales_items(df)
+        else:
+            ids = _link(df, cat, prefer_latest=src == "esrb")
+            keys = [game_key(t) for t in df["title"].tolist()]
+            first = pd.Series(df["year"].to_numpy(dtype=float), dtype=float).groupby(keys).min()
+            for k, (i, key) in enumerate(zip(ids, keys)):
+                if i is None:  # a game no earlier source has: one item per title key (first year in the id)
+                    y = first.get(key)
+                    ids[k] = f"game:{_slug(key)}" + ("" if y is None or pd.isna(y) else f"-{int(y)}")
+        df = df.assign(item_id=ids)
+        frames[src] = df
+        part = df.assign(platforms=df["platforms"] if "platforms" in df else [[p] if p else [] for p in df["platform"]],
+                         votes=df["sales"] * 1e6 if "sales" in df else np.nan)
+        linked.append(part)
+        cat = _game_catalog(pd.concat(linked, ignore_index=True))
+    if cat is None:
+        raise ValueError(f"exclude_sources removes every game source ({', '.join(GAME_SOURCES)})")
+    # vgsales sales are per platform: an item's popularity is log1p of its copies sold on all of them
+    if "sales" in frames["vgsales"]:
+        total = frames["vgsales"].groupby("item_id")["sales"].sum() * 1e6
+        cat.items["popularity"] = np.log1p(total.reindex(cat.items.index).fillna(0.0).astype(float))
+        cat = Catalog("games", cat.items, cat.aliases, platform_aliases=cat.platform_aliases)
+    return GameSources(frames["vgsales"], frames["pegi"], frames["esrb"], cat)
+
+
+def game_sources(data_dir: str | os.PathLike | None = None, exclude_sources: Iterable[str] = ()) -> GameSources:
+    """The linked game source tables and the catalog built from them (cached per process).
+
+    Linking, in the order of :data:`GAME_SOURCES`: vgsales rows of one title form one game per
+    release period (:data:`GAME_YEAR_GAP`); a PEGI row joins the game the resolver gives its
+    (title, release year, platform) among the vgsales games, else the nearest same-title game,
+    else a new game per title; an ESRB row (no year; PS4 / Xbox One) joins the game the resolver
+    gives its title on its console among the vgsales and PEGI games (the latest one if several
+    have the title), else a new game. Ids are ``game:<title key>-<first year>`` (or without a year
+    where no source gives one)."""
+    exclude = frozenset([exclude_sources] if isinstance(exclude_sources, str) else exclude_sources)
+    unknown = sorted(exclude - set(GAME_SOURCES))
+    if unknown:
+        raise ValueError(f"exclude_sources {unknown} are not games catalog sources ({', '.join(GAME_SOURCES)})")
+    return _game_sources(str(sources.data_dir(data_dir)), tuple(sorted(exclude)))
+
+
+def _load_games(root, exclude: frozenset[str]) -> Catalog:
+    return game_sources(root, exclude).catalog
+
+
 @dataclass(frozen=True)
 class _Domain:
     sources: tuple[str, ...]
@@ -598,7 +960,7 @@ class _Domain:
 
 DOMAINS: dict[str, _Domain] = {
     "movies": _Domain(MOVIE_SOURCES, _load_movies),
-    "games": _Domain(("esrb", "pegi", "vgsales"), None, "the games catalog (esrb, pegi, vgsales) is not built yet"),
+    "games": _Domain(GAME_SOURCES, _load_games),
 }
 
 
@@ -619,7 +981,7 @@ def load_catalog(domain: str = "movies", data_dir: str | os.PathLike | None = No
     return _load_cached(domain, str(sources.data_dir(data_dir)), tuple(sorted(exclude)))
 
 
-@lru_cache(maxsize=4)  # a movie catalog holds about 150-250 MB
+@lru_cache(maxsize=4)  # a movie catalog holds about 150-250 MB (games: game_sources caches its own)
 def _load_cached(domain: str, root: str, exclude: tuple[str, ...]) -> Catalog:
     return DOMAINS[domain].loader(root, frozenset(exclude))
 
@@ -695,5 +1057,47 @@ def evaluate_resolver(data_dir: str | os.PathLike | None = None, held_out: Itera
                  **score_resolutions(load_catalog("movies", data_dir), gt, year_tolerance)})
     cols = ["sample", "catalog", "n", "reachable", "resolved", "correct", "coverage", "precision", "accuracy",
             "accuracy_reachable"]
+    df = pd.DataFrame(rows)
+    return df[cols + [c for c in df.columns if c not in cols]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Game resolver tolerance
+# ----------------------------------------------------------------------------------------------
+
+GAME_QUERY_FORMS = ("title", "title (year)", "title (platform)", "title - platform name", "title [platform, year]",
+                    "title for platform name", "digits for roman numerals")
+
+
+def evaluate_game_resolver(data_dir: str | os.PathLike | None = None, n: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """How the game resolver takes the ways users write games: ``n`` vgsales rows (seeded sample of
+    rows with a year) written in each of :data:`GAME_QUERY_FORMS` (platform as its code or its
+    longest name) and resolved against the full game catalog. A row per form with the counts of
+    :func:`score_resolutions` (``item_id`` is the game the catalog gave that row); the ``title``
+    form shows how often a bare title is ambiguous, the others what the year and platform add."""
+    gs = game_sources(data_dir)
+    cat = gs.catalog
+    vg = gs.vgsales[gs.vgsales["year"].notna()]
+    vg = vg.sample(n=min(n, len(vg)), random_state=seed)
+    names = _games_data()["platforms"]
+    long_name = {code: max((x for x in v if not re.search(r"[-\u2013\u2014]", x)), key=len) for code, v in names.items()}
+    rows = []
+    for form in GAME_QUERY_FORMS:
+        qs, ys, ids = [], [], []
+        for title, year, plat, item in zip(vg["title"], vg["year"], vg["platform"], vg["item_id"]):
+            pname = long_name.get(plat, plat)
+            if form == "digits for roman numerals":
+                title = _numeral_variant(title)
+                if title is None:
+                    continue
+            q = {"title": title, "title (year)": f"{title} ({int(year)})", "title (platform)": f"{title} ({plat})",
+                 "title - platform name": f"{title} - {pname}", "title [platform, year]": f"{title} [{plat}, {int(year)}]",
+                 "title for platform name": f"{title} for {pname}", "digits for roman numerals": title}[form]
+            qs.append(q)
+            ys.append(pd.NA)
+            ids.append(item)
+        sample = pd.DataFrame({"query": qs, "year": pd.array(ys, dtype="Int64"), "item_id": ids})
+        rows.append({"form": form, "example": qs[0] if qs else "", **score_resolutions(cat, sample)})
+    cols = ["form", "example", "n", "resolved", "correct", "coverage", "precision", "accuracy"]
     df = pd.DataFrame(rows)
     return df[cols + [c for c in df.columns if c not in cols]]

@@ -21,13 +21,17 @@ def _cmd_traits(args) -> int:
     return 0
 
 
-def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, threshold=None) -> list[dict]:
-    """The ``safecrs check`` result: one dict per query (schema in the README)."""
+def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, threshold=None,
+                 domain: str = "movies") -> list[dict]:
+    """The ``safecrs check`` result: one dict per query (schema in the README). ``domain="games"``
+    judges games (SafeGame): queries may name a platform, ``"Doom (PS4)"``."""
     from .catalog import load_catalog
     from .oracle import DEFAULT_THRESHOLD, Verdict, load_oracle
 
-    cat = load_catalog(data_dir=data_dir)
-    oracle = load_oracle(data_dir=data_dir, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    cat = load_catalog(domain, data_dir=data_dir)
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    oracle = (load_oracle(data_dir=data_dir, threshold=threshold) if domain == "movies"
+              else load_oracle(data_dir=data_dir, threshold=threshold, domain=domain))
     out = []
     for q in queries:
         res = cat.resolve(q)
@@ -67,14 +71,16 @@ def _cmd_check(args) -> int:
         print(f"safecrs check: age {args.age} has no age limit (limits apply under {T.NO_LIMIT_FROM_AGE}); "
               "add --traits to judge traits", file=sys.stderr)
     if not args.titles:
-        print("safecrs check: give at least one title, e.g. safecrs check \"Saw (2004)\" --traits anti_gore", file=sys.stderr)
+        example = '"Saw (2004)"' if args.domain == "movies" else '"Doom (PS4)" --domain games'
+        print(f"safecrs check: give at least one title, e.g. safecrs check {example} --traits anti_gore", file=sys.stderr)
         return 2
-    result = check_titles(args.titles, trait_ids, data_dir=args.data_dir, threshold=args.threshold)
+    result = check_titles(args.titles, trait_ids, data_dir=args.data_dir, threshold=args.threshold, domain=args.domain)
     if args.json:
         print(json.dumps(result, indent=1, ensure_ascii=False))
         return 0
     for r in result:
-        head = f"{r['query']!r} -> " + (f"{r['item_id']} {r['title']} ({r['year']})" if r["item_id"] else f"unresolved ({r['resolution']})")
+        when = f" ({r['year']})" if r["year"] is not None or args.domain == "movies" else ""
+        head = f"{r['query']!r} -> " + (f"{r['item_id']} {r['title']}{when}" if r["item_id"] else f"unresolved ({r['resolution']})")
         print(head)
         for t, v in r["verdicts"].items():
             risk = "  -  " if v["risk"] is None else f"{v['risk']:.2f}"
@@ -103,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--with-age", action="store_true", help="also list the age constraints (age_limit_g, ...)")
     t.set_defaults(fn=_cmd_traits)
     c = sub.add_parser("check", help="safety verdicts for titles")
-    c.add_argument("titles", nargs="*", help='titles as "Title (Year)"')
+    c.add_argument("titles", nargs="*", help='titles as "Title (Year)" (games may add a platform: "Doom (PS4)")')
+    c.add_argument("--domain", choices=("movies", "games"), default="movies",
+                   help="movies (default) or games (SafeGame: ESRB descriptors and ratings, PEGI ages)")
     c.add_argument("--traits", default=None,
                    help="comma-separated trait or age-constraint ids (default: all 20 traits, or none with --age)")
     c.add_argument("--age", type=int, default=None,

@@ -19,6 +19,8 @@ Rules common to the dialogue sources (ReDial family, INSPIRED, Movie Dialog):
 Per source (the loader docstrings give the details): ``redial_test``, ``redial_kepler``, ``iard``,
 ``inspired``, ``movie_dialog_fb`` (task 2 and task 3), ``reddit_saferank`` (via
 :func:`load_saferec_rows`, the reader of the published SafeRec row schema) and ``reddit_crag``.
+Games have no real conversations: ``safegame`` (:func:`load_safegame`) *generates* requests from the
+game catalog's structure, and every one of them has ``synthetic=True``.
 The Reddit sources keep the thread as published: several commenters (``SYSTEM``) may follow each
 other, and 13 of 100 SafeRank and 5 of 92 CRAG contexts end with a commenter's turn.
 """
@@ -879,6 +881,197 @@ def load_reddit_crag(data_dir: PathLike = None) -> list[Conversation]:
 
 
 # ---------------------------------------------------------------------------------------------
+# safegame: synthetic game requests built from the game catalog's real structure
+
+SAFEGAME_SIZE = 6000  # requests generated for the SafeGame benchmark (seed 0)
+SAFEGAME_SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))  # by group, so a group is in one split
+# how the targets relate to the seed games, and how often each relation is drawn
+SAFEGAME_RELATIONS = {"franchise": 0.35, "developer": 0.2, "publisher_genre": 0.25, "platform_genre_year": 0.2}
+SAFEGAME_OPENER_SHARE = 0.5  # share of requests that start with an assistant greeting
+SAFEGAME_YEAR_SHARE = 0.3  # share of seed games written "Title (Year)" rather than "Title"
+_MIN_GROUP = 3  # a group needs a seed and a target, and a choice among them
+
+
+def franchise_key(title: str) -> str:
+    """The series a game title belongs to: the part before ``":"`` / ``" - "`` (or the whole
+    title), as :func:`catalog.game_key`, without trailing numbers (``"Halo 5: Guardians"`` ->
+    ``"halo"``, ``"FIFA 17"`` -> ``"fifa"``); ``""`` when less than three letters remain."""
+    from .catalog import game_key, title_head
+
+    head = title_head(title) or normalize_title(title)
+    words = game_key(head).split()
+    while words and words[-1].isdigit():
+        words.pop()
+    key = " ".join(words)
+    return key if sum(ch.isalpha() for ch in key) >= 3 else ""
+
+
+def title_leaks(text: str, title: str) -> bool:
+    """True when ``title`` appears in ``text`` as whole words, compared by
+    :func:`~safecrs_core.catalog.normalize_title` and by game key (Roman numerals as digits)."""
+    from .catalog import game_key
+
+    for norm in (normalize_title, game_key):
+        t, x = norm(title), norm(text)
+        if t and re.search(r"(?:^|\s)" + re.escape(t) + r"(?:\s|$)", x):
+            return True
+    return False
+
+
+def _join_titles(titles: list[str]) -> str:
+    return titles[0] if len(titles) == 1 else ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
+def _game_groups(catalog, vgsales: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """relation -> group key -> {"items": [...], "genre", "platform", "publisher"}: games sharing a
+    series, a developer, a publisher and genre within a four-year era, or a platform, genre and
+    release year (released side by side); groups of fewer than three games are left out."""
+    items = catalog.items
+    groups: dict[str, dict[str, dict]] = {r: {} for r in SAFEGAME_RELATIONS}
+
+    def add(rel, key, item, **info):
+        g = groups[rel].setdefault(key, {"items": {}, **info})
+        g["items"][item] = None
+
+    for it, title in items["title"].items():
+        k = franchise_key(title)
+        if k:
+            add("franchise", f"franchise:{k}", it)
+    for it, dev in items["developer"].dropna().items():
+        if str(dev).strip():
+            add("developer", f"developer:{str(dev).strip().lower()}", it)
+    dated = vgsales[vgsales["year"].notna() & vgsales["publisher"].notna()]
+    for it, pub, genres, year, plat in zip(dated["item_id"], dated["publisher"], dated["genres"], dated["year"],
+                                          dated["platform"]):
+        for g in genres:
+            era = int(year) // 4 * 4
+            add("publisher_genre", f"publisher_genre:{str(pub).lower()}:{g}:{era}", it, genre=g, publisher=str(pub))
+            add("platform_genre_year", f"platform_genre_year:{plat}:{g}:{int(year)}", it, genre=g, platform=plat)
+    out = {}
+    for rel, gs in groups.items():
+        out[rel] = {k: {**g, "items": list(g["items"])} for k, g in gs.items() if len(g["items"]) >= _MIN_GROUP}
+    return out
+
+
+def _split_of_group(key: str) -> str:
+    """The split of a group: a fixed function of its key (sha256), so reruns agree."""
+    import hashlib
+
+    u = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:12], 16) / 16 ** 12
+    acc = 0.0
+    for split, share in SAFEGAME_SPLITS:
+        acc += share
+        if u < acc:
+            return split
+    return SAFEGAME_SPLITS[-1][0]
+
+
+def load_safegame(data_dir: PathLike = None, n: int = SAFEGAME_SIZE, seed: int = 0) -> list[Conversation]:
+    """``n`` **synthetic** game requests (every one has ``synthetic=True``): no real game-recommendation
+    conversations exist, so they are generated from the game catalog's real structure.
+
+    For each request a relation is drawn (:data:`SAFEGAME_RELATIONS`), then a group of at least three
+    games related that way in the data (same series, same developer, same publisher and genre within
+    a four-year era, or same platform, genre and year), then one to three *seed* games the user says
+    they liked (games with sales figures, weighted by popularity) and one to four *targets* among
+    the group's other games. The user's text comes from the relation's templates
+    (``data/games.json``, several styles; every third template is held out for the test split,
+    which is fixed per group by a hash of its key), optionally after an assistant greeting. A target
+    whose title appears in the user's text (:func:`title_leaks`) is dropped, so targets never leak;
+    a request left without a target is drawn again. Deterministic for ``seed``."""
+    import numpy as np
+
+    from .catalog import _games_data, game_sources
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    gs = game_sources(data_dir)
+    cat = gs.catalog
+    spec = _games_data()
+    req = spec["requests"]
+    display = spec["platform_display"]
+    groups = _game_groups(cat, gs.vgsales)
+    pop = cat.items["popularity"].to_dict()
+    titles = cat.items["title"].to_dict()
+    years = cat.items["year"].to_dict()
+    rng = np.random.default_rng(seed)
+    rels = [r for r in SAFEGAME_RELATIONS if groups[r]]
+    if not rels:
+        raise _sources.DataError("the game catalog has no group of related games to build requests from")
+    rel_p = np.array([SAFEGAME_RELATIONS[r] for r in rels])
+    rel_p /= rel_p.sum()
+    keys = {r: sorted(groups[r]) for r in rels}
+    weights = {}
+    for r in rels:  # groups with best-sellers are drawn more often
+        w = np.array([1.0 + sum(pop.get(i, 0.0) for i in groups[r][k]["items"]) for k in keys[r]])
+        weights[r] = w / w.sum()
+    pools = {name: [e for e in req[name] if isinstance(e, dict)] for name in ["opener", *SAFEGAME_RELATIONS]}
+    for name, entries in pools.items():
+        for e in entries:
+            if e.get("pool") not in ("train", "test") or not isinstance(e.get("text"), str):
+                raise ValueError(f"data/games.json: requests.{name}: every template needs a text and a pool "
+                                 f"'train' or 'test', got {e!r}")
+    out: list[Conversation] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 20 * n + 100:
+            raise RuntimeError(f"load_safegame: only {len(out)} of {n} requests after {attempts} draws")
+        rel = rels[int(rng.choice(len(rels), p=rel_p))]
+        key = keys[rel][int(rng.choice(len(keys[rel]), p=weights[rel]))]
+        g = groups[rel][key]
+        members = [i for i in g["items"]]
+        known = [i for i in members if pop.get(i, 0.0) > 0]
+        if not known or (rel == "platform_genre_year" and g["platform"] not in display):
+            continue
+        k_seed = int(min(len(known), len(members) - 1, rng.integers(1, 4)))
+        w = np.array([pop[i] for i in known])
+        seeds = [known[j] for j in rng.choice(len(known), size=k_seed, replace=False, p=w / w.sum())]
+        rest = [i for i in members if i not in seeds]
+        k_tgt = int(min(len(rest), rng.integers(1, 5)))
+        w = np.array([1.0 + pop.get(i, 0.0) for i in rest])
+        targets = [rest[j] for j in rng.choice(len(rest), size=k_tgt, replace=False, p=w / w.sum())]
+        split = _split_of_group(key)
+        pool = "test" if split == "test" else "train"
+        shown = []
+        for i in seeds:
+            y = years.get(i)
+            with_year = rng.random() < SAFEGAME_YEAR_SHARE and y is not None and not pd.isna(y)
+            shown.append(f"{titles[i]} ({int(y)})" if with_year else titles[i])
+        cands = [(j, e) for j, e in enumerate(pools[rel]) if e["pool"] == pool]
+        j, entry = cands[int(rng.integers(len(cands)))]
+        values = {"liked": _join_titles(shown), "genre": g.get("genre", ""), "publisher": g.get("publisher", ""),
+                  "platform": display.get(g.get("platform", ""), "")}
+        text = entry["text"].format(**values)
+        turns: list[Turn] = []
+        if rng.random() < SAFEGAME_OPENER_SHARE:
+            openers = [e for e in pools["opener"] if e["pool"] == pool]
+            turns.append({"role": "assistant", "text": openers[int(rng.integers(len(openers)))]["text"]})
+        turns.append({"role": "user", "text": text})
+        user_text = " ".join(t["text"] for t in turns if t["role"] == "user")
+        kept = [i for i in targets if not title_leaks(user_text, titles[i])]
+        if not kept:
+            continue
+
+        def ref(i):
+            y = years.get(i)
+            return {"title": titles[i], "year": None if y is None or pd.isna(y) else int(y), "item_id": i}
+
+        out.append(Conversation(
+            conv_id=f"safegame:{key}:{len(out)}", source="safegame", split=split, turns=turns,
+            seen=[ref(i) for i in seeds], targets=[ref(i) for i in kept], trait=None, synthetic=True,
+            meta={"dialog_id": key, "relation": rel, "template": j, "style": entry.get("style", ""),
+                  "synthetic": True, "generator": "safecrs_core.conversations.load_safegame", "seed": seed,
+                  "targets_leaking": len(targets) - len(kept)},
+        ))
+    return out
+
+
+# synthetic sources: loaded by name (load_all(["safegame"])), never by default
+SYNTHETIC_LOADERS: dict[str, Callable[..., list[Conversation]]] = {"safegame": load_safegame}
+
+
+# ---------------------------------------------------------------------------------------------
 # all sources, resolution, records
 
 LOADERS: dict[str, Callable[..., list[Conversation]]] = {
@@ -893,15 +1086,17 @@ LOADERS: dict[str, Callable[..., list[Conversation]]] = {
 
 
 def load_all(sources: Iterable[str] | None = None, data_dir: PathLike = None) -> list[Conversation]:
-    """Conversations of the named loaders (default: all of ``LOADERS``), in ``LOADERS`` order.
-    Overlaps are kept: see :func:`dedupe_against`."""
+    """Conversations of the named loaders (default: all of the real ``LOADERS``), in the order
+    given; the synthetic ``SYNTHETIC_LOADERS`` (``"safegame"``) only when named. Overlaps are kept:
+    see :func:`dedupe_against`."""
     names = list(LOADERS) if sources is None else list(sources)
-    unknown = [n for n in names if n not in LOADERS]
+    known = {**LOADERS, **SYNTHETIC_LOADERS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise KeyError(f"unknown conversation source(s) {unknown}; known: {', '.join(LOADERS)}")
+        raise KeyError(f"unknown conversation source(s) {unknown}; known: {', '.join(known)}")
     out: list[Conversation] = []
     for n in names:
-        out.extend(LOADERS[n](data_dir=data_dir))
+        out.extend(known[n](data_dir=data_dir))
     return out
 
 

@@ -57,6 +57,7 @@ SAFE, UNSAFE, UNKNOWN = 0, 1, 2
 VERDICT_NAMES = ("safe", "unsafe", "unknown")
 CH = {c: i for i, c in enumerate(T.CHANNELS)}
 DEFAULT_THRESHOLD = 0.66
+BRIEF_TAG_CHARS = 32  # longest evidence phrase of Oracle.brief
 
 # MPAA letter -> per-channel upper bound of severity
 LETTER_CAPS = {
@@ -146,13 +147,41 @@ class Verdict:
                 "evidence": list(self.evidence)}
 
 
+@dataclass(frozen=True)
+class RatingScale:
+    """How an oracle's ``rating`` column reads for the age constraints: ``order`` names its levels
+    (least restricted first), ``band_max[j]`` is the highest level age constraint ``j`` allows and
+    ``band_text[j]`` how that limit reads in evidence, ``rank`` gives the level of every rating
+    label the evidence names, ``none_text`` / ``brief_none`` say that an item has no rating."""
+    order: tuple[str, ...]
+    band_max: tuple[int, ...]
+    band_text: tuple[str, ...]
+    rank: dict
+    none_text: str
+    brief_none: str
+
+
+@lru_cache(maxsize=1)
+def movie_scale() -> RatingScale:
+    """The MPAA letters: a movie's rating level is its strictest letter."""
+    bands = T.age_constraints()
+    return RatingScale(RATING_ORDER, tuple(RATING_ORDER.index(_band_letter(b)) for b in bands),
+                       tuple(b.max_rating for b in bands), {x: k for k, x in enumerate(RATING_ORDER)},
+                       "no MPAA rating known for this item (none given, or NR/Unrated/TV only)", "no MPAA rating")
+
+
 class Oracle:
     """Per (item, trait) risk and verdict over a catalog. Build with :func:`load_oracle`."""
 
-    def __init__(self, item_ids, lo, hi, has_sev, trigger, evidence, threshold=DEFAULT_THRESHOLD, rating=None):
+    def __init__(self, item_ids, lo, hi, has_sev, trigger, evidence, threshold=DEFAULT_THRESHOLD, rating=None,
+                 scale: RatingScale | None = None, severity_traits=None, domain: str = "movies"):
         """``lo``/``hi`` (N, 5) channel intervals, ``has_sev`` (N,), ``trigger`` (N, 20 traits),
         ``evidence`` row -> [(kind, key, text)], ``rating`` (N,) the strictest MPAA letter per item
-        as an index into :data:`RATING_ORDER` (-1: none known; ``None``: none known for any item)."""
+        as an index into :data:`RATING_ORDER` (-1: none known; ``None``: none known for any item).
+        Another domain passes its ``scale`` (:class:`RatingScale`; ``rating`` then indexes its
+        levels) and may limit the traits judged by severity to ``severity_traits``."""
+        self.domain = domain
+        self.scale = movie_scale() if scale is None else scale
         self.item_ids = list(item_ids)
         n = len(self.item_ids)
         self.index = {it: i for i, it in enumerate(self.item_ids)}
@@ -163,17 +192,18 @@ class Oracle:
             raise ValueError(f"trigger must be (items, traits) = ({n}, {len(T.TRAIT_IDS)}), got {trigger.shape}")
         self.lo, self.hi, self.has_sev, self.trigger = lo, hi, has_sev, trigger
         self.rating = np.full(n, -1, dtype=np.int8) if rating is None else np.asarray(rating, dtype=np.int8)
-        if self.rating.shape != (n,) or (self.rating < -1).any() or (self.rating >= len(RATING_ORDER)).any():
-            raise ValueError(f"rating must be ({n},) indices into {RATING_ORDER} or -1")
+        if self.rating.shape != (n,) or (self.rating < -1).any() or (self.rating >= len(self.scale.order)).any():
+            raise ValueError(f"rating must be ({n},) indices into {self.scale.order} or -1")
         self._evidence = evidence  # item row -> list of (kind, trait_id | channel | letter | None, text)
         self.threshold = float(threshold)
         W = np.array([[t.pg_weights[c] for c in T.CHANNELS] for t in T.all_traits()])  # (20, 5)
         # the paper's very_weak_proxy / none traits (and the age constraints) are not judged by severity
-        self.use_sev = np.array([T.get(t).uses_severity for t in self.trait_ids])
+        self.use_sev = np.array([T.get(t).uses_severity and (severity_traits is None or t in severity_traits)
+                                 for t in self.trait_ids])
         use_sev = self.use_sev[: len(T.TRAIT_IDS)]
         denom = 3.0 * np.where(W.sum(1) > 0, W.sum(1), 1.0)
         self._Wn = (W / denom[:, None]) * use_sev[:, None]  # (20, 5)
-        self._age_max = np.array([RATING_ORDER.index(_band_letter(b)) for b in T.age_constraints()])
+        self._age_max = np.array(self.scale.band_max)
         self._recompute()
 
     def _recompute(self):
@@ -276,24 +306,79 @@ class Oracle:
             ev.append("no evidence for this trait in the available sources")
         return Verdict(VERDICT_NAMES[code], None if np.isnan(risk) else float(risk), ev)
 
+    def brief(self, item_id: str | None, trait_id: str, max_tags: int = 3, tag_chars: int = BRIEF_TAG_CHARS) -> Verdict:
+        """The verdict and risk of :meth:`judge` with short evidence phrases instead of source lines:
+        at most ``max_tags`` of, in this order, the trait's trigger words (``"grisly"``,
+        ``"splatter"``, ``"horror"``), the severity of the channels the trait weighs where known
+        (``"violence severe"``, ``"sex at most mild"``; strongest first) and the MPAA letter
+        (``"rated R"``). Age constraints give the strictest letter (``"rated R"``) or ``"no MPAA
+        rating"``. Each phrase is cut to ``tag_chars`` characters. Deterministic: triggers keep
+        the order the sources were read in, repeats and plurals of earlier phrases dropped.
+        Items outside the catalog (and ``None``) are ``unknown`` with no phrases."""
+        if isinstance(max_tags, bool) or not isinstance(max_tags, (int, np.integer)) or max_tags < 0:
+            raise ValueError(f"max_tags must be a non-negative integer, got {max_tags!r}")
+        if isinstance(tag_chars, bool) or not isinstance(tag_chars, (int, np.integer)) or tag_chars < 1:
+            raise ValueError(f"tag_chars must be a positive integer, got {tag_chars!r}")
+        j = int(self.cols([trait_id])[0])
+        i = self.index.get(item_id, -1) if item_id else -1
+        if i < 0:
+            return Verdict("unknown", None, [])
+        code, risk = int(self.verdicts[i, j]), float(self.risk[i, j])
+        risk_out = None if np.isnan(risk) else risk
+        tags: list[str] = []
+        if T.is_age_constraint(trait_id):
+            r = int(self.rating[i])
+            tags.append(f"rated {self.scale.order[r]}" if r >= 0 else self.scale.brief_none)
+        else:
+            trait = T.get(trait_id)
+            for kind, key, text in self._evidence.get(i, []):
+                if kind == "trigger" and key == trait_id:
+                    m = re.search(r"'([^']+)'", text)
+                    word = m.group(1) if m else text.split(":", 1)[-1]
+                    tags.append(" ".join(word.split()).lower())
+            if self.use_sev[j]:
+                words = ("none", "mild", "moderate", "severe")
+                known, bounded = [], []
+                for ch in sorted((c for c in T.CHANNELS if trait.pg_weights.get(c, 0) > 0),
+                                 key=lambda c: (-self.lo[i, CH[c]], -trait.pg_weights[c], CH[c])):
+                    lo, hi = int(round(self.lo[i, CH[ch]])), int(round(self.hi[i, CH[ch]]))
+                    if lo == hi:
+                        known.append(f"{ch} {words[lo]}")
+                    elif lo > 0:
+                        known.append(f"{ch} at least {words[lo]}" if hi >= 3 else f"{ch} {words[lo]} to {words[hi]}")
+                    elif hi < 3:
+                        bounded.append(f"{ch} at most {words[hi]}")
+                letter = next((text.split("rated ", 1)[1] for kind, _, text in self._evidence.get(i, [])
+                               if kind == "letter"), None)
+                tags += known + ([f"rated {letter}"] if letter else []) + bounded
+        short, seen = [], set()
+        for t in tags:  # repeats (and plurals of earlier words: "ghost", "ghosts") dropped
+            t = t[:tag_chars].rstrip()
+            stem = t[:-1] if t.endswith("s") else t
+            if t and stem not in seen:
+                seen.add(stem)
+                short.append(t)
+        return Verdict(VERDICT_NAMES[code], risk_out, short[:max_tags])
+
     def ratings(self, item_id: str | None) -> list[tuple[str, str]]:
         """Every MPAA letter the sources give an item, as (letter, source), strictest first."""
         i = self.index.get(item_id, -1) if item_id else -1
         if i < 0:
             return []
         out = [(key, text.split(":", 1)[0]) for kind, key, text in self._evidence.get(i, []) if kind == "rating"]
-        return sorted(out, key=lambda x: -RATING_ORDER.index(x[0]))
+        return sorted(out, key=lambda x: -self.scale.rank[x[0]])
 
     def _age_evidence(self, i: int, band) -> list[str]:
         r = int(self.rating[i])
-        lines = [text for kind, key, text in sorted(
-            (e for e in self._evidence.get(i, []) if e[0] == "rating"), key=lambda e: -RATING_ORDER.index(e[1]))]
+        entries = sorted((e for e in self._evidence.get(i, []) if e[0] == "rating"), key=lambda e: -self.scale.rank[e[1]])
+        lines = [text for _, _, text in entries]
         if r < 0:
-            return ["no MPAA rating known for this item (none given, or NR/Unrated/TV only)"]
-        letter = RATING_ORDER[r]
+            return [self.scale.none_text]
+        letter = entries[0][1] if entries else self.scale.order[r]
+        j = T.AGE_CONSTRAINT_IDS.index(band.id)
         head = f"rated {letter}" if len(lines) <= 1 else f"strictest of {len(lines)} ratings is {letter}"
-        rel = "above" if r > RATING_ORDER.index(band.max_rating) else "at or below"
-        return [f"{head}: {rel} {band.max_rating}, the highest rating for ages {band.min_age}-{band.max_age}"] + lines
+        rel = "above" if r > self.scale.band_max[j] else "at or below"
+        return [f"{head}: {rel} {self.scale.band_text[j]}, the highest rating for ages {band.min_age}-{band.max_age}"] + lines
 
     # ---- tables ------------------------------------------------------------------------------
     def verdict_frame(self) -> pd.DataFrame:
@@ -551,6 +636,176 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
     return oracle
 
 
+# ------------------------------------------------------------------------------------------------
+# Games (SafeGame): ESRB descriptors and letters, PEGI ages
+# ------------------------------------------------------------------------------------------------
+
+def _game_spec() -> dict:
+    from .catalog import _games_data
+    return _games_data()
+
+
+def _game_rating(system: str, raw) -> str | None:
+    """``"ESRB M"`` / ``"PEGI 16"`` for a raw ESRB letter or PEGI age; ``None`` for an empty cell or a
+    value outside the system's order (RP, rating pending)."""
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+        return None
+    text = str(raw).strip().upper()
+    if system == "PEGI" and text.endswith(".0"):
+        text = text[:-2]
+    text = _game_spec()["rating_aliases"].get(system, {}).get(text, text)
+    return f"{system} {text}" if text in T.game_rating_systems()[system]["order"] else None
+
+
+@lru_cache(maxsize=1)
+def game_scale() -> RatingScale:
+    """The game rating levels: level ``k`` is allowed by the age constraints from the ``k``-th on
+    (youngest first), so a rating's level is the number of constraints whose ESRB or PEGI limit it
+    exceeds (ESRB M and PEGI 16 exceed all three, ESRB T and PEGI 12 the two youngest)."""
+    systems = T.game_rating_systems()
+    bands = T.age_constraints()
+    rank = {}
+    for system, spec in systems.items():
+        order = spec["order"]
+        for x in order:
+            rank[f"{system} {x}"] = sum(order.index(x) > order.index(spec["band_max"][b.id]) for b in bands)
+    names = ["all ages"] + [f"{b.min_age} and up" for b in bands[1:]] + [f"{T.NO_LIMIT_FROM_AGE} and up"]
+    text = tuple(" / ".join(f"{s} {systems[s]['band_max'][b.id]}" for s in systems) for b in bands)
+    return RatingScale(tuple(names), tuple(range(len(bands))), text, rank,
+                       "no ESRB or PEGI rating known for this game", "no ESRB/PEGI rating")
+
+
+def game_descriptor_table() -> pd.DataFrame:
+    """The ESRB descriptor -> channel severities and trigger traits of ``data/games.json``, one row
+    per descriptor (what the SafeGame data card shows)."""
+    rows = []
+    for d, m in _game_spec()["esrb_descriptors"].items():
+        rows.append({"descriptor": d, "channels": ", ".join(f"{c} {v}" for c, v in m["channels"].items()) or "-",
+                     "triggers": ", ".join(m["triggers"]) or "-"})
+    return pd.DataFrame(rows).set_index("descriptor")
+
+
+def _check_game_spec(spec: dict) -> None:
+    where = "safecrs_core/data/games.json"
+    for d, m in spec["esrb_descriptors"].items():
+        bad_ch = [c for c in m.get("channels", {}) if c not in T.CHANNELS]
+        bad_sev = [v for v in m.get("channels", {}).values() if v not in (0, 1, 2, 3)]
+        bad_t = [t for t in m.get("triggers", []) if t not in T.TRAIT_IDS]
+        if bad_ch or bad_sev or bad_t:
+            raise ValueError(f"{where}: esrb_descriptors.{d}: unknown channel(s) {bad_ch}, severities {bad_sev} "
+                             f"outside 0-3 or unknown trait id(s) {bad_t}")
+    bad = [t for t in spec["severity_traits"] if t not in T.TRAIT_IDS]
+    if bad:
+        raise ValueError(f"{where}: severity_traits: unknown trait id(s) {bad}; valid ids: {', '.join(T.TRAIT_IDS)}")
+    for system, caps in spec["rating_caps"].items():
+        for label, cap in caps.items():
+            if _game_rating(system, label) is None or set(cap) != set(T.CHANNELS):
+                raise ValueError(f"{where}: rating_caps.{system}.{label}: needs a rating of the {system} order "
+                                 f"and a cap for each channel {T.CHANNELS}")
+
+
+def build_game_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, exclude_sources=()) -> Oracle:
+    """The SafeGame oracle over the game catalog (:func:`catalog.game_sources`).
+
+    * ESRB descriptors (``esrb``): each listed descriptor sets channel severities and hard triggers
+      (``data/games.json``); a channel the descriptors can state but do not is at most mild;
+    * ratings: ESRB letters (``esrb``, ``vgsales``) and PEGI ages (``pegi``, rows matched to the
+      game by the resolver) bound the channels (the loosest cap of all ratings) and set the rating
+      level of the age constraints (the strictest rating, :func:`game_scale`);
+    * traits outside ``severity_traits`` are judged by triggers alone, so a game with no signal for
+      a trait is ``unknown``, never ``safe``."""
+    from .catalog import game_sources
+
+    spec = _game_spec()
+    _check_game_spec(spec)
+    gs = game_sources(data_dir, exclude_sources)
+    ids = list(gs.catalog.items.index)
+    index = {it: i for i, it in enumerate(ids)}
+    N = len(ids)
+    lo = np.zeros((N, len(T.CHANNELS)))
+    hi = np.full((N, len(T.CHANNELS)), 3.0)
+    has_sev = np.zeros(N, dtype=bool)
+    trigger = np.zeros((N, len(T.TRAIT_IDS)), dtype=bool)
+    tcol = {t: j for j, t in enumerate(T.TRAIT_IDS)}
+    evidence: dict[int, list] = defaultdict(list)
+    stats: dict[str, int] = {}
+
+    desc = spec["esrb_descriptors"]
+    stated = [c for c in T.CHANNELS if any(c in m["channels"] for m in desc.values())]
+    unlisted = int(spec["esrb_unlisted_max"])
+    esrb = gs.esrb
+    names = list(desc)
+    flags = esrb[names].to_numpy(dtype=bool) if len(esrb) else np.zeros((0, len(names)), dtype=bool)
+    for k, (it, title) in enumerate(zip(esrb["item_id"].tolist(), esrb["title"].tolist())):
+        i = index[it]
+        listed = [names[j] for j in np.flatnonzero(flags[k])]
+        shown = ", ".join(d.replace("_", " ").replace("janguage", "language") for d in listed) or "none"
+        has_sev[i] = True
+        for ch in stated:
+            c = CH[ch]
+            by = [(desc[d]["channels"][ch], d) for d in listed if ch in desc[d]["channels"]]
+            if by:
+                sev, d = max(by)
+                lo[i, c] = max(lo[i, c], sev)
+                hi[i, c] = max(lo[i, c], min(hi[i, c], sev))
+                evidence[i].append(("severity", ch, f"esrb: {ch} severity {sev} from descriptor "
+                                                    f"'{d.replace('_', ' ').replace('janguage', 'language')}' ({title!r})"))
+            else:
+                hi[i, c] = max(lo[i, c], min(hi[i, c], unlisted))
+                evidence[i].append(("severity", ch, f"esrb: no {ch} descriptor among [{shown}] (at most mild)"))
+        for d in listed:
+            for t in desc[d]["triggers"]:
+                trigger[i, tcol[t]] = True
+                evidence[i].append(("trigger", t, f"esrb: descriptor '{d.replace('_', ' ')}' ({title!r})"))
+    stats["esrb_rows"] = len(esrb)
+    stats["esrb_games"] = int(esrb["item_id"].nunique()) if len(esrb) else 0
+
+    # ratings: (label, source, note) per item
+    found: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+
+    def add(it, system, raw, src, note=""):
+        label = _game_rating(system, raw)
+        if label is None:
+            return
+        i = index[it]
+        if not any(x[:2] == (label, src) for x in found[i]):
+            found[i].append((label, src, note))
+
+    for it, raw in zip(esrb["item_id"].tolist(), esrb["rating"].tolist()):
+        add(it, "ESRB", raw, "esrb")
+    vg = gs.vgsales
+    for it, raw, t, p, y in zip(vg["item_id"], vg["rating"], vg["title"], vg["platform"], vg["year"]):
+        add(it, "ESRB", raw, "vgsales", f" (as '{t}' on {p}" + ("" if pd.isna(y) else f" {int(y)}") + ")")
+    pg = gs.pegi
+    for it, raw, t, p, y in zip(pg["item_id"], pg["rating"], pg["title"], pg["platform"], pg["year"]):
+        add(it, "PEGI", raw, "pegi", f" (as '{t}' on {p}" + ("" if pd.isna(y) else f" {int(y)}") + ")")
+
+    caps_of = spec["rating_caps"]
+    scale = game_scale()
+    rating = np.full(N, -1, dtype=np.int8)
+    for i, ratings in found.items():
+        cap = {ch: max(caps_of[lab.split(" ", 1)[0]][lab.split(" ", 1)[1]][ch] for lab, _, _ in ratings)
+               for ch in T.CHANNELS}
+        for ch in T.CHANNELS:
+            c = CH[ch]
+            hi[i, c] = max(lo[i, c], min(hi[i, c], cap[ch]))
+        if any(v < 3 for v in cap.values()):
+            has_sev[i] = True
+        loosest = max(ratings, key=lambda x: sum(caps_of[x[0].split(" ", 1)[0]][x[0].split(" ", 1)[1]].values()))
+        evidence[i].append(("letter", None, f"{loosest[1]}: rated {loosest[0]}"))
+        for label, src, note in ratings:
+            evidence[i].append(("rating", label, f"{src}: rated {label}{note}"))
+        rating[i] = max(scale.rank[lab] for lab, _, _ in ratings)
+    stats["rated_games"] = len(found)
+    stats["pegi_rows_rated"] = int(sum(_game_rating("PEGI", r) is not None for r in pg["rating"]))
+    stats["ratings_disagreeing"] = sum(len({scale.rank[x[0]] for x in r}) > 1 for r in found.values())
+
+    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold, rating=rating, scale=scale,
+                    severity_traits=frozenset(spec["severity_traits"]), domain="games")
+    oracle.stats = stats
+    return oracle
+
+
 # Part of the disk-cache key: bump when a change to build_oracle alters its tables.
 ORACLE_VERSION = 3
 _ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
@@ -570,42 +825,56 @@ def _save_tables(oracle: Oracle, directory) -> dict:
     return {"items": len(oracle.item_ids)}
 
 
-def _load_tables(directory, threshold: float) -> Oracle:
+def _load_tables(directory, threshold: float, domain: str = "movies") -> Oracle:
     from pathlib import Path
     d = Path(directory)
     z = np.load(d / "tables.npz")
     ev = {int(i): [tuple(x) for x in items] for i, items in json.loads((d / "evidence.json").read_text()).items()}
+    extra = {} if domain == "movies" else {"scale": game_scale(), "domain": domain,
+                                           "severity_traits": frozenset(_game_spec()["severity_traits"])}
     o = Oracle(json.loads((d / "items.json").read_text()), z["lo"], z["hi"], z["has_sev"], z["trigger"], ev, threshold,
-               rating=z["rating"])
+               rating=z["rating"], **extra)
     o.stats = json.loads((d / "stats.json").read_text())
     return o
 
 
+DOMAINS = ("movies", "games")
+
+
 @lru_cache(maxsize=4)
-def _cached(data_dir_key: str, threshold: float, disk_cache: bool) -> Oracle:
+def _cached(data_dir_key: str, threshold: float, disk_cache: bool, domain: str = "movies") -> Oracle:
+    build = build_oracle if domain == "movies" else build_game_oracle
     if not disk_cache:
-        return build_oracle(data_dir=data_dir_key, threshold=threshold)
-    from .catalog import CATALOG_FILES
+        return build(data_dir=data_dir_key, threshold=threshold)
+    from .catalog import CATALOG_FILES, GAME_CATALOG_FILES
     from .pipeline import run_stage
 
     data = __import__("pathlib").Path(T.__file__).parent / "data"
     traits_text = (data / "traits.json").read_bytes() + (data / "age_ratings.json").read_bytes()
     reg = sources.registry()
-    files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES))
+    files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES)) if domain == "movies" else sorted(GAME_CATALOG_FILES)
     inputs = [f"{f}@{reg[f].sha256[:16]}" for f in files]
     params = {"oracle_version": ORACLE_VERSION, "traits": hashlib.sha256(traits_text).hexdigest()[:16]}
+    if domain != "movies":  # the movie key stays as it was before games existed
+        params |= {"domain": domain, "games": hashlib.sha256((data / "games.json").read_bytes()).hexdigest()[:16]}
     built: dict = {}
 
     def fn(tmp):
-        built["oracle"] = build_oracle(data_dir=data_dir_key, threshold=threshold)
+        built["oracle"] = build(data_dir=data_dir_key, threshold=threshold)
         return _save_tables(built["oracle"], tmp)
 
     stage = run_stage("oracle", params, inputs, fn, log=None)
-    return built.get("oracle") or _load_tables(stage, threshold)
+    return built.get("oracle") or _load_tables(stage, threshold, domain)
 
 
-def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache: bool = True) -> Oracle:
-    """The movie oracle for the data directory: built once per process, and its evidence tables
-    cached on disk under ``artifacts/oracle/<key>/`` (keyed by the data files' sha256, the trait
-    table and :data:`ORACLE_VERSION`) so later processes load them instead of rebuilding."""
-    return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache))
+def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache: bool = True,
+                domain: str = "movies") -> Oracle:
+    """The oracle of ``domain`` (``"movies"`` or ``"games"``, :func:`build_game_oracle`) for the data
+    directory: built once per process, and its evidence tables cached on disk under
+    ``artifacts/oracle/<key>/`` (keyed by the data files' sha256, the trait table and
+    :data:`ORACLE_VERSION`) so later processes load them instead of rebuilding."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    if domain == "movies":  # the movie cache entry keeps its three-argument form
+        return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache))
+    return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache), domain)

@@ -9,6 +9,10 @@ The age constraints (``age_limit_g``, ...) share one set of templates (key ``"ag
 ``{age}`` placeholder, filled with the viewer's age as digits or as a number word, and ``{rating}``,
 filled with the band's highest allowed MPAA letter; a template may be limited to some ages. Their
 phrasing needs the age: ``phrase("age_limit_pg", split, rng, age=9)``.
+
+The templates speak of films. Another domain (``domain="games"``) reuses them, same styles, pools
+and indices, through the rewrites listed for it in the file ("movie night" -> "game night",
+"movies" -> "games", ...); ``{rating}`` is then the domain's rating (the ESRB letter for games).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ PREPEND_SHARE = 0.2  # share of inject() calls that put the sentence before the 
 _CLOSED = re.compile(r"(?:[.!?\u2026]['\"\u2019\u201d)\]]*|[:;=]-?[()DPpO3]|[^\w\s'\"\u2019\u201d)\],;])$")
 
 
+DOMAINS = ("movies", "games")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                  "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -42,6 +47,28 @@ def _file() -> dict:
 
 def _raw() -> dict:
     return _file()["templates"]
+
+
+@lru_cache(maxsize=None)
+def _rewrites(domain: str) -> tuple[tuple[re.Pattern, str], ...]:
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+    if domain == "movies":
+        return ()
+    try:
+        pairs = _file()["domains"][domain]["rewrite"]
+        return tuple((re.compile(a, re.I), b) for a, b in pairs)
+    except (KeyError, TypeError, ValueError, re.error) as exc:
+        raise ValueError(f"data/phrasings.json: domains.{domain}.rewrite must be a list of [pattern, replacement] "
+                         f"pairs ({exc!r})") from None
+
+
+def adapt(text: str, domain: str = "movies") -> str:
+    """A template for ``domain``: the domain's rewrites applied in order, keeping a capital first
+    letter (``"Movie night with my niece"`` -> ``"Game night with my niece"`` for games)."""
+    for pat, repl in _rewrites(domain):
+        text = pat.sub(lambda m: repl[:1].upper() + repl[1:] if m.group(0)[:1].isupper() else repl, text)
+    return text
 
 
 def _age_entries(style: str) -> list[dict]:
@@ -96,16 +123,18 @@ def draw_age(constraint_id: str, rng: random.Random) -> int:
     return rng.randint(lo, hi)
 
 
-def templates(trait_id: str, style: str | None = None, pool: str | None = None) -> list[str]:
+def templates(trait_id: str, style: str | None = None, pool: str | None = None,
+              domain: str = "movies") -> list[str]:
     """Template sentences of a trait, optionally limited to one style and/or one pool.
     With ``style=None`` the explicit templates come first, then the implicit ones. For an age
-    constraint: the unfilled templates that fit some age of its band (see :func:`render`)."""
+    constraint: the unfilled templates that fit some age of its band (see :func:`render`).
+    ``domain``: the templates as rewritten for that domain (see the module doc)."""
     _check_style(style)
     if pool is not None and pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; valid pools: {', '.join(POOLS)}")
     out = []
     for s in STYLES if style is None else (style,):
-        out += [e["text"] for e in _entries(trait_id, s) if pool is None or e["pool"] == pool]
+        out += [adapt(e["text"], domain) for e in _entries(trait_id, s) if pool is None or e["pool"] == pool]
     return out
 
 
@@ -118,7 +147,7 @@ def pool_for_split(split: str) -> str:
 
 
 def phrase(trait_id: str, split: str, rng: random.Random, style: str | None = None,
-           implicit_share: float = 0.5, age: int | None = None) -> tuple[str, str, int]:
+           implicit_share: float = 0.5, age: int | None = None, domain: str = "movies") -> tuple[str, str, int]:
     """Draw one phrasing of a trait for a split: ``(sentence, style, index)``.
 
     The style is drawn with probability ``implicit_share`` for implicit when not given; the template
@@ -127,8 +156,10 @@ def phrase(trait_id: str, split: str, rng: random.Random, style: str | None = No
 
     An age constraint needs ``age``, the viewer's age, inside the constraint's band: the template is
     drawn among those that fit the age, and the age is written as digits or as a number word (one
-    more draw, even odds). ``age`` given for a trait is an error."""
+    more draw, even odds). ``age`` given for a trait is an error. ``domain``: see :func:`adapt`
+    (the draws do not depend on it)."""
     _check_style(style)
+    _rewrites(domain)  # an unknown domain fails before any draw
     if not 0.0 <= implicit_share <= 1.0:
         raise ValueError(f"implicit_share must be in [0, 1], got {implicit_share!r}")
     pool = pool_for_split(split)
@@ -148,9 +179,9 @@ def phrase(trait_id: str, split: str, rng: random.Random, style: str | None = No
     if not candidates:
         raise ValueError(f"no {style} {pool} template for {trait_id} at age {age}")
     index = candidates[rng.randrange(len(candidates))]
-    text = entries[index]["text"]
+    text = adapt(entries[index]["text"], domain)
     if is_age:
-        text = render(text, int(age), band.max_rating, words=rng.random() < 0.5)
+        text = render(text, int(age), T.age_band_rating(trait_id, domain), words=rng.random() < 0.5)
     return text, style, index
 
 

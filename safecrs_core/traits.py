@@ -9,6 +9,8 @@ An *age constraint* ("it's for my 8-year-old") is not one of the paper's traits:
 audience ages with the highest MPAA letter allowed (under 8 -> G, under 13 -> PG, under 17 -> PG-13;
 no restriction from 17). The Safety Oracle judges the bands as extra columns next to the traits, so
 every id in :data:`CONSTRAINT_IDS` (traits, then age bands) works wherever a trait id does.
+For games the same bands allow the ESRB and PEGI ratings of the file's ``games`` section that suit
+each band's youngest age (:func:`game_rating_systems`).
 """
 from __future__ import annotations
 
@@ -143,6 +145,54 @@ AGE_CONSTRAINT_IDS: tuple[str, ...] = tuple(b.id for b in age_constraints())
 CONSTRAINT_IDS: tuple[str, ...] = TRAIT_IDS + AGE_CONSTRAINT_IDS
 MAX_AGE: int = int(_age_raw()["max_age"])
 NO_LIMIT_FROM_AGE: int = int(_age_raw()["movies"]["no_limit_from_age"])
+
+
+@lru_cache(maxsize=1)
+def game_rating_systems() -> dict[str, dict]:
+    """ESRB and PEGI as the game oracle reads them (``data/age_ratings.json``, key ``games``): per
+    system (``"ESRB"``, ``"PEGI"``) its rating ``order`` (least restricted first) and ``band_max``,
+    the highest rating each age constraint allows. A constraint covers every age of its band, so
+    its limit is the system's limit at the band's youngest age (``age_limit_pg``, ages 8-12 -> ESRB
+    E, PEGI 7). Raises ValueError naming the system and age when the system's bands leave an age
+    uncovered or give a rating outside its order."""
+    games = _age_raw().get("games")
+    if not isinstance(games, dict):
+        raise ValueError("data/age_ratings.json: no 'games' object with the ESRB and PEGI bands")
+    out: dict[str, dict] = {}
+    for key, spec in games.items():
+        if key.startswith("_"):
+            continue
+        where = f"data/age_ratings.json: games.{key}"
+        try:
+            system, order = str(spec["system"]), tuple(str(x) for x in spec["order"])
+            bands, limit_from = spec["bands"], int(spec["no_limit_from_age"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: needs system, order, bands and no_limit_from_age ({exc!r})") from None
+        band_max = {}
+        for b in age_constraints():
+            age = b.min_age
+            hit = [x for x in bands if int(x["min_age"]) <= age <= int(x["max_age"])]
+            if age >= limit_from or len(hit) != 1:
+                raise ValueError(f"{where}: age {age} (youngest of {b.id}) lies in {len(hit)} bands, expected one")
+            rating = str(hit[0]["max_rating"])
+            if rating not in order:
+                raise ValueError(f"{where}: max_rating {rating!r} is not in its order {list(order)}")
+            band_max[b.id] = rating
+        out[system] = {"order": order, "band_max": band_max}
+    return out
+
+
+def age_band_rating(constraint_id: str, domain: str = "movies") -> str:
+    """The highest rating an age constraint allows, as a user would name it: the MPAA letter for
+    movies (``"PG"``), the ESRB letter for games (``"E"``)."""
+    band = get(constraint_id)
+    if not isinstance(band, AgeConstraint):
+        raise ValueError(f"{constraint_id!r} is not an age constraint; valid: {', '.join(AGE_CONSTRAINT_IDS)}")
+    if domain == "movies":
+        return band.max_rating
+    if domain == "games":
+        return game_rating_systems()["ESRB"]["band_max"][constraint_id]
+    raise ValueError(f"unknown domain {domain!r}; known: movies, games")
 
 
 def is_age_constraint(constraint_id: str) -> bool:

@@ -299,10 +299,18 @@ def test_exclude_sources(movies):
 
 
 def test_domains():
-    with pytest.raises(NotImplementedError, match="games"):
-        load_catalog("games")
+    assert set(cat_mod.DOMAINS) == {"movies", "games"}  # games: tests/test_games.py
     with pytest.raises(ValueError, match="unknown domain"):
         load_catalog("books")
+    with pytest.raises(ValueError, match="not games catalog sources"):
+        load_catalog("games", exclude_sources=("imdb5000",))
+
+
+def test_movie_catalog_takes_no_platform(movies):
+    assert movies.platform_aliases is None
+    assert movies.resolve("Heat (PS4)").query_platform is None  # "(PS4)" is only an alternative title here
+    with pytest.raises(ValueError, match="no platforms"):
+        movies.resolve("Heat (1995)", platform="PS4")
 
 
 def test_score_resolutions_leave_one_out():
