@@ -257,6 +257,14 @@ def query_embeddings(rows, context_turns: int = 4, progress: bool = True, log=pr
     return emb
 
 
+def retrieval_ref(pool_ids: Sequence[str], context_turns: int = 4) -> str:
+    """What identifies the retrieval ranking over ``pool_ids`` (the encoder, a fingerprint of the
+    pool, the text formats): the ``ref`` of the retrieval systems and of evidence candidates."""
+    pool_fp = hashlib.sha256("\n".join(pool_ids).encode()).hexdigest()[:16]
+    return (f"retrieval({ENCODER},pool={pool_fp},context_turns={context_turns},text={ITEM_TEXT_VERSION}"
+            f"/{QUERY_TEXT_VERSION},overview_words={OVERVIEW_WORDS})")
+
+
 @dataclass
 class Retrieval:
     """The embedding-retrieval baseline (module docstring). ``pool_ids``: the candidates (see
@@ -281,6 +289,6 @@ class Retrieval:
         return top_k(self.scores(rows), self.pool_ids, rows, k, oracle=self.oracle)
 
 
-__all__ = ["top_k", "target_counts", "Popularity", "Retrieval", "retrieval_pool", "benchmark_items",
+__all__ = ["top_k", "target_counts", "Popularity", "Retrieval", "retrieval_pool", "retrieval_ref", "benchmark_items",
            "item_text", "conversation_text", "item_embeddings", "query_embeddings", "encode", "load_encoder",
            "encoder_path", "ENCODER"]

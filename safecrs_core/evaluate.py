@@ -8,7 +8,9 @@ Systems (:class:`System`)
     zero-shot model from :func:`zero_shot_system`; fine-tuned models (plain SFT, Safe-SFT,
     Safe-GDPO and the GDPO ablations) from their completed training stages
     (:func:`trained_systems`). :func:`available_systems` lists everything that can be evaluated
-    for a run profile and says what is missing.
+    for a run profile and says what is missing. :func:`evidence_system` gives an LLM the
+    evidence-in-context prompt (:class:`~safecrs_core.prompts.EvidencePrompts`: retrieved
+    candidates with oracle evidence); ``available_systems(..., evidence=True)`` adds those.
 
 Outputs (:func:`run_system`)
     An LLM system answers the prompt of :func:`~safecrs_core.prompts.build_messages` for each row,
@@ -16,7 +18,9 @@ Outputs (:func:`run_system`)
     ``</solution>``). Completions are cached as ``artifacts/generations/<key>/completions.json``,
     keyed by the system's name and ref, the prompt parameters, a fingerprint of the rows
     (:func:`rows_fingerprint`) and ``max_new_tokens``; the model is loaded only when the cache
-    misses. Completions are scored with :func:`~safecrs_core.metrics.score_completions`,
+    misses. Evidence systems add their evidence parameters to the key (and keep their prompts in
+    ``prompts.json``). New stages also record ``cost.json`` (prompt and completion tokens and
+    generation seconds per row; :func:`generation_cost`, :func:`cost_table`). Completions are scored with :func:`~safecrs_core.metrics.score_completions`,
     baseline lists with :func:`~safecrs_core.metrics.score_ranked_ids`: one scoring path for all.
 
 Results (:func:`evaluate_systems`)
@@ -98,7 +102,10 @@ class System:
     ``recommend(rows, k) -> list of id lists`` for baselines; ``load() -> (model, tokenizer)``
     for LLMs. ``prompt``: keyword arguments of :func:`~safecrs_core.prompts.build_messages`
     besides ``turns`` and ``k`` (e.g. ``system``, ``domain``). ``group`` places the system in
-    tables and figures (``"baseline"``, ``"zero-shot"``, ``"fine-tuned"``)."""
+    tables and figures (``"baseline"``, ``"zero-shot"``, ``"fine-tuned"``). ``evidence``: an
+    :class:`~safecrs_core.prompts.EvidencePrompts` that adds per-row candidates with oracle
+    evidence to the prompt (the evidence-in-context variant, :func:`evidence_system`); it keys
+    the system only when set, so other systems keep their keys."""
 
     name: str
     kind: str
@@ -108,6 +115,7 @@ class System:
     prompt: Mapping[str, Any] = field(default_factory=dict)
     group: str = ""
     description: str = ""
+    evidence: Any = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -118,11 +126,31 @@ class System:
             raise ValueError(f"baseline {self.name!r} needs recommend(rows, k)")
         if self.kind == "llm" and self.load is None:
             raise ValueError(f"LLM system {self.name!r} needs load() -> (model, tokenizer)")
+        if self.evidence is not None:
+            if self.kind != "llm":
+                raise ValueError(f"{self.name!r}: evidence prompts are for LLM systems")
+            if not (hasattr(self.evidence, "params") and hasattr(self.evidence, "kwargs")):
+                raise TypeError("evidence must be an EvidencePrompts (safecrs_core.prompts)")
+            clash = {"candidates", "evidence", "sensitivity"} & set(self.prompt)
+            if clash:
+                raise ValueError(f"{self.name!r}: prompt sets {sorted(clash)}, which evidence prompts fill per row")
         self.group = self.group or ("baseline" if self.kind == "baseline" else "llm")
 
     def key(self) -> dict:
         """What identifies this system's outputs (part of every cache key)."""
-        return {"name": self.name, "kind": self.kind, "ref": self.ref, "prompt": dict(self.prompt)}
+        key = {"name": self.name, "kind": self.kind, "ref": self.ref, "prompt": dict(self.prompt)}
+        if self.evidence is not None:
+            key["evidence"] = self.evidence.params()
+        return key
+
+    def prompts(self, rows, k: int = 10) -> list[list[dict]]:
+        """The chat prompt of every row (:func:`~safecrs_core.prompts.build_messages` with
+        ``prompt`` and, for evidence systems, the row's candidates and evidence)."""
+        from .prompts import build_messages
+
+        turns = _column(rows, "turns")
+        extra = self.evidence.kwargs(rows) if self.evidence is not None else [{}] * len(turns)
+        return [build_messages(t, k=k, **dict(self.prompt), **x) for t, x in zip(turns, extra)]
 
 
 def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, context_turns: int = 4,
@@ -140,7 +168,6 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
         oracle = load_oracle()
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
-    pool_fp = hashlib.sha256("\n".join(pool).encode()).hexdigest()[:16]
     built: dict[str, Any] = {}
 
     def popularity(filtered: bool):
@@ -166,9 +193,7 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
                description="most frequent train-split targets, then catalog popularity"),
         System("Popularity + filter", "baseline", f"popularity(train={train_fp})+{flt}", popularity(True),
                group="baseline", description="popularity with oracle-unsafe items removed"),
-        System("Retrieval", "baseline",
-               f"retrieval({B.ENCODER},pool={pool_fp},context_turns={context_turns},text={B.ITEM_TEXT_VERSION}"
-               f"/{B.QUERY_TEXT_VERSION},overview_words={B.OVERVIEW_WORDS})", retrieval(False), group="baseline",
+        System("Retrieval", "baseline", B.retrieval_ref(pool, context_turns), retrieval(False), group="baseline",
                description=f"{B.ENCODER} cosine similarity over {len(pool):,} candidate items"),
     ]
     systems.append(System("Retrieval + filter", "baseline", systems[-1].ref + f"+{flt}", retrieval(True),
@@ -190,6 +215,22 @@ def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = No
                      "tiny-smollm2": "Zero-shot tiny model (random weights)"}.get(key, f"Zero-shot {key}")
     return System(label, "llm", f"model:{key}", load=lambda: load_model(key), group="zero-shot",
                   description=f"{key}, no fine-tuning")
+
+
+def evidence_system(system: System, evidence, name: str | None = None) -> System:
+    """``system`` (an LLM) prompted with evidence in context: the same model and prompt settings,
+    plus ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`: per-row candidates with
+    oracle evidence). Named ``"<name> + evidence"`` unless ``name`` is given; cached apart from
+    ``system`` (its key adds the evidence parameters)."""
+    if system.kind != "llm":
+        raise ValueError(f"{system.name!r} is a {system.kind}; evidence prompts are for LLM systems")
+    if system.evidence is not None:
+        raise ValueError(f"{system.name!r} already has evidence prompts")
+    p = evidence.params() if hasattr(evidence, "params") else {}
+    return System(name or f"{system.name} + evidence", "llm", system.ref, load=system.load, prompt=dict(system.prompt),
+                  group=system.group, evidence=evidence,
+                  description=(f"{system.description}; " if system.description else "")
+                  + f"prompt lists {p.get('n')} retrieved candidates with oracle evidence")
 
 
 def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path], tuple], group: str = "fine-tuned",
@@ -219,12 +260,14 @@ def trained_label(manifest: Mapping[str, Any]) -> str:
     """Display name of a training stage: ``SFT`` / ``Safe-SFT`` for ``sft`` stages (Safe-SFT when
     its parameters switch on safety reasoning), ``Safe-GDPO`` for ``gdpo`` stages, with the
     ablation named (``GRPO``, ``sequence-level``, ``no safety reward``, ``no count reward``) and
-    ``from the base model`` when it did not start from an SFT stage."""
+    ``from the base model`` when it did not start from an SFT stage; ``+ evidence`` after the
+    name when it was trained with evidence prompts (an ``evidence`` parameter)."""
     stage, params = manifest.get("stage"), manifest.get("params", {}) or {}
+    ev = " + evidence" if params.get("evidence") else ""
     if stage == "sft":
         safe = _truthy(params, "safe", "safety", "reasoning", "safety_reasoning", "with_reasoning")
         variant = str(params.get("variant", "")).lower()
-        return "Safe-SFT" if safe or variant.startswith("safe") else "SFT"
+        return ("Safe-SFT" if safe or variant.startswith("safe") else "SFT") + ev
     if stage == "gdpo":
         parts = []
         if params.get("mode", "gdpo") == "grpo":
@@ -237,7 +280,7 @@ def trained_label(manifest: Mapping[str, Any]) -> str:
             parts.append("no count reward")
         if any(str(i).startswith("model:") for i in manifest.get("inputs", []) or []):
             parts.append("from the base model")
-        return "Safe-GDPO" + (f" ({', '.join(parts)})" if parts else "")
+        return "Safe-GDPO" + ev + (f" ({', '.join(parts)})" if parts else "")
     raise ValueError(f"not a training stage: {stage!r}")
 
 
@@ -261,7 +304,8 @@ def _built_on(manifest: Mapping, wanted: set[str], root, depth: int = 4) -> bool
 
 def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                     stages: Sequence[str | os.PathLike] | None = None,
-                    log: Callable[[str], Any] | None = print) -> list[System]:
+                    log: Callable[[str], Any] | None = print,
+                    evidence: Callable[[Mapping[str, Any]], Any] | None = None) -> list[System]:
     """LLM systems of completed training stages for the benchmark ``ds``.
 
     ``stages``: stage folders to use as given. Otherwise every completed stage under
@@ -271,7 +315,12 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     When several stages get the same label (:func:`trained_label`) the newest is kept. SFT stages
     load with ``safecrs_core.sft.load_sft_model``, GDPO stages with
     ``safecrs_core.gdpo.load_gdpo_model``; a stage whose loader cannot be imported is skipped with
-    a note."""
+    a note.
+
+    Stages trained with evidence prompts (an ``evidence`` parameter, labelled ``... + evidence``)
+    are evaluated with the same prompts: ``evidence(settings)`` must return the
+    :class:`~safecrs_core.prompts.EvidencePrompts` for the stage's settings. Without
+    ``evidence`` they are left out (with a note)."""
     from .pipeline import artifacts_root, is_done, read_manifest, stage_ref
 
     say = log or (lambda _m: None)
@@ -306,9 +355,16 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
         except ImportError as exc:
             say(f"[evaluate] {label}: cannot load {d} ({exc}); skipped")
             continue
+        settings = (man.get("params") or {}).get("evidence")
+        if settings and evidence is None:
+            if stages is not None:
+                raise ValueError(f"{d} was trained with evidence prompts; pass evidence=... to evaluate it")
+            say(f"[evaluate] {label}: {d.name} left out (trained with evidence prompts; ask for evidence systems)")
+            continue
         labels.add(label)
-        out.append(stage_system(label, d, loader, description=f"{man['stage']}/{d.name}"))
-    order = {"SFT": 0, "Safe-SFT": 1, "Safe-GDPO": 2}
+        system = stage_system(label, d, loader, description=f"{man['stage']}/{d.name}")
+        out.append(evidence_system(system, evidence(settings), name=label) if settings else system)
+    order = {"SFT": 0, "Safe-SFT": 1, "Safe-GDPO": 2, "Safe-SFT + evidence": 3, "Safe-GDPO + evidence": 4}
 
     def rank(system: System):  # SFT, Safe-SFT, Safe-GDPO, then its ablations by name
         base, _, detail = system.name.partition(" (")
@@ -322,25 +378,57 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                       base_model: str = "smollm2-135m-instruct", baselines: bool = True,
                       zero_shot: bool = True, trained: bool = True, catalog=None, oracle=None,
                       n_popular: int = 5000, context_turns: int = 4, progress: bool = True,
+                      evidence: bool = False, evidence_n: int | None = None, evidence_max_tags: int | None = None,
                       log: Callable[[str], Any] | None = print) -> list[System]:
     """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
     the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
     (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
-    for the fine-tuned systems that are not built."""
+    for the fine-tuned systems that are not built.
+
+    ``evidence=True`` (or an ``evidence_n``) adds the evidence-in-context systems: the zero-shot
+    model prompted with ``evidence_n`` (default 20) retrieved candidates and their oracle
+    evidence (``"... + evidence"``, :func:`evidence_system`) and the models trained with evidence
+    prompts (``Safe-SFT + evidence``, ``Safe-GDPO + evidence``), each prompted as it was
+    trained. Candidates come from the retrieval baseline's pool (``n_popular``,
+    ``context_turns``). Without it the list, and every key, is as before."""
     from .pipeline import check_profile
+    from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
     check_profile(profile)
     say = log or (lambda _m: None)
+    evidence = evidence or evidence_n is not None or evidence_max_tags is not None
+    built: dict[str, EvidencePrompts] = {}
+
+    def evidence_for(settings: Mapping[str, Any]) -> EvidencePrompts:
+        nonlocal catalog, oracle
+        if catalog is None:
+            from .catalog import load_catalog
+            catalog = load_catalog()
+        if oracle is None:
+            from .oracle import load_oracle
+            oracle = load_oracle()
+        full = evidence_settings(settings)
+        key = json.dumps(full, sort_keys=True)
+        if key not in built:
+            built[key] = EvidencePrompts.from_benchmark(ds, catalog, oracle, **full, progress=progress, log=log)
+        return built[key]
+
     systems: list[System] = []
     if baselines:
         systems += baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
                                     progress=progress)
     if zero_shot:
         systems.append(zero_shot_system(base_model))
+        if evidence:
+            settings = {"n": EVIDENCE_DEFAULTS["n"] if evidence_n is None else evidence_n,
+                        "max_tags": EVIDENCE_DEFAULTS["max_tags"] if evidence_max_tags is None else evidence_max_tags,
+                        "n_popular": n_popular, "context_turns": context_turns}
+            systems.append(evidence_system(systems[-1], evidence_for(settings)))
     if trained:
-        found = trained_systems(ds, benchmark=benchmark, log=log)
+        found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None)
         names = {s.name.split(" (")[0] for s in found}
-        missing = [n for n in ("SFT", "Safe-SFT", "Safe-GDPO") if n not in names]
+        wanted = ("SFT", "Safe-SFT", "Safe-GDPO") + (("Safe-SFT + evidence", "Safe-GDPO + evidence") if evidence else ())
+        missing = [n for n in wanted if n not in names]
         if missing:
             say(f"[evaluate] not built for profile {profile!r} (no completed training stage for this "
                 f"benchmark): {', '.join(missing)}; run the training notebooks first")
@@ -352,34 +440,107 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
 # Running one system
 
 
-def generations(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
-                progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> list[str]:
-    """Greedy completions of ``system`` (an LLM) for ``rows``, cached (module docstring)."""
+def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
+                     progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> Path:
+    """The cached ``generations`` stage of ``system`` (an LLM) on ``rows`` (module docstring),
+    built when missing. Besides ``completions.json`` and ``ids.json`` it holds ``cost.json``:
+    per row, ``prompt_tokens``, ``completion_tokens`` and ``seconds`` (its batch's generation
+    time shared equally by the batch's rows)."""
     from .models import generate
     from .pipeline import run_stage
-    from .prompts import build_messages
 
     if system.kind != "llm":
         raise ValueError(f"{system.name!r} is a {system.kind}, not an LLM")
     params = {"system": system.name, "model": system.ref, "prompt": {"k": k, **dict(system.prompt)},
               "rows": rows_fingerprint(rows), "n_rows": len(rows), "max_new_tokens": max_new_tokens,
               "decoding": "greedy", "stop": list(STOP)}
+    if system.evidence is not None:  # only evidence systems: every other key stays as it was
+        params["evidence"] = system.evidence.params()
 
     def fn(tmp: Path):
         import time
 
-        prompts = [build_messages(t, k=k, **dict(system.prompt)) for t in _column(rows, "turns")]
+        prompts = system.prompts(rows, k)
         model, tok = system.load()
+        timings: list[dict] = []
         t0 = time.perf_counter()
         texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         progress=progress, stop=list(STOP))
+                         progress=progress, stop=list(STOP), timings=timings)
         seconds = time.perf_counter() - t0
+        n = max(len(texts), 1)
+        # per row; rows the generator did not time share the total (None: nothing to count with)
+        cost = {"prompt_tokens": [None] * len(texts), "seconds": [round(seconds / n, 4)] * len(texts),
+                "completion_tokens": [len(tok(t, add_special_tokens=False)["input_ids"]) if callable(tok) else None
+                                      for t in texts]}
+        for b in timings:
+            for i, n in zip(b["rows"], b["prompt_tokens"]):
+                cost["prompt_tokens"][i] = int(n)
+                cost["seconds"][i] = round(b["seconds"] / len(b["rows"]), 4)
         (tmp / "completions.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0))
         (tmp / "ids.json").write_text(json.dumps([str(i) for i in _column(rows, "id")]))
-        return {"n": len(texts), "generate_seconds": round(seconds, 1), "batch_size": batch_size}
+        (tmp / "cost.json").write_text(json.dumps(cost))
+        if system.evidence is not None:
+            (tmp / "prompts.json").write_text(json.dumps(prompts, ensure_ascii=False, indent=0))
+        def mean(values):
+            known = [v for v in values if v is not None]
+            return round(sum(known) / len(known), 1) if known else None
 
-    d = run_stage("generations", params, [system.ref], fn, force=force, log=log)
+        return {"n": len(texts), "generate_seconds": round(seconds, 1), "batch_size": batch_size,
+                "mean_prompt_tokens": mean(cost["prompt_tokens"]),
+                "mean_completion_tokens": mean(cost["completion_tokens"])}
+
+    return run_stage("generations", params, [system.ref], fn, force=force, log=log)
+
+
+def generations(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
+                progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> list[str]:
+    """Greedy completions of ``system`` (an LLM) for ``rows``, cached (:func:`generation_stage`)."""
+    d = generation_stage(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress, force=force, log=log)
     return json.loads((d / "completions.json").read_text())
+
+
+def generation_cost(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
+                    tokenizer=None, progress: bool = True, log: Callable[[str], Any] | None = print) -> pd.DataFrame:
+    """Per row of ``rows``: ``prompt_tokens``, ``completion_tokens`` and generation ``seconds``
+    of ``system`` (an LLM), from its :func:`generation_stage` (generated when not cached).
+    Stages written before ``cost.json`` existed get token counts from ``tokenizer`` (default:
+    the system's own, which loads the model) and the stage's total generation time spread
+    equally over the rows."""
+    d = generation_stage(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress, log=log)
+    ids = json.loads((d / "ids.json").read_text())
+    if (d / "cost.json").is_file():
+        cost = json.loads((d / "cost.json").read_text())
+    else:
+        from .pipeline import read_manifest
+
+        tok = tokenizer if tokenizer is not None else system.load()[1]
+        texts = json.loads((d / "completions.json").read_text())
+        prompts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in system.prompts(rows, k)]
+        total = float((read_manifest(d).get("result") or {}).get("generate_seconds") or float("nan"))
+        cost = {"prompt_tokens": [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts],
+                "completion_tokens": [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts],
+                "seconds": [total / max(len(texts), 1)] * len(texts)}
+    df = pd.DataFrame({"system": system.name, "id": ids, **cost})
+    for c in ("prompt_tokens", "completion_tokens", "seconds"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")  # None (not counted) -> NaN
+    return df
+
+
+def cost_table(systems: Sequence[System], rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
+               tokenizer=None, progress: bool = True, log: Callable[[str], Any] | None = print) -> pd.DataFrame:
+    """Per LLM system (baselines are skipped): mean prompt tokens, completion tokens and
+    generation seconds per row (:func:`generation_cost`), plus the number of rows."""
+    frames = [generation_cost(s, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              tokenizer=tokenizer, progress=progress, log=log) for s in systems if s.kind == "llm"]
+    if not frames:
+        return pd.DataFrame(columns=["prompt_tokens", "completion_tokens", "seconds", "n"])
+    df = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(df["system"]))
+    out = df.groupby("system")[["prompt_tokens", "completion_tokens", "seconds"]].mean()
+    out["n"] = df.groupby("system").size()
+    return out.loc[order]
 
 
 def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10), catalog=None, oracle=None,
@@ -539,6 +700,21 @@ def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike 
     return dest
 
 
+def evidence_table(summary: pd.DataFrame, cost: pd.DataFrame, k: int = 10, digits: int = 3) -> pd.DataFrame:
+    """Relevance, safety and cost side by side for the systems of ``cost`` (a :func:`cost_table`,
+    e.g. each LLM with and without evidence prompts): Recall@k, SVR@k and Unknown@k as mean [95%
+    CI] from ``summary`` (a results summary), then the mean prompt tokens, completion tokens and
+    generation seconds per conversation."""
+    missing = [s for s in cost.index if s not in summary.index]
+    if missing:
+        raise KeyError(f"systems {missing} have costs but no results in the summary")
+    table = M.format_table(summary.loc[list(cost.index)], [f"recall@{k}", f"svr@{k}", f"unknown@{k}"], digits)
+    table["prompt tokens"] = cost["prompt_tokens"].round(0).astype("Int64")
+    table["completion tokens"] = cost["completion_tokens"].round(0).astype("Int64")
+    table["seconds / conversation"] = cost["seconds"].round(2)
+    return table
+
+
 # --------------------------------------------------------------------------------------------
 # Reading results
 
@@ -590,7 +766,9 @@ def paper_table(reported: Mapping | None = None) -> pd.DataFrame:
 
 
 __all__ = ["find_results", "rows_by_id", "example_lists", "load_paper_results", "paper_table",
-           "System", "baseline_systems", "zero_shot_system", "stage_system", "trained_systems", "trained_label",
-           "available_systems", "generations", "run_system", "results_stage", "evaluate_systems", "load_results",
-           "Results", "summarize_systems", "results_markdown", "publish_table", "rows_fingerprint", "sample_rows",
+           "System", "baseline_systems", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
+           "trained_label", "available_systems", "generation_stage", "generations", "generation_cost", "cost_table",
+           "run_system", "results_stage", "evaluate_systems", "load_results",
+           "Results", "summarize_systems", "results_markdown", "publish_table", "evidence_table",
+           "rows_fingerprint", "sample_rows",
            "main_metrics"]

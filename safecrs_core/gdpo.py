@@ -337,6 +337,11 @@ class GDPOParams:
     ``lora``: train a LoRA adapter (r, alpha, dropout, target modules); the KL reference is then
     the base model with the adapter disabled. ``save_steps``: checkpoint interval; an interrupted
     run resumes from its last checkpoint.
+
+    ``evidence`` (None: off): train with evidence prompts, a dict of
+    :func:`~safecrs_core.prompts.evidence_settings` (``n``, ``n_popular``, ``context_turns``,
+    ``max_tags``); :func:`train_gdpo` then needs the matching
+    :class:`~safecrs_core.prompts.EvidencePrompts`. It keys the stage only when set.
     """
 
     k: int = 10
@@ -377,6 +382,7 @@ class GDPOParams:
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
+    evidence: dict | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -391,6 +397,10 @@ class GDPOParams:
         if self.per_device_train_batch_size * self.gradient_accumulation_steps % self.num_generations:
             raise ValueError("per_device_train_batch_size * gradient_accumulation_steps must be a multiple of "
                              "num_generations")
+        from .prompts import evidence_settings
+        self.evidence = evidence_settings(self.evidence)
+        if self.evidence is not None and self.evidence["n"] < self.k:
+            raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")
 
     @property
     def reward_names(self) -> tuple[str, ...]:
@@ -400,6 +410,8 @@ class GDPOParams:
         d = dataclasses.asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
         d["reward_weights"] = None if self.reward_weights is None else list(self.reward_weights)
+        if d["evidence"] is None:  # off: the keys of runs without the option stay as they were
+            del d["evidence"]
         return d
 
     def rank_rewards(self, catalog, oracle) -> RankRewards:
@@ -446,14 +458,15 @@ def _quiet_deprecations():
 
 
 def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = None, seed: int = 0,
-                  tokenizer=None, max_prompt_tokens: int | None = None):
+                  tokenizer=None, max_prompt_tokens: int | None = None, evidence=None):
     """A trl prompt dataset from SafeRec rows (a Hugging Face Dataset or list of dicts with
     ``id``, ``turns``, ``trait``, ``targets``, ``seen``): columns ``prompt`` (chat messages from
     :func:`~safecrs_core.prompts.build_messages`), ``id``, ``trait``, ``targets`` and ``seen``
     (lists of ``{"item_id"}``). ``n``: a random subset of that many rows (seeded).
     ``max_prompt_tokens`` (needs ``tokenizer``): prompts lose their oldest turns until they fit,
     as in SFT and evaluation (:func:`safecrs_core.sft.fit_prompt`); a prompt that cannot fit
-    stays whole."""
+    stays whole. ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`): evidence
+    prompts (candidates with oracle evidence)."""
     from datasets import Dataset
 
     from .prompts import build_messages
@@ -474,9 +487,13 @@ def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = Non
     cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
     if any(t is None for t in cols["trait"]) or any(t is None for t in cols["turns"]):
         raise ValueError("every row needs 'turns' and 'trait'")
+    extra = [{}] * len(order)
+    if evidence is not None:
+        picked = [rows[i] for i in order] if not hasattr(rows, "select") else rows.select(order)
+        extra = evidence.kwargs(picked)
     data = []
-    for i in order:
-        prompt = build_messages(cols["turns"][i], k=k, domain=domain)
+    for i, kw in zip(order, extra):
+        prompt = build_messages(cols["turns"][i], k=k, domain=domain, **kw)
         data.append({
             "prompt": fit(prompt) if fit else prompt,
             "id": str(cols["id"][i]) if cols["id"][i] is not None else str(i),
@@ -488,15 +505,17 @@ def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = Non
 
 
 def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, output_dir: str | os.PathLike,
-                  callbacks: Sequence | None = None, **config_overrides) -> SafeGDPOTrainer:
+                  callbacks: Sequence | None = None, evidence=None, **config_overrides) -> SafeGDPOTrainer:
     """A :class:`SafeGDPOTrainer` for ``params`` on an in-memory ``model`` and ``tokenizer``.
-    A PEFT model is merged first when ``params.lora`` asks for a new adapter."""
+    A PEFT model is merged first when ``params.lora`` asks for a new adapter. ``evidence``: the
+    :class:`~safecrs_core.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`)."""
+    _check_evidence(params, evidence)
     if params.lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if params.beta != 0.0 and not params.lora:
         reference_checkpoint(model, Path(output_dir) / "reference_model")
     dataset = build_dataset(rows, k=params.k, domain=params.domain, n=params.n_train, seed=params.seed,
-                            tokenizer=tokenizer, max_prompt_tokens=params.max_prompt_tokens)
+                            tokenizer=tokenizer, max_prompt_tokens=params.max_prompt_tokens, evidence=evidence)
     args = params.grpo_config(output_dir, **config_overrides)
     with _quiet_deprecations():
         trainer = SafeGDPOTrainer(model, params.rank_rewards(catalog, oracle), args, level=params.level,
@@ -505,6 +524,21 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)  # per-step logs stay in trainer.state.log_history
     return trainer
+
+
+def _check_evidence(params: GDPOParams, evidence) -> None:
+    """``evidence`` must be given exactly when ``params.evidence`` is set, with those settings."""
+    if params.evidence is None:
+        if evidence is not None:
+            raise ValueError("evidence prompts were passed but params.evidence is None: set "
+                             "GDPOParams(evidence={...}) so that they key the stage")
+        return
+    if evidence is None:
+        raise ValueError("params.evidence is set: pass evidence=EvidencePrompts.from_benchmark(ds, catalog, oracle, "
+                         "**params.evidence)")
+    got = getattr(evidence, "settings", None)
+    if got != params.evidence:
+        raise ValueError(f"the evidence prompts were built with {got}, but params.evidence is {params.evidence}")
 
 
 def reference_checkpoint(model, folder: str | os.PathLike) -> None:
@@ -558,7 +592,7 @@ def _base_input(model_or_stage) -> str:
 
 
 def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle=None, force: bool = False,
-               keep_checkpoints: bool = False, callbacks: Sequence | None = None,
+               keep_checkpoints: bool = False, callbacks: Sequence | None = None, evidence=None,
                log: Callable[[str], Any] | None = print) -> Path:
     """Train Safe-GDPO from ``model_or_stage`` (a model name, or a completed SFT/GDPO stage
     folder) on SafeRec ``rows``; cached as ``artifacts/gdpo/<key>/`` keyed by ``params``, the
@@ -569,10 +603,16 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     per-step logs). Checkpoints go to ``artifacts/gdpo/.<key>.checkpoints/`` every
     ``params.save_steps`` steps; an interrupted run resumes from the last one, and the folder is
     removed when the stage completes (unless ``keep_checkpoints``). ``callbacks``: extra
-    transformers ``TrainerCallback`` objects (progress display); they do not key the stage."""
+    transformers ``TrainerCallback`` objects (progress display); they do not key the stage.
+    ``evidence``: with ``params.evidence`` set, the matching
+    :class:`~safecrs_core.prompts.EvidencePrompts` (``EvidencePrompts.from_benchmark(ds, catalog,
+    oracle, **params.evidence)``); its candidate source is then an input of the stage."""
     from .pipeline import run_stage, stage_dir, stage_key
 
+    _check_evidence(params, evidence)
     inputs = [_base_input(model_or_stage), f"rows:{rows_fingerprint(rows)}"]
+    if evidence is not None:
+        inputs.append(f"candidates:{evidence.candidates_ref}")
     key = stage_key("gdpo", params.to_params(), inputs)
     ckpt = stage_dir("gdpo", key).parent / f".{key}.checkpoints"
     say = log or (lambda _m: None)
@@ -589,7 +629,7 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
             orc = load_oracle()
         model, tok, base = _load_base(model_or_stage)
         ckpt.mkdir(parents=True, exist_ok=True)
-        trainer = build_trainer(params, model, tok, rows, cat, orc, ckpt, callbacks=callbacks)
+        trainer = build_trainer(params, model, tok, rows, cat, orc, ckpt, callbacks=callbacks, evidence=evidence)
         last = get_last_checkpoint(str(ckpt))
         if last:
             say(f"[gdpo] resuming from {last}")
@@ -664,10 +704,11 @@ def ablation_params(params: GDPOParams, names: Sequence[str] = tuple(ABLATIONS))
     return out
 
 
-def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | None = None) -> Path | None:
+def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | None = None,
+                   evidence: bool = False) -> Path | None:
     """The newest completed ``sft`` stage trained on ``train_rows`` (its manifest inputs name
-    ``rows:<rows_fingerprint(train_rows)>``) whose ``variant`` parameter is ``variant``; None
-    when there is none."""
+    ``rows:<rows_fingerprint(train_rows)>``) whose ``variant`` parameter is ``variant``, trained
+    with evidence prompts when ``evidence`` and without them otherwise; None when there is none."""
     from .pipeline import artifacts_root, is_done, read_manifest
 
     want = f"rows:{rows_fingerprint(train_rows)}"
@@ -677,7 +718,9 @@ def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | 
         if d.name.startswith(".") or not is_done(d):
             continue
         man = read_manifest(d)
-        if want in man.get("inputs", []) and (man.get("params") or {}).get("variant", "safe") == variant:
+        params = man.get("params") or {}
+        if (want in man.get("inputs", []) and params.get("variant", "safe") == variant
+                and bool(params.get("evidence")) == evidence):
             found.append((man.get("finished", ""), d))
     return max(found)[1] if found else None
 

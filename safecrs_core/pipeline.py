@@ -400,6 +400,18 @@ def params_for(notebook_stem: str, profile: str,
     return {**overrides, "profile": profile}
 
 
+def notebook_values(notebook_stem: str, profile: str, notebooks_dir: str | os.PathLike | None = None,
+                    profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The parameter values ``notebook_stem`` runs with under ``profile``: its parameters cell
+    with the profile's overrides applied. Lets one notebook reuse another's settings (e.g. the
+    evidence notebook trains Safe-SFT with notebook 02's budget)."""
+    d = Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()
+    path = d / f"{notebook_stem}.py"
+    if not path.is_file():
+        raise PipelineError(f"no notebook {path}")
+    return {**notebook_parameters(path), **params_for(notebook_stem, profile, profiles)}
+
+
 # --------------------------------------------------------------------------------------------
 # Notebooks
 

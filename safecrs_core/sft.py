@@ -28,6 +28,13 @@ Targets (:func:`build_targets`)
       candidates the oracle marks ``unsafe`` for the user's trait are dropped (``unknown`` stays).
       The completion opens with a reasoning block naming the user's sensitivity and up to
       :data:`MAX_NAMED_DROPS` dropped titles with the trait and risk, then the list.
+    * **Safe-SFT with evidence prompts** (``evidence`` settings, see
+      :class:`~safecrs_core.prompts.EvidencePrompts`): the prompt lists the retrieval baseline's
+      top ``n`` candidates with their oracle evidence; the target is built from that list: the
+      row's ground truth among the candidates first, then the other candidates in retrieval
+      order, skipping every candidate the oracle marks ``unsafe`` (``unknown`` stays, as above);
+      the reasoning block names the skipped ones. The model learns to read the evidence rather
+      than recall content from memory.
     * **Plain SFT** (``variant="plain"``, the baseline): the same conversation *without* the
       constraint sentence, the unfiltered ground truth (``targets + removed_targets``) and the
       same neighbours, no filtering, no reasoning block.
@@ -78,6 +85,7 @@ BEST_METRIC = "recall@10"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RESUME_SUFFIX = ".resume"
 FALLBACK_POPULAR = 2000  # most popular catalog items appended to the fallback list
+ORIGINS = ("ground_truth", "neighbour", "fallback", "candidate")  # where a target item came from
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +128,13 @@ class SafeSFTConfig:
     ``val_samples`` validation conversations scored per checkpoint (0: keep the last checkpoint),
     ``max_new_tokens``/``eval_batch_size`` for that generation, ``bf16`` (None: on CUDA when
     supported, never on CPU), ``gradient_checkpointing`` (GPU only) and ``seed``.
+
+    ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
+    :func:`~safecrs_core.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
+    ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
+    only when set, so configs without it keep their keys. An evidence prompt is long (each
+    candidate line is about 20-30 tokens): raise ``max_length`` with it, or examples that
+    cannot fit are dropped.
     """
     model_name: str = DEFAULT_MODEL
     variant: str = "safe"
@@ -148,6 +163,7 @@ class SafeSFTConfig:
     bf16: bool | None = None
     gradient_checkpointing: bool = False
     seed: int = 0
+    evidence: dict | None = None
 
     DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
                    "seen_weight", "seed")
@@ -166,13 +182,35 @@ class SafeSFTConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
+        from .prompts import evidence_settings
+        self.evidence = evidence_settings(self.evidence)
+        if self.evidence is not None:
+            if self.variant != "safe":
+                raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
+            if self.evidence["n"] < self.k:
+                raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")
 
     def to_params(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if out["evidence"] is None:  # off: the keys of configs without the option stay as they were
+            del out["evidence"]
+        return out
 
     def data_params(self) -> dict:
-        """Parameters of the ``sft_data`` stage (the same for both variants)."""
-        return {n: getattr(self, n) for n in self.DATA_FIELDS}
+        """Parameters of the ``sft_data`` stage (the same for both variants; with ``evidence``,
+        its settings too)."""
+        out = {n: getattr(self, n) for n in self.DATA_FIELDS}
+        if self.evidence is not None:
+            out["evidence"] = dict(self.evidence)
+        return out
+
+    def evidence_prompts(self, ds, catalog=None, oracle=None, progress: bool = True, log=print):
+        """The :class:`~safecrs_core.prompts.EvidencePrompts` of ``evidence`` for the benchmark
+        ``ds`` (None when off)."""
+        if self.evidence is None:
+            return None
+        from .prompts import EvidencePrompts
+        return EvidencePrompts.from_benchmark(ds, catalog, oracle, **self.evidence, progress=progress, log=log)
 
     def train_params(self) -> dict:
         return self.to_params()
@@ -347,7 +385,8 @@ def reasoning_text(trait_name: str, trait_id: str, dropped: Sequence[tuple[str, 
 
 
 def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neighbours | None = None,
-                  catalog=None, oracle=None, progress: bool = False, domain: str = "movies") -> list[dict]:
+                  catalog=None, oracle=None, progress: bool = False, domain: str = "movies",
+                  evidence=None) -> list[dict]:
     """SFT examples for benchmark ``rows`` (dicts of a SafeRec split), one per row.
 
     Each example has ``id``, ``trait``, ``prompt`` (chat messages from
@@ -355,6 +394,9 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     :func:`~safecrs_core.prompts.format_completion`), ``items`` (ids in list order), ``origins``
     (``ground_truth`` / ``neighbour`` / ``fallback`` per item), ``dropped`` (ids left out as
     unsafe, safe variant only) and ``reasoning`` (None for plain). See the module docstring.
+    ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`, safe variant only): evidence
+    prompts, targets drawn from their candidates (``origins`` ``ground_truth`` / ``candidate``);
+    ``neighbours`` is then not needed.
     """
     from tqdm.auto import tqdm
 
@@ -368,9 +410,13 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     if oracle is None:
         from .oracle import load_oracle
         oracle = load_oracle()
-    if neighbours is None:
+    if evidence is not None and variant != "safe":
+        raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
+    if neighbours is None and evidence is None:
         raise ValueError("pass neighbours=Neighbours.from_benchmark(train_rows, catalog)")
     rows = list(rows)
+    if evidence is not None:
+        return _evidence_targets(rows, evidence, k, oracle, catalog, domain, progress)
     out = []
     for row in tqdm(rows, desc=f"targets ({variant})", disable=not progress):
         seen = _item_ids(row["seen"])
@@ -417,6 +463,41 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     return out
 
 
+def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domain: str, progress: bool) -> list[dict]:
+    """Safe-SFT examples with evidence prompts (see :func:`build_targets`)."""
+    from tqdm.auto import tqdm
+
+    from .prompts import build_messages, format_completion
+
+    ids = evidence.ids(rows)
+    kwargs = evidence.kwargs(rows, ids)
+    out = []
+    for row, cands, kw in tqdm(list(zip(rows, ids, kwargs)), desc="targets (safe, evidence)", disable=not progress):
+        verdicts, risks = oracle.check(cands, row["trait"]) if cands else (np.array([]), np.array([]))
+        gt = set(_item_ids(row["targets"]))
+        order = [j for j, c in enumerate(cands) if c in gt] + [j for j, c in enumerate(cands) if c not in gt]
+        items, origins, dropped = [], [], []
+        for j in order:
+            if len(items) >= k:
+                break
+            if int(verdicts[j]) == UNSAFE:
+                dropped.append((cands[j], None if np.isnan(risks[j]) else float(risks[j])))
+            else:
+                items.append(cands[j])
+                origins.append("ground_truth" if cands[j] in gt else "candidate")
+        if not items:
+            continue
+        reasoning = reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped])
+        out.append({
+            "id": row["id"], "trait": row["trait"], "source": row["source"],
+            "prompt": build_messages(row["turns"], k=k, domain=domain, **kw),
+            "completion": [{"role": "assistant", "content": format_completion([catalog.display(i) for i in items],
+                                                                              reasoning)}],
+            "items": items, "origins": origins, "dropped": [i for i, _ in dropped], "reasoning": reasoning,
+        })
+    return out
+
+
 def target_stats(examples: Sequence[dict], k: int) -> dict:
     """Items per target list by origin, lists shorter than ``k`` and items dropped per trait."""
     lens = [len(e["items"]) for e in examples]
@@ -434,8 +515,8 @@ def target_stats(examples: Sequence[dict], k: int) -> dict:
                              "min": int(min(lens)) if lens else 0,
                              "histogram": {str(x): c for x, c in sorted(Counter(lens).items())}},
         "short_lists": int(sum(x < k for x in lens)),
-        "items_by_origin": {o: int(origin[o]) for o in ("ground_truth", "neighbour", "fallback")},
-        "items_by_origin_per_target": {o: origin[o] / n for o in ("ground_truth", "neighbour", "fallback")},
+        "items_by_origin": {o: int(origin[o]) for o in ORIGINS if o in origin or o in ORIGINS[:3]},
+        "items_by_origin_per_target": {o: origin[o] / n for o in ORIGINS if o in origin or o in ORIGINS[:3]},
         "examples_per_trait": dict(sorted(by_trait.items())),
         "dropped_per_trait": {t: int(dropped[t]) for t in sorted(by_trait)},
         "examples_with_drops_per_trait": {t: int(rows_dropping[t]) for t in sorted(by_trait)},
@@ -453,7 +534,8 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
                    force: bool = False, progress: bool = True, log=print) -> Path:
     """The ``sft_data`` stage: ``safe/`` and ``plain/`` Hugging Face datasets (prompt/completion
     plus bookkeeping columns) and ``stats.json``, for the training conversations of
-    ``benchmark_dir`` (``max_train_samples`` of them, drawn with ``seed``)."""
+    ``benchmark_dir`` (``max_train_samples`` of them, drawn with ``seed``). With
+    ``config.evidence`` the ``safe/`` examples have evidence prompts (:func:`build_targets`)."""
     from datasets import Dataset
 
     from .benchmark import load_benchmark
@@ -473,9 +555,10 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
         rows = list(_train_subset(train, config.max_train_samples, config.seed))
         stats = {"params": config.data_params(), "conversations": len(rows),
                  "signals": {s.name: {"items": len(s.items), "baskets": s.n_baskets} for s, _ in nb.signals}}
+        evidence = config.evidence_prompts(ds, catalog, oracle, progress=progress, log=log)
         for variant in VARIANTS:
             ex = build_targets(rows, variant, k=config.k, neighbours=nb, catalog=catalog, oracle=oracle,
-                               progress=progress)
+                               progress=progress, evidence=evidence if variant == "safe" else None)
             Dataset.from_list(ex).save_to_disk(str(tmp / variant))
             stats[variant] = target_stats(ex, config.k)
         gt_in_ml = [i in nb.signals[0][0] for r in rows for i in _item_ids(r["targets"])]
@@ -541,12 +624,15 @@ def fit_examples(ds, tok, max_length: int):
     return Dataset.from_list(rows), trimmed, dropped
 
 
-def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = None, domain: str = "movies"):
-    """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``."""
+def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = None, domain: str = "movies",
+                       evidence=None):
+    """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``;
+    with ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`), evidence prompts."""
     from .prompts import build_messages
     out = []
-    for r in rows:
-        msgs = build_messages(r["turns"], k=k, domain=domain)
+    extra = evidence.kwargs(rows) if evidence is not None else [{}] * len(rows)
+    for r, kw in zip(rows, extra):
+        msgs = build_messages(r["turns"], k=k, domain=domain, **kw)
         if max_prompt_tokens is not None:
             msgs = fit_prompt(msgs, tok, max_prompt_tokens) or msgs
         out.append(msgs)
@@ -569,9 +655,9 @@ def validation_rows(benchmark_dir: str | os.PathLike, n: int, seed: int = 0, off
 
 def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens: int = 288,
                    batch_size: int = 8, max_prompt_tokens: int | None = None, catalog=None, oracle=None,
-                   progress: bool = True) -> tuple[list[str], pd.DataFrame]:
+                   progress: bool = True, evidence=None) -> tuple[list[str], pd.DataFrame]:
     """Greedy completions of ``model`` for benchmark ``rows`` and their per-row metrics
-    (:func:`safecrs_core.metrics.score_completions`)."""
+    (:func:`safecrs_core.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`."""
     from .metrics import score_completions
     from .models import generate
 
@@ -580,7 +666,7 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
     was_training = model.training
     model.eval()
     try:
-        prompts = validation_prompts(rows, tok, k, max_prompt_tokens)
+        prompts = validation_prompts(rows, tok, k, max_prompt_tokens, evidence=evidence)
         # the Trainer switches the KV cache off in the model config; generation needs it back.
         # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
         from transformers import StoppingCriteriaList, StopStringCriteria
@@ -649,8 +735,9 @@ class CheckpointScorer(TrainerCallback):
     and, with ``prune``, removes checkpoints that are neither the best nor the latest."""
 
     def __init__(self, rows, tok, config: SafeSFTConfig, output_dir, catalog=None, oracle=None,
-                 progress: bool = True, prune: bool = True, log=print):
+                 progress: bool = True, prune: bool = True, log=print, evidence=None):
         self.rows, self.tok, self.config = list(rows), tok, config
+        self.evidence = evidence  # EvidencePrompts when the run trains with evidence prompts
         self.output_dir = Path(output_dir)
         self.catalog, self.oracle, self.progress, self.prune = catalog, oracle, progress, prune
         self.log = log or (lambda _m: None)
@@ -665,7 +752,7 @@ class CheckpointScorer(TrainerCallback):
         t0 = time.perf_counter()
         comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
                                    self.config.eval_batch_size, self.config.max_length, self.catalog,
-                                   self.oracle, self.progress)
+                                   self.oracle, self.progress, evidence=self.evidence)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         summary = _summary(df) | {"seconds": round(seconds, 1)}
@@ -803,7 +890,11 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         catalog = load_catalog(data_dir=data_dir)
         oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
-        scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log)
+        evidence = None
+        if config.evidence is not None and rows:
+            from .benchmark import load_benchmark
+            evidence = config.evidence_prompts(load_benchmark(bench)[0], catalog, oracle, progress=progress, log=log)
+        scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence)
         trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
         last = last_checkpoint(work)
         if last is not None:

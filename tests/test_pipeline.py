@@ -411,3 +411,16 @@ def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path
 def test_code_fingerprint_covers_the_package_sources():
     fp = pl.code_fingerprint()
     assert len(fp) == 64 and fp == pl.code_fingerprint()
+
+
+def test_notebook_values_apply_the_profile_overrides(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "01_tiny.py").write_text(OK_NB)
+    profiles = {"01_tiny": {"smoke": {"n": 1}}}
+    assert pl.notebook_values("01_tiny", "book", nbs, profiles) == {"profile": "book", "n": 3, "label": "default"}
+    assert pl.notebook_values("01_tiny", "smoke", nbs, profiles) == {"profile": "smoke", "n": 1, "label": "default"}
+    with pytest.raises(pl.PipelineError, match="no notebook"):
+        pl.notebook_values("09_missing", "book", nbs, profiles)
+    # the real notebooks: the evidence notebook trains with notebook 02's settings
+    assert pl.notebook_values("02_safe_sft", "smoke")["model_name"] == "tiny-smollm2"
