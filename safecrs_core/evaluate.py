@@ -154,18 +154,29 @@ class System:
 
 
 def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, context_turns: int = 4,
-                     include: Sequence[str] | None = None, progress: bool = True) -> list[System]:
+                     include: Sequence[str] | None = None, progress: bool = True,
+                     domain: str | None = None) -> list[System]:
     """Popularity, popularity + oracle filter, embedding retrieval and retrieval + oracle filter
     (:mod:`safecrs_core.baselines`) for the benchmark ``ds`` (a DatasetDict: popularity counts its
-    ``train`` targets, the retrieval pool takes its items). ``include``: names to keep."""
+    ``train`` targets, the retrieval pool takes its items). ``include``: names to keep.
+
+    ``domain`` (``"movies"`` or ``"games"``): the catalog and oracle loaded when not given;
+    by default the given catalog's domain, else movies. Catalog and oracle must share it. Game
+    retrieval embeds game text (:func:`~safecrs_core.baselines.game_item_text`) and names its
+    domain in its ref; movie systems keep their refs."""
     from . import baselines as B
 
+    if domain is None:
+        domain = getattr(catalog, "domain", None) or getattr(oracle, "domain", None) or "movies"
     if catalog is None:
         from .catalog import load_catalog
-        catalog = load_catalog()
+        catalog = load_catalog(domain)
     if oracle is None:
         from .oracle import load_oracle
-        oracle = load_oracle()
+        oracle = load_oracle(domain=domain)
+    for what, obj in (("catalog", catalog), ("oracle", oracle)):
+        if getattr(obj, "domain", domain) != domain:
+            raise ValueError(f"baseline_systems(domain={domain!r}) got a {obj.domain} {what}")
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
@@ -193,7 +204,7 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
                description="most frequent train-split targets, then catalog popularity"),
         System("Popularity + filter", "baseline", f"popularity(train={train_fp})+{flt}", popularity(True),
                group="baseline", description="popularity with oracle-unsafe items removed"),
-        System("Retrieval", "baseline", B.retrieval_ref(pool, context_turns), retrieval(False), group="baseline",
+        System("Retrieval", "baseline", B.retrieval_ref(pool, context_turns, domain), retrieval(False), group="baseline",
                description=f"{B.ENCODER} cosine similarity over {len(pool):,} candidate items"),
     ]
     systems.append(System("Retrieval + filter", "baseline", systems[-1].ref + f"+{flt}", retrieval(True),
@@ -681,6 +692,82 @@ def find_results(profile: str, label: str = "main", root: str | os.PathLike | No
     return max(found, key=lambda x: x[0])[1]
 
 
+def baselines_label(domain: str = "movies") -> str:
+    """The results label of the baselines on a domain's whole test split: ``"baselines_full"``
+    for movies (notebook 04), ``"<domain>_baselines_full"`` otherwise."""
+    return "baselines_full" if domain == "movies" else f"{domain}_baselines_full"
+
+
+def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: int = 10, n_boot: int = 1000,
+                    n_popular: int = 5000, context_turns: int = 4, catalog=None, oracle=None,
+                    progress: bool = True, log: Callable[[str], Any] | None = print) -> Path:
+    """The results stage of the four baselines (:func:`baseline_systems`) on the whole test split
+    of ``profile``'s benchmark for ``domain`` (built or loaded, cached), labelled
+    :func:`baselines_label`. For movies it is the stage notebook 04 writes with the same
+    ``seed``, ``k``, ``n_boot``, ``n_popular`` and ``context_turns`` (same key: either notebook
+    reuses the other's). ``catalog``/``oracle`` default to the domain's."""
+    from .benchmark import benchmark_for_profile
+    from .catalog import load_catalog
+    from .oracle import load_oracle
+
+    extra = {} if domain == "movies" else {"domain": domain}
+    ds, _stats, _stage = benchmark_for_profile(profile, seed=seed, **extra)
+    catalog = catalog if catalog is not None else load_catalog(domain)
+    oracle = oracle if oracle is not None else load_oracle(domain=domain)
+    systems = baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
+                               progress=progress, domain=domain)
+    return results_stage(systems, ds["test"], profile=profile, label=baselines_label(domain), k=k, n_boot=n_boot,
+                         seed=seed, catalog=catalog, oracle=oracle, progress=progress, log=log)
+
+
+def constraint_kind(constraint_id: str) -> str:
+    """``"age"`` for an age constraint, ``"trait"`` for a sensitivity trait (a row's ``trait``)."""
+    from . import traits as T
+
+    return "age" if constraint_id in T.AGE_CONSTRAINT_IDS else "trait"
+
+
+def domain_table(summaries: Mapping[str, pd.DataFrame], metrics: Sequence[str], digits: int = 3) -> pd.DataFrame:
+    """Results of several domains side by side: one column block per domain (``summaries``:
+    domain label -> a results summary indexed by system), each ``n`` then ``metrics`` as mean
+    [95% CI] (:func:`~safecrs_core.metrics.format_table`); systems in first-seen order, ``"-"``
+    where a domain lacks a system."""
+    order = list(dict.fromkeys(s for summary in summaries.values() for s in summary.index))
+    blocks = {label: M.format_table(summary, metrics, digits).reindex(order) for label, summary in summaries.items()}
+    table = pd.concat(blocks, axis=1)
+    return table.astype(object).where(table.notna(), "-")
+
+
+def trait_table(per_trait: pd.DataFrame, metric: str, coverage: pd.DataFrame | None = None,
+                traits: Sequence[str] | None = None, digits: int = 3) -> pd.DataFrame:
+    """Per trait (rows, named): the number of conversations and ``metric`` as mean [95% CI] per
+    system (columns), from a per-(system, trait) summary (:attr:`Results.per_trait`). With
+    ``coverage`` (``Oracle.coverage()``) the oracle's coverage and unsafe item count of each trait
+    come first. ``traits``: the traits to show (default: all present), in that order."""
+    from . import traits as T
+
+    df = per_trait.reset_index()
+    sys_col, trait_col = df.columns[0], df.columns[1]
+    present = list(dict.fromkeys(df[trait_col]))
+    traits = [t for t in (traits if traits is not None else present) if t in present]
+    systems = list(dict.fromkeys(df[sys_col]))
+    f = f"{{:.{digits}f}}"
+    out = pd.DataFrame(index=pd.Index(traits, name="trait"))
+    if coverage is not None:
+        out["coverage"] = [f"{float(coverage.loc[t, 'coverage']):.1%}" for t in traits]
+        out["unsafe items"] = [int(coverage.loc[t, "unsafe"]) for t in traits]
+    n = df.groupby(trait_col)["n"].max()
+    out["conversations"] = [int(n[t]) for t in traits]
+    for s in systems:
+        sub = df[df[sys_col] == s].set_index(trait_col)
+        out[s] = [("n/a" if t not in sub.index or pd.isna(sub.loc[t, metric]) else
+                   f.format(sub.loc[t, metric]) + f" [{f.format(sub.loc[t, f'{metric}_lo'])}, "
+                   f"{f.format(sub.loc[t, f'{metric}_hi'])}]") for t in traits]
+    out.index = [T.get(t).name if t in T.CONSTRAINT_IDS else t for t in traits]
+    out.index.name = "trait"
+    return out
+
+
 def evaluate_systems(systems: Sequence[System], rows, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per-sample frame with a system column, summary with CIs)`` of ``systems`` on ``rows``;
     ``kwargs`` go to :func:`results_stage` (cached)."""
@@ -765,7 +852,8 @@ def paper_table(reported: Mapping | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("system") if rows else pd.DataFrame()
 
 
-__all__ = ["find_results", "rows_by_id", "example_lists", "load_paper_results", "paper_table",
+__all__ = ["find_results", "baselines_stage", "baselines_label", "domain_table", "trait_table", "constraint_kind",
+           "rows_by_id", "example_lists", "load_paper_results", "paper_table",
            "System", "baseline_systems", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
            "trained_label", "available_systems", "generation_stage", "generations", "generation_cost", "cost_table",
            "run_system", "results_stage", "evaluate_systems", "load_results",

@@ -78,6 +78,26 @@ def oracle_coverage(coverage: pd.DataFrame, title: str = "Safety Oracle verdicts
     return fig
 
 
+def coverage_by_domain(coverages: dict, title: str = "Oracle coverage per trait"):
+    """Per trait, the covered share (judged safe or unsafe, not unknown) in each domain side by
+    side: ``coverages`` maps a domain label to an ``Oracle.coverage()``-like frame (index trait, a
+    ``coverage`` column in [0, 1])."""
+    ids = _ids(*(c.index for c in coverages.values()))
+    df = pd.DataFrame({label: c["coverage"].reindex(ids) for label, c in coverages.items()}).fillna(0.0)
+    df.index = _names(ids)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    df.plot.barh(ax=ax, color=sns.color_palette("deep", len(df.columns)), width=0.8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of items the oracle judges (safe or unsafe)")
+    ax.set_ylabel("")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def targets_removed(stats: dict):
     """Targets kept, kept-but-unknown and removed (unsafe) per assigned trait."""
     ids = _ids(stats["kept_targets_per_trait"], stats["removed_targets_per_trait"])
