@@ -437,6 +437,20 @@ def _read_csv(name, root, **kw) -> pd.DataFrame:
         raise sources.DataError(f"cannot parse {p}: {exc}") from exc
 
 
+def _blank_tables(n: int):
+    """Empty per-item tables that an oracle build fills: severity bounds ``lo``/``hi`` (nothing
+    known: 0..3 on every channel), ``has_sev``, the ``trigger`` matrix, the trait column index,
+    per-item evidence lists and build statistics."""
+    lo = np.zeros((n, len(T.CHANNELS)))
+    hi = np.full((n, len(T.CHANNELS)), 3.0)
+    has_sev = np.zeros(n, dtype=bool)
+    trigger = np.zeros((n, len(T.TRAIT_IDS)), dtype=bool)
+    tcol = {t: j for j, t in enumerate(T.TRAIT_IDS)}
+    evidence: dict[int, list] = defaultdict(list)
+    stats: dict[str, int] = {}
+    return lo, hi, has_sev, trigger, tcol, evidence, stats
+
+
 def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHOLD, progress: bool = False) -> Oracle:
     """Read every safety signal, join it to catalog ids and return the :class:`Oracle`."""
     cat = catalog if catalog is not None else load_catalog(data_dir=data_dir)
@@ -444,13 +458,7 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
     ids = list(items.index)
     index = {it: i for i, it in enumerate(ids)}
     N = len(ids)
-    lo = np.zeros((N, len(T.CHANNELS)))
-    hi = np.full((N, len(T.CHANNELS)), 3.0)
-    has_sev = np.zeros(N, dtype=bool)
-    trigger = np.zeros((N, len(T.TRAIT_IDS)), dtype=bool)
-    tcol = {t: j for j, t in enumerate(T.TRAIT_IDS)}
-    evidence: dict[int, list] = defaultdict(list)
-    stats: dict[str, int] = {}
+    lo, hi, has_sev, trigger, tcol, evidence, stats = _blank_tables(N)
 
     def resolve_rows(titles, years, prefer_exact_year: bool = False) -> list[int]:
         """Catalog row per (title, year); -1 when unresolved. With ``prefer_exact_year``, a row
@@ -722,13 +730,7 @@ def build_game_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, exclu
     ids = list(gs.catalog.items.index)
     index = {it: i for i, it in enumerate(ids)}
     N = len(ids)
-    lo = np.zeros((N, len(T.CHANNELS)))
-    hi = np.full((N, len(T.CHANNELS)), 3.0)
-    has_sev = np.zeros(N, dtype=bool)
-    trigger = np.zeros((N, len(T.TRAIT_IDS)), dtype=bool)
-    tcol = {t: j for j, t in enumerate(T.TRAIT_IDS)}
-    evidence: dict[int, list] = defaultdict(list)
-    stats: dict[str, int] = {}
+    lo, hi, has_sev, trigger, tcol, evidence, stats = _blank_tables(N)
 
     desc = spec["esrb_descriptors"]
     stated = [c for c in T.CHANNELS if any(c in m["channels"] for m in desc.values())]

@@ -54,3 +54,21 @@ def artifacts_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "artifacts"
     monkeypatch.setenv("SAFECRS_ARTIFACTS", str(root))
     return root
+
+
+def ref(item_id: str) -> dict:
+    """A benchmark item reference (``targets``/``seen`` entry) that names only a catalog id."""
+    return {"title": "", "year": None, "item_id": item_id}
+
+
+@pytest.fixture(scope="module")
+def movies_world():
+    """``(catalog, oracle, ids by popularity)`` of the movie domain; skipped without data."""
+    if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
+        pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
+    from safecrs_core.catalog import load_catalog
+    from safecrs_core.oracle import load_oracle
+
+    cat = load_catalog()
+    top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()
+    return cat, load_oracle(), top

@@ -3,8 +3,6 @@ discovery and the reported-numbers file."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +10,7 @@ import pytest
 
 from safecrs_core import evaluate as E
 from safecrs_core.pipeline import mark_done
+from conftest import ref as _ref
 
 TURNS = [
     [{"role": "user", "text": "I loved Toy Story. Something like it for my kids, nothing scary."}],
@@ -21,23 +20,13 @@ TURNS = [
 ]
 
 
-def _ref(item_id):
-    return {"title": "", "year": None, "item_id": item_id}
-
-
 @pytest.fixture(scope="module")
-def world():
-    if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
-        pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
-
-    cat = load_catalog()
-    top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()
+def world(movies_world):
+    cat, oracle, top = movies_world
     traits = ["kid_safety", "anti_gore", "needles_medical", "claustrophobia_breathing"]
     rows = [{"id": f"r{i}", "trait": t, "turns": turns, "seen": [_ref(top[i])], "targets": [_ref(top[10 + i])]}
             for i, (t, turns) in enumerate(zip(traits, TURNS))]
-    return cat, load_oracle(), top, rows
+    return cat, oracle, top, rows
 
 
 class Counting:

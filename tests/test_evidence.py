@@ -4,9 +4,7 @@ evaluation harness and the training options that leave existing cache keys alone
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,24 +12,14 @@ import pytest
 from safecrs_core import evaluate as E
 from safecrs_core.prompts import (EVIDENCE_CHARS, EVIDENCE_DEFAULTS, EvidencePrompts, build_messages,
                                   evidence_line, evidence_settings, parse_completion, system_prompt)
+from conftest import ref as _ref
 
 TURNS = [{"role": "user", "text": "A tense thriller for tonight? Nothing with blood or gore, please."}]
 
 
-def _ref(item_id):
-    return {"title": "", "year": None, "item_id": item_id}
-
-
 @pytest.fixture(scope="module")
-def world():
-    if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
-        pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
-
-    cat = load_catalog()
-    top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()
-    return cat, load_oracle(), top
+def world(movies_world):
+    return movies_world
 
 
 @pytest.fixture(scope="module")
