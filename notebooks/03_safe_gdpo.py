@@ -110,7 +110,7 @@ pd.DataFrame({"prompt": ["A", "A", "B", "B"], "reward 1": rewards[0, :, 0].tolis
 # `artifacts/gdpo/`; an interrupted run resumes from its last checkpoint.
 
 # %%
-sft_stage = G.find_sft_stage(ds["train"]) if start_from_sft else None
+sft_stage = G.find_sft_stage(ds["train"], benchmark=bench) if start_from_sft else None
 start = sft_stage if sft_stage is not None else base_model
 print("starting from", start)
 params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_batch_size=per_device_train_batch_size,

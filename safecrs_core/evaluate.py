@@ -295,24 +295,6 @@ def trained_label(manifest: Mapping[str, Any]) -> str:
     raise ValueError(f"not a training stage: {stage!r}")
 
 
-def _built_on(manifest: Mapping, wanted: set[str], root, depth: int = 4) -> bool:
-    """Whether a stage's inputs name one of ``wanted`` directly or through upstream stages."""
-    from .pipeline import artifacts_root, is_done, read_manifest
-
-    inputs = manifest.get("inputs", []) or []
-    if wanted & set(inputs):
-        return True
-    if depth == 0:
-        return False
-    for ref in inputs:
-        parts = str(ref).split("/")
-        if len(parts) == 2 and all(parts):
-            up = artifacts_root(root) / parts[0] / parts[1]
-            if is_done(up) and _built_on(read_manifest(up), wanted, root, depth - 1):
-                return True
-    return False
-
-
 def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                     stages: Sequence[str | os.PathLike] | None = None,
                     log: Callable[[str], Any] | None = print,
@@ -332,7 +314,7 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     are evaluated with the same prompts: ``evidence(settings)`` must return the
     :class:`~safecrs_core.prompts.EvidencePrompts` for the stage's settings. Without
     ``evidence`` they are left out (with a note)."""
-    from .pipeline import artifacts_root, is_done, read_manifest, stage_ref
+    from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
     say = log or (lambda _m: None)
     if stages is None:
@@ -346,7 +328,7 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
                 if d.name.startswith(".") or not is_done(d):
                     continue
                 man = read_manifest(d)
-                if _built_on(man, wanted, root):
+                if built_on(man, wanted, root):
                     found.append((man.get("finished", ""), d))
         candidates = [d for _, d in sorted(found, key=lambda x: x[0], reverse=True)]
     else:

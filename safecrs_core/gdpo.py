@@ -705,13 +705,17 @@ def ablation_params(params: GDPOParams, names: Sequence[str] = tuple(ABLATIONS))
 
 
 def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | None = None,
-                   evidence: bool = False) -> Path | None:
-    """The newest completed ``sft`` stage trained on ``train_rows`` (its manifest inputs name
-    ``rows:<rows_fingerprint(train_rows)>``) whose ``variant`` parameter is ``variant``, trained
-    with evidence prompts when ``evidence`` and without them otherwise; None when there is none."""
-    from .pipeline import artifacts_root, is_done, read_manifest
+                   evidence: bool = False, benchmark: str | os.PathLike | None = None) -> Path | None:
+    """The newest completed ``sft`` stage built on these training rows, directly or through its
+    upstream stages (an input named ``rows:<rows_fingerprint(train_rows)>``, or the
+    ``benchmark`` stage folder they come from), whose ``variant`` parameter is ``variant``,
+    trained with evidence prompts when ``evidence`` and without them otherwise; None when there
+    is none."""
+    from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
-    want = f"rows:{rows_fingerprint(train_rows)}"
+    wanted = {f"rows:{rows_fingerprint(train_rows)}"}
+    if benchmark is not None:
+        wanted.add(stage_ref(benchmark))
     folder = artifacts_root(root) / "sft"
     found = []
     for d in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -719,8 +723,8 @@ def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | 
             continue
         man = read_manifest(d)
         params = man.get("params") or {}
-        if (want in man.get("inputs", []) and params.get("variant", "safe") == variant
-                and bool(params.get("evidence")) == evidence):
+        if (params.get("variant", "safe") == variant and bool(params.get("evidence")) == evidence
+                and built_on(man, wanted, root)):
             found.append((man.get("finished", ""), d))
     return max(found)[1] if found else None
 

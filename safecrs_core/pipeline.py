@@ -260,6 +260,26 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def built_on(manifest: Mapping[str, Any], wanted: Iterable[str], root: str | os.PathLike | None = None,
+             depth: int = 4) -> bool:
+    """Whether a stage (its ``DONE.json`` manifest) was built from one of ``wanted`` (input ids:
+    ``"<stage>/<key>"`` refs or other input strings), directly or through up to ``depth``
+    upstream stages."""
+    wanted = set(wanted)
+    inputs = manifest.get("inputs", []) or []
+    if wanted & set(inputs):
+        return True
+    if depth == 0:
+        return False
+    for ref in inputs:
+        parts = str(ref).split("/")
+        if len(parts) == 2 and all(parts):
+            up = artifacts_root(root) / parts[0] / parts[1]
+            if is_done(up) and built_on(read_manifest(up), wanted, root, depth - 1):
+                return True
+    return False
+
+
 def build_atomically(final: str | os.PathLike, build: Callable[[Path], Mapping[str, Any]], *,
                      force: bool = False, done: Callable[[Path], bool] = is_done,
                      ) -> tuple[Path, dict[str, Any] | None]:

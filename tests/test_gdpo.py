@@ -282,3 +282,27 @@ def test_params_validation():
     p = GDPOParams(mode="grpo")
     assert p.to_params()["mode"] == "grpo" and p.reward_names == ("relevance", "safety", "count")
     assert p.grpo_config("/tmp/x").multi_objective_aggregation == "sum_then_normalize"
+
+
+def test_find_sft_stage_follows_the_stage_lineage_to_the_benchmark(tmp_path):
+    from safecrs_core import gdpo as G
+    from safecrs_core import pipeline as pl
+
+    root = tmp_path / "artifacts"
+    rows = [{"id": "a", "turns": [], "trait": "anti_gore", "targets": [], "seen": []}]
+    bench = pl.run_stage("benchmark", {"n": 1}, [], lambda tmp: None, root=root, log=None)
+    other = pl.run_stage("benchmark", {"n": 2}, [], lambda tmp: None, root=root, log=None)
+
+    def sft_stage(upstream, **params):
+        data = pl.run_stage("sft_data", {"of": upstream.name}, [upstream], lambda tmp: None, root=root, log=None)
+        return pl.run_stage("sft", params, [data], lambda tmp: None, root=root, log=None)
+
+    safe = sft_stage(bench, variant="safe")
+    sft_stage(bench, variant="plain")
+    sft_stage(bench, variant="safe", evidence={"n": 10})
+    sft_stage(other, variant="safe", seed=1)
+    assert G.find_sft_stage(rows, benchmark=bench, root=root) == safe
+    assert G.find_sft_stage(rows, root=root) is None  # neither the rows nor the benchmark named
+    assert G.find_sft_stage(rows, variant="plain", benchmark=bench, root=root).parent.name == "sft"
+    ev = G.find_sft_stage(rows, benchmark=bench, root=root, evidence=True)
+    assert ev is not None and ev != safe
