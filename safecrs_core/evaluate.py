@@ -45,9 +45,10 @@ import pandas as pd
 
 from . import metrics as M
 from .metrics import _column  # rows: a Hugging Face Dataset or a list of dicts
+from .prompts import SOLUTION_CLOSE
 
 KINDS = ("baseline", "llm")
-STOP = ("</solution>",)
+STOP = (SOLUTION_CLOSE,)
 
 
 def main_metrics(k: int = 10) -> list[str]:
@@ -685,9 +686,9 @@ def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: i
                     progress: bool = True, log: Callable[[str], Any] | None = print) -> Path:
     """The results stage of the four baselines (:func:`baseline_systems`) on the whole test split
     of ``profile``'s benchmark for ``domain`` (built or loaded, cached), labelled
-    :func:`baselines_label`. For movies it is the stage notebook 04 writes with the same
-    ``seed``, ``k``, ``n_boot``, ``n_popular`` and ``context_turns`` (same key: either notebook
-    reuses the other's). ``catalog``/``oracle`` default to the domain's."""
+    :func:`baselines_label`. Notebook 04 (movies) and notebook 07 (both domains) read it from
+    here, so with the same settings they share one stage. ``catalog``/``oracle`` default to the
+    domain's."""
     from .benchmark import benchmark_for_profile
     from .catalog import load_catalog
     from .oracle import load_oracle

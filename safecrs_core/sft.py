@@ -669,10 +669,8 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
         prompts = validation_prompts(rows, tok, k, max_prompt_tokens, evidence=evidence)
         # the Trainer switches the KV cache off in the model config; generation needs it back.
         # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
-        from transformers import StoppingCriteriaList, StopStringCriteria
-        stop = StoppingCriteriaList([StopStringCriteria(tok, [SOLUTION_CLOSE])])
         completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=progress, use_cache=True, stopping_criteria=stop)
+                               progress=progress, use_cache=True, stop=[SOLUTION_CLOSE])
     finally:
         if was_training:
             model.train()

@@ -117,11 +117,18 @@ def test_count_reward(catalog_oracle):
     assert c3[1, 0].item() == 1.0 and c3[0, 0].item() == pytest.approx(-2 / 3)
 
 
-def test_rank_rewards_batch_and_logs(catalog_oracle, monkeypatch):
-    cat, orc = catalog_oracle
+@pytest.fixture
+def parse_calls(monkeypatch):
+    """The texts the rewards module parses, in order (the parser itself still runs)."""
     calls = []
     real = R.parse_completion
     monkeypatch.setattr(R, "parse_completion", lambda t, **kw: calls.append(t) or real(t, **kw))
+    return calls
+
+
+def test_rank_rewards_batch_and_logs(catalog_oracle, parse_calls):
+    cat, orc = catalog_oracle
+    calls = parse_calls
     rr = R.RankRewards(cat, orc, k=3)
     texts = [sol("Saw (2004)", "Finding Nemo (2003)", "Up (2009)"),
              "<reasoning>Saw (2004) is out</reasoning>\n" + sol("Finding Nemo (2003)", "Hostel (2005)"),
@@ -144,11 +151,9 @@ def test_rank_rewards_batch_and_logs(catalog_oracle, monkeypatch):
         R.RankRewards(cat, orc, use_relevance=False, use_safety=False, use_count=False)
 
 
-def test_trl_reward_functions_share_one_parse(catalog_oracle, monkeypatch):
+def test_trl_reward_functions_share_one_parse(catalog_oracle, parse_calls):
     cat, orc = catalog_oracle
-    calls = []
-    real = R.parse_completion
-    monkeypatch.setattr(R, "parse_completion", lambda t, **kw: calls.append(t) or real(t, **kw))
+    calls = parse_calls
     rr = R.RankRewards(cat, orc, k=2)
     fns = rr.reward_functions()
     assert [f.__name__ for f in fns] == ["relevance", "safety", "count"]
