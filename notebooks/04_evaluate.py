@@ -134,9 +134,8 @@ plots.save(plots.trait_heatmap(res.per_trait, f"svr@{k}", title=f"SVR@{k} per sy
 # that the sample above is representative.
 
 # %%
-baselines = [x for x in chosen if x.kind == "baseline"]
-full = E.load_results(E.results_stage(baselines, ds["test"], profile=profile, label="baselines_full", k=k,
-                                      n_boot=n_boot, seed=seed, catalog=catalog, oracle=oracle))
+full = E.load_results(E.baselines_stage(profile, seed=seed, k=k, n_boot=n_boot, n_popular=n_popular,
+                                       context_turns=context_turns, catalog=catalog, oracle=oracle))
 M.format_table(full.summary, E.main_metrics(k))
 
 # %%
