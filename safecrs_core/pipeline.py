@@ -23,6 +23,15 @@ Notebooks
     the book renders without executing again. Wall times go to ``_executed/timings.json``.
     ``python scripts/run_notebooks.py --help`` (or ``python -m safecrs_core.pipeline``) is the
     command-line front end.
+
+Domains
+    A notebook whose parameters cell defines ``domain`` (default ``"movies"``) also runs for
+    another domain (``"games"``: SafeGame): the runner injects ``domain`` and writes
+    ``notebooks/_executed/<domain>/NN_name.ipynb`` with its own ``timings.json``. Profile
+    overrides for a domain sit under ``"<profile>@<domain>"`` (e.g. ``"book@games"``) and apply on
+    top of the profile's. With several domains the order is: every domain notebook for movies,
+    then for each other domain, then the notebooks without a ``domain`` parameter (chapters
+    that read several domains' results).
 """
 from __future__ import annotations
 
@@ -55,6 +64,7 @@ PROFILES: dict[str, str] = {
     "paper": "the paper's models and settings; needs GPUs (trl + accelerate)",
 }
 DEFAULT_PROFILE = "book"
+MOVIES = "movies"  # the default domain of every notebook
 ARTIFACTS_ENV = "SAFECRS_ARTIFACTS"
 DONE_FILE = "DONE.json"
 KEY_LENGTH = 16  # hex digits of the sha256 kept in a stage key
@@ -384,8 +394,13 @@ def validate_profiles(raw: Mapping[str, Any]) -> dict[str, dict[str, dict[str, A
         for prof, overrides in per_profile.items():
             if prof.startswith("_"):
                 continue
-            if prof not in PROFILES:
-                raise PipelineError(f"profiles[{stem!r}]: unknown profile {prof!r}; known: {', '.join(PROFILES)}")
+            base, _, domain = prof.partition("@")
+            if base not in PROFILES:
+                raise PipelineError(f"profiles[{stem!r}]: unknown profile {prof!r}; known: {', '.join(PROFILES)}"
+                                    " (optionally with @<domain>, e.g. 'book@games')")
+            if "@" in prof and domain not in _other_domains():
+                raise PipelineError(f"profiles[{stem!r}]: unknown domain in {prof!r}; known: "
+                                    f"{', '.join(_other_domains())}")
             if not isinstance(overrides, Mapping):
                 raise PipelineError(f"profiles[{stem!r}][{prof!r}] must be an object of parameter values")
             for name in overrides:
@@ -410,26 +425,45 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+def _other_domains() -> tuple[str, ...]:
+    """The domains besides movies (the catalog's list), for which domain notebooks also run."""
+    from .catalog import DOMAINS
+
+    return tuple(d for d in DOMAINS if d != MOVIES)
+
+
+def check_domain(domain: str) -> str:
+    if domain != MOVIES and domain not in _other_domains():
+        raise PipelineError(f"unknown domain {domain!r}; choose one of: {', '.join((MOVIES, *_other_domains()))}")
+    return domain
+
+
 def params_for(notebook_stem: str, profile: str,
-               profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               profiles: Mapping[str, Any] | None = None, domain: str = "movies") -> dict[str, Any]:
     """Parameters papermill injects into ``notebook_stem`` under ``profile``: that notebook's
-    overrides for the profile (none means the parameters cell's own values) plus ``profile``."""
+    overrides for the profile (none means the parameters cell's own values) plus ``profile``.
+    Another ``domain`` adds the ``"<profile>@<domain>"`` overrides and ``domain`` itself (movies,
+    the parameters cells' default, is not injected)."""
     check_profile(profile)
+    check_domain(domain)
     table = load_profiles() if profiles is None else validate_profiles(profiles)
-    overrides = table.get(notebook_stem, {}).get(profile, {})
+    entry = table.get(notebook_stem, {})
+    overrides = dict(entry.get(profile, {}))
+    if domain != MOVIES:
+        overrides |= entry.get(f"{profile}@{domain}", {}) | {"domain": domain}
     return {**overrides, "profile": profile}
 
 
 def notebook_values(notebook_stem: str, profile: str, notebooks_dir: str | os.PathLike | None = None,
-                    profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The parameter values ``notebook_stem`` runs with under ``profile``: its parameters cell
-    with the profile's overrides applied. Lets one notebook reuse another's settings (e.g. the
-    evidence notebook trains Safe-SFT with notebook 02's budget)."""
+                    profiles: Mapping[str, Any] | None = None, domain: str = "movies") -> dict[str, Any]:
+    """The parameter values ``notebook_stem`` runs with under ``profile`` (and ``domain``): its
+    parameters cell with the overrides applied. Lets one notebook reuse another's settings (e.g.
+    the evidence notebook trains Safe-SFT with notebook 02's budget)."""
     d = Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()
     path = d / f"{notebook_stem}.py"
     if not path.is_file():
         raise PipelineError(f"no notebook {path}")
-    return {**notebook_parameters(path), **params_for(notebook_stem, profile, profiles)}
+    return {**notebook_parameters(path), **params_for(notebook_stem, profile, profiles, domain)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,6 +545,9 @@ def check_notebooks(notebooks_dir: str | os.PathLike | None = None,
             problems.append(f"{path.name}: the parameters cell must set profile = \"book\" "
                             f"(got {names.get('profile')!r})")
         for prof, overrides in table.get(stem, {}).items():
+            if "@" in prof and "domain" not in names:
+                problems.append(f"profiles.json[{stem!r}][{prof!r}] sets domain overrides, but the "
+                                f"parameters cell of {path.name} has no 'domain' parameter")
             for name in overrides:
                 if name not in names:
                     problems.append(f"profiles.json[{stem!r}][{prof!r}] sets {name!r}, which the "
@@ -526,6 +563,22 @@ class NotebookRun:
     seconds: float
     status: str  # "ok", "up to date" (not re-executed) or "failed"
     error: str | None = None
+    domain: str = MOVIES
+
+
+def notebook_plan(notebooks: Iterable[Path], domains: Iterable[str] = (MOVIES,)) -> list[tuple[Path, str]]:
+    """(notebook, domain) pairs in run order: the notebooks with a ``domain`` parameter for each
+    domain (movies first), then those without one (once, when movies is among ``domains``)."""
+    domains = list(dict.fromkeys(check_domain(d) for d in domains))
+    if not domains:
+        raise PipelineError("no domain to run")
+    domains.sort(key=lambda d: d != MOVIES)
+    notebooks = list(notebooks)
+    has = {p: "domain" in notebook_parameters(p) for p in notebooks}
+    plan = [(p, d) for d in domains for p in notebooks if has[p]]
+    if MOVIES in domains:
+        plan += [(p, MOVIES) for p in notebooks if not has[p]]
+    return plan
 
 
 def _select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
@@ -611,11 +664,21 @@ def _describe_failure(stem: str, source: Path, profile: str, exc: BaseException,
     return "\n".join(lines)
 
 
-def _tidy_output(path: Path, source: Path, final: Path) -> None:
-    """Point papermill's metadata at the .py source and the final name, then publish atomically."""
+DOMAIN_TITLES = {"games": "SafeGame"}  # prefix of another domain's notebook titles in the book
+
+
+def _tidy_output(path: Path, source: Path, final: Path, domain: str = MOVIES) -> None:
+    """Point papermill's metadata at the .py source and the final name, prefix another domain's
+    title (its first heading) with the domain's name, then publish atomically."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
+    if domain != MOVIES:
+        prefix = DOMAIN_TITLES.get(domain, domain.capitalize())
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and cell.source.startswith("# "):
+                cell.source = f"# {prefix}: {cell.source[2:]}"
+                break
     meta = nb.metadata.setdefault("papermill", {})
     base = repo_root()
     meta["input_path"] = os.path.relpath(source, base) if source.is_relative_to(base) else str(source)
@@ -703,7 +766,8 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                   stop_on_error: bool = True, *, notebooks_dir: str | os.PathLike | None = None,
                   out_dir: str | os.PathLike | None = None, profiles: Mapping[str, Any] | None = None,
                   kernel_name: str = "python3", execution_timeout: float | None = None,
-                  force: bool = False, log: Callable[[str], Any] | None = print) -> list[NotebookRun]:
+                  force: bool = False, domains: Iterable[str] = (MOVIES,),
+                  log: Callable[[str], Any] | None = print) -> list[NotebookRun]:
     """Execute ``notebooks_dir/NN_*.py`` in order under ``profile``.
 
     Each notebook is converted with jupytext, parameterised with :func:`params_for` and executed
@@ -718,7 +782,12 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
     A notebook is not re-executed (status ``"up to date"``) when its previous output came from a
     successful run with the same :func:`notebook_fingerprint` (source, parameters, profile, package
     code) and every stage directory that run used is still complete, unless ``force`` or an
-    earlier notebook of this call was executed (then every later one runs too)."""
+    earlier notebook of this call was executed (then every later one runs too).
+
+    ``domains`` (e.g. ``("movies", "games")``): the notebooks with a ``domain`` parameter run for
+    each, in the order given in the module docstring; another domain's outputs go to
+    ``out_dir/<domain>/``. Notebooks without that parameter run once, after them, when movies
+    is among ``domains``."""
     import papermill as pm  # lazy: only the book extra needs it
 
     check_profile(profile)
@@ -730,24 +799,26 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
     if not selected:
         say(f"no notebooks (NN_name.py) in {nb_dir}")
         return []
-    out.mkdir(parents=True, exist_ok=True)
+    plan = notebook_plan(selected, domains)
     runs: list[NotebookRun] = []
     code = code_fingerprint()
     executed_one = False
     with tempfile.TemporaryDirectory(prefix="safecrs-nb-") as work:
         work_dir = Path(work)
         with _kernel_environment(work_dir / "jupyter"):
-            for i, src in enumerate(selected, start=1):
+            for i, (src, domain) in enumerate(plan, start=1):
                 stem = src.stem
-                params = params_for(stem, profile, table)
+                params = params_for(stem, profile, table, domain)
                 shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-                say(f"[{i}/{len(selected)}] {stem} ({shown}) ...")
-                final, failed = out / f"{stem}.ipynb", out / "failed" / f"{stem}.ipynb"
-                running = out / f".{stem}.running.ipynb"
+                say(f"[{i}/{len(plan)}] {stem} ({shown}) ...")
+                dest = out if domain == MOVIES else out / domain
+                dest.mkdir(parents=True, exist_ok=True)
+                final, failed = dest / f"{stem}.ipynb", dest / "failed" / f"{stem}.ipynb"
+                running = dest / f".{stem}.running.ipynb"
                 t0 = time.perf_counter()
                 fingerprint = notebook_fingerprint(src, params, profile, code)
-                if not force and not executed_one and _up_to_date(out, stem, final, fingerprint, profile):
-                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "up to date")
+                if not force and not executed_one and _up_to_date(dest, stem, final, fingerprint, profile):
+                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "up to date", domain=domain)
                     say(f"    up to date (same source, parameters, code and stages): {final}")
                     runs.append(run)
                     continue
@@ -770,10 +841,10 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                                         kernel_name=kernel_name, cwd=str(src.parent),
                                         progress_bar=False, log_output=False,
                                         execution_timeout=execution_timeout)
-                    _tidy_output(running, src, final)
+                    _tidy_output(running, src, final, domain)
                     with suppress(FileNotFoundError):
                         failed.unlink()
-                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "ok")
+                    run = NotebookRun(stem, src, final, time.perf_counter() - t0, "ok", domain=domain)
                     say(f"    ok in {run.seconds:.1f} s -> {final}")
                 except Exception as exc:
                     kept = None
@@ -783,11 +854,11 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                         kept = failed
                     with suppress(FileNotFoundError):
                         final.unlink()  # never leave a stale good output of a failing notebook
-                    message = _describe_failure(stem, src, profile, exc, kept)
-                    run = NotebookRun(stem, src, kept, time.perf_counter() - t0, "failed", message)
+                    message = _describe_failure(stem, src, profile if domain == MOVIES else f"{profile}, domain {domain}", exc, kept)
+                    run = NotebookRun(stem, src, kept, time.perf_counter() - t0, "failed", message, domain=domain)
                     say(f"    FAILED after {run.seconds:.1f} s: {message.splitlines()[0]}")
                     runs.append(run)
-                    _record_timing(out, run, profile)
+                    _record_timing(dest, run, profile)
                     if stop_on_error:
                         raise NotebookError(message) from exc
                     continue
@@ -796,7 +867,7 @@ def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = N
                         running.unlink()
                     raise
                 runs.append(run)
-                _record_timing(out, run, profile, fingerprint)
+                _record_timing(dest, run, profile, fingerprint)
     failures = [r for r in runs if r.status == "failed"]
     if failures:
         raise NotebookError(f"{len(failures)} of {len(runs)} notebook(s) failed:\n\n"
@@ -823,6 +894,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per cell")
     parser.add_argument("--profiles", type=Path, default=None,
                         help="profile overrides file (default: safecrs_core/data/profiles.json)")
+    parser.add_argument("--domains", nargs="+", default=None, metavar="DOMAIN",
+                        help="domains of the notebooks with a 'domain' parameter (default: $DOMAINS or "
+                             "every domain: movies games)")
     parser.add_argument("--list", action="store_true", help="list notebooks and parameters; run nothing")
     parser.add_argument("--check", action="store_true", help="check notebooks against profiles.json; run nothing")
     args = parser.parse_args(argv)
@@ -834,13 +908,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(p, file=sys.stderr)
             print("ok" if not problems else f"{len(problems)} problem(s)")
             return 1 if problems else 0
+        domains = args.domains or (os.environ.get("DOMAINS") or "").split() or [MOVIES, *_other_domains()]
         if args.list:
-            for src in _select(discover_notebooks(args.notebooks_dir), args.only):
-                print(f"{src.stem}: {json.dumps(params_for(src.stem, args.profile, table))}")
+            for src, domain in notebook_plan(_select(discover_notebooks(args.notebooks_dir), args.only), domains):
+                where = "" if domain == MOVIES else f" [{domain}]"
+                print(f"{src.stem}{where}: {json.dumps(params_for(src.stem, args.profile, table, domain))}")
             return 0
         runs = run_notebooks(args.profile, args.only, stop_on_error=not args.keep_going,
                              notebooks_dir=args.notebooks_dir, out_dir=args.out_dir,
-                             profiles=table, execution_timeout=args.timeout, force=args.force)
+                             profiles=table, execution_timeout=args.timeout, force=args.force,
+                             domains=domains)
     except (NotebookError, PipelineError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

@@ -205,9 +205,11 @@ def test_toc_lists_every_notebook_and_only_existing_pages(repo_root):
             assert (repo_root / "notebooks" / f"{stem}.py").is_file(), f"toc lists {f} but notebooks/{stem}.py is missing"
         else:
             assert (repo_root / f"{f}.md").is_file(), f"toc lists {f} but {f}.md is missing"
-    for src in pl.discover_notebooks():
-        assert f"notebooks/_executed/{src.stem}" in [f.removesuffix(".ipynb") for f in files], \
-            f"_toc.yml does not list notebooks/_executed/{src.stem}"
+    listed = [f.removesuffix(".ipynb") for f in files]
+    for src, domain in pl.notebook_plan(pl.discover_notebooks(), ("movies", "games")):
+        page = f"notebooks/_executed/{src.stem}" if domain == "movies" else f"notebooks/_executed/{domain}/{src.stem}"
+        assert page in listed, f"_toc.yml does not list {page}"
+    assert len(listed) == len(set(listed)), "_toc.yml lists a page twice"
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +408,61 @@ def test_run_notebooks_skips_up_to_date_outputs_and_reruns_what_changed(tmp_path
     # changed package code reruns everything
     code["fingerprint"] = "code-v2"
     assert run() == {"01_stage": "ok", "02_after": "ok"}
+
+
+DOMAIN_NB = '''\
+# %% [markdown]
+# # Per domain
+
+# %% tags=["parameters"]
+profile = "book"
+domain = "movies"
+n = 3
+
+# %%
+print(f"{domain} {n}")
+'''
+
+
+@pytest.mark.notebook
+def test_run_notebooks_runs_domain_notebooks_per_domain(tmp_path):
+    nbs, out = tmp_path / "nbs", tmp_path / "out"
+    nbs.mkdir()
+    (nbs / "01_dom.py").write_text(DOMAIN_NB)
+    (nbs / "02_after.py").write_text(AFTER_NB)  # no domain parameter: runs once, after the domain runs
+    (nbs / "03_dom.py").write_text(DOMAIN_NB)
+    profiles = {"01_dom": {"smoke": {"n": 1}, "smoke@games": {"n": 5}}}
+    assert [(p.stem, d) for p, d in pl.notebook_plan(pl.discover_notebooks(nbs), ("games", "movies"))] == [
+        ("01_dom", "movies"), ("03_dom", "movies"), ("01_dom", "games"), ("03_dom", "games"), ("02_after", "movies")]
+    assert [(p.stem, d) for p, d in pl.notebook_plan(pl.discover_notebooks(nbs), ("games",))] == [
+        ("01_dom", "games"), ("03_dom", "games")]
+    assert pl.params_for("01_dom", "smoke", profiles, "games") == {"n": 5, "domain": "games", "profile": "smoke"}
+    assert pl.params_for("01_dom", "smoke", profiles) == {"n": 1, "profile": "smoke"}  # movies: nothing injected
+    assert pl.notebook_values("01_dom", "smoke", nbs, profiles, domain="games")["n"] == 5
+
+    runs = pl.run_notebooks("smoke", notebooks_dir=nbs, out_dir=out, profiles=profiles, log=None,
+                            domains=("movies", "games"))
+    assert [(r.stem, r.domain, r.status) for r in runs] == [
+        ("01_dom", "movies", "ok"), ("03_dom", "movies", "ok"), ("01_dom", "games", "ok"),
+        ("03_dom", "games", "ok"), ("02_after", "movies", "ok")]
+    assert _stdout(out / "01_dom.ipynb").strip() == "movies 1"
+    assert _stdout(out / "games" / "01_dom.ipynb").strip() == "games 5"
+    assert _stdout(out / "games" / "03_dom.ipynb").strip() == "games 3"
+    assert not (out / "games" / "02_after.ipynb").exists()
+    title = json.loads((out / "games" / "01_dom.ipynb").read_text())["cells"][0]["source"]
+    assert "".join(title).startswith("# SafeGame: Per domain")
+    assert "".join(json.loads((out / "01_dom.ipynb").read_text())["cells"][0]["source"]).startswith("# Per domain")
+    assert set(json.loads((out / "games" / "timings.json").read_text())) == {"01_dom", "03_dom"}
+    again = pl.run_notebooks("smoke", notebooks_dir=nbs, out_dir=out, profiles=profiles, log=None,
+                             domains=("movies", "games"))
+    assert {r.status for r in again} == {"up to date"}
+
+    with pytest.raises(pl.PipelineError, match="unknown domain"):
+        pl.validate_profiles({"01_dom": {"smoke@mars": {"n": 1}}})
+    with pytest.raises(pl.PipelineError, match="unknown domain"):
+        pl.notebook_plan(pl.discover_notebooks(nbs), ("mars",))
+    problems = pl.check_notebooks(nbs, {"02_after": {"book@games": {}}})
+    assert any("no 'domain' parameter" in p for p in problems)
 
 
 def test_code_fingerprint_covers_the_package_sources():
