@@ -11,6 +11,8 @@ Systems (:class:`System`)
     for a run profile and says what is missing. :func:`evidence_system` gives an LLM the
     evidence-in-context prompt (:class:`~safecrs_core.prompts.EvidencePrompts`: retrieved
     candidates with oracle evidence); ``available_systems(..., evidence=True)`` adds those.
+    On SafeGame (``domain="games"``) every LLM system's ``prompt`` carries ``{"domain": "games"}``
+    (game prompts, game catalog and oracle); movie systems keep an empty prompt and their keys.
 
 Outputs (:func:`run_system`)
     An LLM system answers the prompt of :func:`~safecrs_core.prompts.build_messages` for each row,
@@ -154,6 +156,47 @@ class System:
         return [build_messages(t, k=k, **dict(self.prompt), **x) for t, x in zip(turns, extra)]
 
 
+def llm_domain(system: System) -> str | None:
+    """The domain of an LLM system's prompt (``prompt["domain"]``, movies when unset); None for a
+    baseline."""
+    return system.prompt.get("domain", "movies") if system.kind == "llm" else None
+
+
+def _resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
+    """``domain``, else the first domain that ``sources`` (``(what, domain or an object with a
+    ``domain``)`` pairs; None is skipped) name, else ``"movies"``; every named domain must agree."""
+    from .prompts import DOMAINS
+
+    named = [(what, v if isinstance(v, str) else getattr(v, "domain", None)) for what, v in sources]
+    named = [(what, d) for what, d in named if d is not None]
+    if domain is None:
+        domain = named[0][1] if named else "movies"
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    for what, d in named:
+        if d != domain:
+            raise ValueError(f"domain {domain!r}, but the {what} is of {d!r}")
+    return domain
+
+
+def _domain_prompt(domain: str | None, prompt: Mapping[str, Any] | None = None) -> dict:
+    """``prompt`` with ``domain`` added (nothing is added for movies, so movie keys stay as they
+    were); a prompt that names another domain is an error."""
+    from .prompts import DOMAINS
+
+    out = dict(prompt or {})
+    if domain is None:
+        return out
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    have = out.get("domain", domain)
+    if have != domain:
+        raise ValueError(f"prompt is for {have!r}, domain is {domain!r}")
+    if domain != "movies":
+        out["domain"] = domain
+    return out
+
+
 def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, context_turns: int = 4,
                      include: Sequence[str] | None = None, progress: bool = True,
                      domain: str | None = None) -> list[System]:
@@ -218,15 +261,17 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
     return systems
 
 
-def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = None) -> System:
-    """The instruction-tuned ``model`` (:func:`~safecrs_core.models.load_model`) prompted as is."""
+def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = None,
+                     domain: str = "movies") -> System:
+    """The instruction-tuned ``model`` (:func:`~safecrs_core.models.load_model`) prompted as is,
+    with the prompts of ``domain``."""
     from .models import load_model, resolve_model_name
 
     key = resolve_model_name(model)
     label = name or {"smollm2-135m-instruct": "Zero-shot SmolLM2-135M",
                      "tiny-smollm2": "Zero-shot tiny model (random weights)"}.get(key, f"Zero-shot {key}")
-    return System(label, "llm", f"model:{key}", load=lambda: load_model(key), group="zero-shot",
-                  description=f"{key}, no fine-tuning")
+    return System(label, "llm", f"model:{key}", load=lambda: load_model(key), prompt=_domain_prompt(domain),
+                  group="zero-shot", description=f"{key}, no fine-tuning")
 
 
 def evidence_system(system: System, evidence, name: str | None = None) -> System:
@@ -246,9 +291,11 @@ def evidence_system(system: System, evidence, name: str | None = None) -> System
 
 
 def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path], tuple], group: str = "fine-tuned",
-                 prompt: Mapping[str, Any] | None = None, description: str = "") -> System:
+                 prompt: Mapping[str, Any] | None = None, description: str = "",
+                 domain: str | None = None) -> System:
     """An LLM system whose model is a completed training stage, loaded by ``loader(stage_dir)``
-    (e.g. ``sft.load_sft_model`` or ``gdpo.load_gdpo_model``; extra return values are ignored)."""
+    (e.g. ``sft.load_sft_model`` or ``gdpo.load_gdpo_model``; extra return values are ignored).
+    ``domain``: added to ``prompt`` (None: ``prompt`` as given)."""
     from .pipeline import is_done, stage_ref
 
     path = Path(stage_dir)
@@ -259,7 +306,7 @@ def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path
         out = loader(path)
         return out[0], out[1]
 
-    return System(name, "llm", stage_ref(path), load=load, prompt=dict(prompt or {}), group=group,
+    return System(name, "llm", stage_ref(path), load=load, prompt=_domain_prompt(domain, prompt), group=group,
                   description=description or stage_ref(path))
 
 
@@ -299,7 +346,8 @@ def trained_label(manifest: Mapping[str, Any]) -> str:
 def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
                     stages: Sequence[str | os.PathLike] | None = None,
                     log: Callable[[str], Any] | None = print,
-                    evidence: Callable[[Mapping[str, Any]], Any] | None = None) -> list[System]:
+                    evidence: Callable[[Mapping[str, Any]], Any] | None = None,
+                    domain: str | None = None) -> list[System]:
     """LLM systems of completed training stages for the benchmark ``ds``.
 
     ``stages``: stage folders to use as given. Otherwise every completed stage under
@@ -314,7 +362,11 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     Stages trained with evidence prompts (an ``evidence`` parameter, labelled ``... + evidence``)
     are evaluated with the same prompts: ``evidence(settings)`` must return the
     :class:`~safecrs_core.prompts.EvidencePrompts` for the stage's settings. Without
-    ``evidence`` they are left out (with a note)."""
+    ``evidence`` they are left out (with a note).
+
+    ``domain``: the prompts' domain (:func:`stage_system`); None: each stage's own ``domain``
+    parameter, else movies. A stage whose ``domain`` parameter names another domain is left out
+    (an error for ``stages`` given)."""
     from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
     say = log or (lambda _m: None)
@@ -349,6 +401,12 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
         except ImportError as exc:
             say(f"[evaluate] {label}: cannot load {d} ({exc}); skipped")
             continue
+        own = (man.get("params") or {}).get("domain")
+        if domain is not None and own is not None and own != domain:
+            if stages is not None:
+                raise ValueError(f"{d} was trained on {own!r}, not {domain!r}")
+            say(f"[evaluate] {label}: {d.name} left out (trained on {own!r}, not {domain!r})")
+            continue
         settings = (man.get("params") or {}).get("evidence")
         if settings and evidence is None:
             if stages is not None:
@@ -356,7 +414,8 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
             say(f"[evaluate] {label}: {d.name} left out (trained with evidence prompts; ask for evidence systems)")
             continue
         labels.add(label)
-        system = stage_system(label, d, loader, description=f"{man['stage']}/{d.name}")
+        system = stage_system(label, d, loader, description=f"{man['stage']}/{d.name}",
+                              domain=domain or own or "movies")
         out.append(evidence_system(system, evidence(settings), name=label) if settings else system)
     order = {"SFT": 0, "Safe-SFT": 1, "Safe-GDPO": 2, "Safe-SFT + evidence": 3, "Safe-GDPO + evidence": 4}
 
@@ -373,7 +432,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                       zero_shot: bool = True, trained: bool = True, catalog=None, oracle=None,
                       n_popular: int = 5000, context_turns: int = 4, progress: bool = True,
                       evidence: bool = False, evidence_n: int | None = None, evidence_max_tags: int | None = None,
-                      log: Callable[[str], Any] | None = print) -> list[System]:
+                      log: Callable[[str], Any] | None = print, domain: str | None = None) -> list[System]:
     """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
     the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
     (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
@@ -384,11 +443,15 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     evidence (``"... + evidence"``, :func:`evidence_system`) and the models trained with evidence
     prompts (``Safe-SFT + evidence``, ``Safe-GDPO + evidence``), each prompted as it was
     trained. Candidates come from the retrieval baseline's pool (``n_popular``,
-    ``context_turns``). Without it the list, and every key, is as before."""
+    ``context_turns``). Without it the list, and every key, is as before.
+
+    ``domain`` (``"movies"`` or ``"games"``; None: the given catalog's or oracle's, else movies):
+    the baselines' domain, the LLMs' prompts and the catalog and oracle loaded for evidence."""
     from .pipeline import check_profile
     from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
     check_profile(profile)
+    domain = _resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
     say = log or (lambda _m: None)
     evidence = evidence or evidence_n is not None or evidence_max_tags is not None
     built: dict[str, EvidencePrompts] = {}
@@ -397,10 +460,10 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
         nonlocal catalog, oracle
         if catalog is None:
             from .catalog import load_catalog
-            catalog = load_catalog()
+            catalog = load_catalog(domain)
         if oracle is None:
             from .oracle import load_oracle
-            oracle = load_oracle()
+            oracle = load_oracle(domain=domain)
         full = evidence_settings(settings)
         key = json.dumps(full, sort_keys=True)
         if key not in built:
@@ -410,16 +473,17 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     systems: list[System] = []
     if baselines:
         systems += baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
-                                    progress=progress)
+                                    progress=progress, domain=domain)
     if zero_shot:
-        systems.append(zero_shot_system(base_model))
+        systems.append(zero_shot_system(base_model, domain=domain))
         if evidence:
             settings = {"n": EVIDENCE_DEFAULTS["n"] if evidence_n is None else evidence_n,
                         "max_tags": EVIDENCE_DEFAULTS["max_tags"] if evidence_max_tags is None else evidence_max_tags,
                         "n_popular": n_popular, "context_turns": context_turns}
             systems.append(evidence_system(systems[-1], evidence_for(settings)))
     if trained:
-        found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None)
+        found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None,
+                                domain=domain)
         names = {s.name.split(" (")[0] for s in found}
         wanted = ("SFT", "Safe-SFT", "Safe-GDPO") + (("Safe-SFT + evidence", "Safe-GDPO + evidence") if evidence else ())
         missing = [n for n in wanted if n not in names]
@@ -539,16 +603,21 @@ def cost_table(systems: Sequence[System], rows, k: int = 10, max_new_tokens: int
 
 def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10), catalog=None, oracle=None,
                max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True,
-               log: Callable[[str], Any] | None = print) -> pd.DataFrame:
+               log: Callable[[str], Any] | None = print, domain: str | None = None) -> pd.DataFrame:
     """Per-sample scores of ``system`` on ``rows`` (:mod:`safecrs_core.metrics` columns plus
-    ``system``, ``group``, ``kind`` and, for LLMs, ``completion``)."""
+    ``system``, ``group``, ``kind`` and, for LLMs, ``completion``).
+
+    ``catalog``/``oracle`` default to those of ``domain``; None: the domain of an LLM's prompt
+    (:func:`llm_domain`), else of the given catalog or oracle, else movies. They must agree."""
+    domain = _resolve_domain(domain, ("system's prompt", llm_domain(system)), ("catalog", catalog),
+                             ("oracle", oracle))
     if oracle is None:
         from .oracle import load_oracle
-        oracle = load_oracle()
+        oracle = load_oracle(domain=domain)
     if system.kind == "llm":
         if catalog is None:
             from .catalog import load_catalog
-            catalog = load_catalog()
+            catalog = load_catalog(domain)
         texts = generations(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             progress=progress, log=log)
         df = M.score_completions(texts, rows, catalog, oracle, k=k, ks=ks)
@@ -572,10 +641,12 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
 def results_stage(systems: Sequence[System], rows, *, profile: str | None = None, label: str = "main", k: int = 10,
                   ks: Sequence[int] = (5, 10), n_boot: int = 1000, seed: int = 0, max_new_tokens: int = 256,
                   batch_size: int = 8, catalog=None, oracle=None, progress: bool = True, force: bool = False,
-                  log: Callable[[str], Any] | None = print) -> Path:
+                  log: Callable[[str], Any] | None = print, domain: str | None = None) -> Path:
     """Run every system on ``rows`` and write the results stage (module docstring); cached by the
     systems' keys, the rows' fingerprint and the evaluation parameters. ``profile`` and ``label``
-    name the evaluation so that :func:`find_results` can find it again (they key the stage too)."""
+    name the evaluation so that :func:`find_results` can find it again (they key the stage too;
+    :func:`results_label` gives a domain's label). ``domain``: as in :func:`run_system`, one for
+    all systems (the rows and the systems' keys already tell domains apart, so it keys nothing)."""
     from .pipeline import run_stage
 
     systems = list(systems)
@@ -584,13 +655,15 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
         raise ValueError(f"system names must be unique, got {names}")
     if not systems:
         raise ValueError("no systems to evaluate")
+    domain = _resolve_domain(domain, *((f"prompt of {s.name!r}", llm_domain(s)) for s in systems),
+                             ("catalog", catalog), ("oracle", oracle))
     ks = tuple(sorted(set(ks) | {k}))
     params = {"profile": profile, "label": label, "systems": [s.key() for s in systems],
               "rows": rows_fingerprint(rows), "n_rows": len(rows), "k": k, "ks": list(ks), "n_boot": n_boot, "seed": seed, "max_new_tokens": max_new_tokens}
 
     def fn(tmp: Path):
         frames = [run_system(s, rows, k=k, ks=ks, catalog=catalog, oracle=oracle, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, progress=progress, log=log) for s in systems]
+                             batch_size=batch_size, progress=progress, log=log, domain=domain) for s in systems]
         per_sample = pd.concat(frames, ignore_index=True)
         per_sample.to_parquet(tmp / "per_sample.parquet", index=False)
         summary = summarize_systems(per_sample, names, n_boot=n_boot, seed=seed)
@@ -675,10 +748,16 @@ def find_results(profile: str, label: str = "main", root: str | os.PathLike | No
     return max(found, key=lambda x: x[0])[1]
 
 
+def results_label(name: str = "main", domain: str = "movies") -> str:
+    """The results label ``name`` on ``domain``: ``name`` for movies (notebooks 04 and 05 use
+    ``"main"``), ``"<domain>_<name>"`` otherwise."""
+    return name if domain == "movies" else f"{domain}_{name}"
+
+
 def baselines_label(domain: str = "movies") -> str:
     """The results label of the baselines on a domain's whole test split: ``"baselines_full"``
     for movies (notebook 04), ``"<domain>_baselines_full"`` otherwise."""
-    return "baselines_full" if domain == "movies" else f"{domain}_baselines_full"
+    return results_label("baselines_full", domain)
 
 
 def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: int = 10, n_boot: int = 1000,
@@ -758,13 +837,16 @@ def evaluate_systems(systems: Sequence[System], rows, **kwargs) -> tuple[pd.Data
     return res.per_sample, res.summary
 
 
-def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike | None = None,
+                  domain: str = "movies") -> Path:
     """Copy the main results table (``summary.md``) to ``path`` (default
-    ``<repo>/book/_generated/results_table.md``)."""
+    ``<repo>/book/_generated/results_table.md``, ``results_table_<domain>.md`` for another
+    domain)."""
     from .pipeline import repo_root
 
     stage = results.stage if isinstance(results, Results) else Path(results)
-    dest = Path(path) if path is not None else repo_root() / "book" / "_generated" / "results_table.md"
+    name = "results_table.md" if domain == "movies" else f"results_table_{domain}.md"
+    dest = Path(path) if path is not None else repo_root() / "book" / "_generated" / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stage / "summary.md", dest)
     return dest
@@ -835,9 +917,9 @@ def paper_table(reported: Mapping | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("system") if rows else pd.DataFrame()
 
 
-__all__ = ["find_results", "baselines_stage", "baselines_label", "domain_table", "trait_table", "constraint_kind",
+__all__ = ["find_results", "results_label", "baselines_stage", "baselines_label", "domain_table", "trait_table", "constraint_kind",
            "rows_by_id", "example_lists", "load_paper_results", "paper_table",
-           "System", "baseline_systems", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
+           "System", "llm_domain", "baseline_systems", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
            "trained_label", "available_systems", "generation_stage", "generations", "generation_cost", "cost_table",
            "run_system", "results_stage", "evaluate_systems", "load_results",
            "Results", "summarize_systems", "results_markdown", "publish_table", "evidence_table",

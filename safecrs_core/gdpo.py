@@ -324,6 +324,9 @@ class SafeGDPOTrainer(GRPOTrainer):
 class GDPOParams:
     """Literal parameters of a Safe-GDPO run (they key the cached stage).
 
+    ``domain``: ``"movies"`` (SafeMovie) or ``"games"`` (SafeGame); it picks the prompts and the
+    catalog and oracle that :func:`train_gdpo` loads.
+
     Rewards: ``k`` ranks and target length, ``lambda_safe``/``lambda_count`` scales,
     ``unknown_penalty`` (0: unknown verdicts are not penalised). Ablations: ``mode`` (``"gdpo"``
     or ``"grpo"``), ``level`` (``"rank"`` or ``"sequence"``), ``use_safety``/``use_count``
@@ -385,6 +388,9 @@ class GDPOParams:
     evidence: dict | None = None
 
     def __post_init__(self):
+        from .prompts import DOMAINS
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.level not in LEVELS:
@@ -508,8 +514,11 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
                   callbacks: Sequence | None = None, evidence=None, **config_overrides) -> SafeGDPOTrainer:
     """A :class:`SafeGDPOTrainer` for ``params`` on an in-memory ``model`` and ``tokenizer``.
     A PEFT model is merged first when ``params.lora`` asks for a new adapter. ``evidence``: the
-    :class:`~safecrs_core.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`)."""
+    :class:`~safecrs_core.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`).
+    ``catalog``, ``oracle`` (and the evidence's) must be of ``params.domain``."""
     _check_evidence(params, evidence)
+    _check_domain(params, catalog=catalog, oracle=oracle, evidence_catalog=getattr(evidence, "catalog", None),
+                  evidence_oracle=getattr(evidence, "oracle", None))
     if params.lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if params.beta != 0.0 and not params.lora:
@@ -524,6 +533,14 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)  # per-step logs stay in trainer.state.log_history
     return trainer
+
+
+def _check_domain(params: GDPOParams, **objects) -> None:
+    """Each of ``objects`` that has a ``domain`` (a catalog, an oracle) must be of ``params.domain``."""
+    for what, obj in objects.items():
+        got = getattr(obj, "domain", None)
+        if got is not None and got != params.domain:
+            raise ValueError(f"GDPOParams(domain={params.domain!r}) got a {got} {what.replace('_', ' ')}")
 
 
 def _check_evidence(params: GDPOParams, evidence) -> None:
@@ -606,10 +623,12 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     transformers ``TrainerCallback`` objects (progress display); they do not key the stage.
     ``evidence``: with ``params.evidence`` set, the matching
     :class:`~safecrs_core.prompts.EvidencePrompts` (``EvidencePrompts.from_benchmark(ds, catalog,
-    oracle, **params.evidence)``); its candidate source is then an input of the stage."""
+    oracle, **params.evidence)``); its candidate source is then an input of the stage.
+    ``catalog``/``oracle`` default to those of ``params.domain``."""
     from .pipeline import run_stage, stage_dir, stage_key
 
     _check_evidence(params, evidence)
+    _check_domain(params, catalog=catalog, oracle=oracle)
     inputs = [_base_input(model_or_stage), f"rows:{rows_fingerprint(rows)}"]
     if evidence is not None:
         inputs.append(f"candidates:{evidence.candidates_ref}")
@@ -626,7 +645,7 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
             cat = load_catalog(domain=params.domain)
         if orc is None:
             from .oracle import load_oracle
-            orc = load_oracle()
+            orc = load_oracle(domain=params.domain)
         model, tok, base = _load_base(model_or_stage)
         ckpt.mkdir(parents=True, exist_ok=True)
         trainer = build_trainer(params, model, tok, rows, cat, orc, ckpt, callbacks=callbacks, evidence=evidence)
