@@ -487,3 +487,16 @@ def load_benchmark(path: str | Path):
     from datasets import load_from_disk
     p = Path(path)
     return load_from_disk(str(p / "dataset")), json.loads((p / "stats.json").read_text())
+
+
+def benchmark_domain(stats_or_dir) -> str:
+    """The domain (``"movies"`` or ``"games"``) of a benchmark, from its stats dict or its stage
+    directory; a movie benchmark's stats have no domain entry."""
+    if isinstance(stats_or_dir, dict):
+        stats = stats_or_dir
+    else:
+        stats = json.loads((Path(stats_or_dir) / "stats.json").read_text())
+    domain = stats.get("domain") or (stats.get("config") or {}).get("domain") or "movies"
+    if domain not in DOMAINS:
+        raise ValueError(f"benchmark domain {domain!r} is not one of {', '.join(DOMAINS)}")
+    return domain

@@ -23,6 +23,11 @@ Targets (:func:`build_targets`)
       item, then the smaller id, so targets are deterministic. When the neighbours run out, the
       items most often named as ground truth in the training conversations, then the catalog's
       most popular items, fill the list.
+    * **Games** (a benchmark built with ``domain="games"``, :func:`~safecrs_core.benchmark.benchmark_domain`):
+      there is no co-rating data, so ``sim_ml`` gives way to ``sim_catalog``, the same similarity
+      over catalog baskets (:func:`game_baskets`: the games of one series, of one developer, of
+      one publisher); ``sim_conv`` and the fallback stay. Prompts, catalog and oracle are the
+      games ones throughout (data, training, validation and evaluation).
     * **Safe-SFT** (``variant="safe"``): the prompt is the SafeRec conversation with its phrased
       sensitivity; the ground truth is the row's ``targets`` (already oracle-filtered) and
       candidates the oracle marks ``unsafe`` for the user's trait are dropped (``unknown`` stays).
@@ -248,6 +253,10 @@ class CoOccurrence:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.index
 
+    def _co(self, j: int) -> np.ndarray:
+        """Baskets holding item ``j`` and each item (float64, one per item)."""
+        return self._X[self._X[:, j] > 0].sum(0).astype(np.float64)
+
     def neighbours(self, item_id: str, top: int = 200) -> tuple[tuple[str, float], ...]:
         """Up to ``top`` ``(item_id, similarity)`` pairs, most similar first (ties: smaller id)."""
         j = self.index.get(item_id)
@@ -256,7 +265,7 @@ class CoOccurrence:
         hit = self._cache.get((item_id, top))
         if hit is not None:
             return hit
-        co = self._X[self._X[:, j] > 0].sum(0).astype(np.float64)
+        co = self._co(j)
         co[j] = 0.0
         with np.errstate(invalid="ignore", divide="ignore"):
             sim = co / (np.sqrt(self.counts[j]) * self.counts ** self.pop_exponent) * co / (co + self.shrink)
@@ -268,6 +277,36 @@ class CoOccurrence:
         out = tuple((self.items[i], float(sim[i])) for i in order)
         self._cache[(item_id, top)] = out
         return out
+
+
+class SparseCoOccurrence(CoOccurrence):
+    """:class:`CoOccurrence` on a sparse basket matrix: the same similarity, for many small
+    baskets over a large catalog (the game catalog's baskets)."""
+
+    def __init__(self, baskets: Iterable[Iterable[str]], shrink: float = 2.0, pop_exponent: float = 0.75,
+                 name: str = ""):
+        from scipy import sparse
+
+        baskets = [sorted(set(b)) for b in baskets]
+        baskets = [b for b in baskets if b]
+        self.name = name
+        self.shrink = float(shrink)
+        self.pop_exponent = float(pop_exponent)
+        self.items = sorted({i for b in baskets for i in b})
+        self.index = {it: j for j, it in enumerate(self.items)}
+        rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
+        cols = np.array([self.index[i] for b in baskets for i in b], dtype=np.int64)
+        X = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)),
+                              shape=(len(baskets), len(self.items)))
+        self._X = X
+        self._Xc = X.tocsc()
+        self.counts = np.asarray(X.sum(0), dtype=np.float32).ravel()
+        self.n_baskets = len(baskets)
+        self._cache: dict[tuple[str, int], tuple] = {}
+
+    def _co(self, j: int) -> np.ndarray:
+        holding = self._Xc.indices[self._Xc.indptr[j]:self._Xc.indptr[j + 1]]
+        return np.asarray(self._X[holding].sum(0), dtype=np.float64).ravel()
 
 
 def _item_ids(refs) -> list[str]:
@@ -284,6 +323,42 @@ def movielens_likes(catalog, min_rating: float = 4.0, data_dir=None) -> list[lis
     liked["item_id"] = liked["movieId"].map(to_item)
     liked = liked.dropna(subset=["item_id"])
     return [sorted(g) for _, g in liked.groupby("userId")["item_id"]]
+
+
+def game_baskets(catalog) -> list[list[str]]:
+    """Catalog baskets of the game catalog: the games of one series
+    (:func:`~safecrs_core.conversations.franchise_key` of the title), of one developer and of one
+    publisher; baskets of a single game are left out."""
+    from .conversations import franchise_key
+
+    items = catalog.items
+    groups: dict[str, list[str]] = defaultdict(list)
+    for it, title in items["title"].items():
+        key = franchise_key(str(title))
+        if key:
+            groups[f"series:{key}"].append(it)
+    for col in ("developer", "publisher"):
+        for it, name in items[col].dropna().items():
+            name = str(name).strip().lower()
+            if name:
+                groups[f"{col}:{name}"].append(it)
+    return [sorted(set(groups[k])) for k in sorted(groups) if len(set(groups[k])) >= 2]
+
+
+def _domain_of(catalog=None, domain: str | None = None) -> str:
+    """``domain`` when given, else the catalog's domain (movies without a catalog)."""
+    return domain or getattr(catalog, "domain", None) or "movies"
+
+
+def _load_world(domain: str, data_dir=None, threshold: float | None = None):
+    """(catalog, oracle) of ``domain`` (the oracle at ``threshold``, its default when None)."""
+    from .catalog import load_catalog
+    from .oracle import load_oracle
+
+    kw = {} if threshold is None else {"threshold": threshold}
+    if domain == "movies":
+        return load_catalog(data_dir=data_dir), load_oracle(data_dir=data_dir, **kw)
+    return load_catalog(domain, data_dir=data_dir), load_oracle(data_dir=data_dir, domain=domain, **kw)
 
 
 class Neighbours:
@@ -304,13 +379,21 @@ class Neighbours:
     @classmethod
     def from_benchmark(cls, train_rows, catalog=None, data_dir=None, min_rating: float = 4.0,
                        shrink: float = 2.0, pop_exponent: float = 0.75, conv_weight: float = 2.0,
-                       seen_weight: float = 0.5) -> "Neighbours":
-        """MovieLens co-rating plus co-mention in ``train_rows`` (the benchmark's training split);
-        fallback: the training ground truth by frequency, then the catalog's most popular items."""
+                       seen_weight: float = 0.5, domain: str | None = None) -> "Neighbours":
+        """MovieLens co-rating (games: the catalog baskets of :func:`game_baskets`;
+        ``min_rating`` unused) plus co-mention in ``train_rows`` (the benchmark's training split);
+        fallback: the training ground truth by frequency, then the catalog's most popular items.
+        ``domain``: the catalog's domain when None (movies without a catalog)."""
+        domain = _domain_of(catalog, domain)
         if catalog is None:
             from .catalog import load_catalog
-            catalog = load_catalog(data_dir=data_dir)
-        ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
+            catalog = load_catalog(data_dir=data_dir) if domain == "movies" else load_catalog(domain, data_dir=data_dir)
+        elif getattr(catalog, "domain", domain) != domain:
+            raise ValueError(f"Neighbours.from_benchmark(domain={domain!r}) got a {catalog.domain} catalog")
+        if domain == "movies":
+            ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
+        else:
+            ml = SparseCoOccurrence(game_baskets(catalog), shrink, pop_exponent, name="catalog")
         convs = [_item_ids(r["seen"]) + _item_ids(r["targets"]) + _item_ids(r["removed_targets"]) for r in train_rows]
         conv = CoOccurrence(convs, shrink, pop_exponent, name="conversations")
         freq = Counter(i for r in train_rows for i in _item_ids(r["targets"]) + _item_ids(r["removed_targets"]))
@@ -406,10 +489,10 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if catalog is None:
         from .catalog import load_catalog
-        catalog = load_catalog()
+        catalog = load_catalog() if domain == "movies" else load_catalog(domain)
     if oracle is None:
         from .oracle import load_oracle
-        oracle = load_oracle()
+        oracle = load_oracle() if domain == "movies" else load_oracle(domain=domain)
     if evidence is not None and variant != "safe":
         raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
     if neighbours is None and evidence is None:
@@ -538,31 +621,31 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
     ``config.evidence`` the ``safe/`` examples have evidence prompts (:func:`build_targets`)."""
     from datasets import Dataset
 
-    from .benchmark import load_benchmark
-    from .catalog import load_catalog
-    from .oracle import load_oracle
+    from .benchmark import benchmark_domain, load_benchmark
     from .pipeline import atomic_write_json, run_stage
 
     bench = Path(benchmark_dir)
 
     def fn(tmp: Path):
         ds, bstats = load_benchmark(bench)
-        catalog = load_catalog(data_dir=data_dir)
-        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        domain = benchmark_domain(bstats)
+        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
         train = ds["train"]
         nb = Neighbours.from_benchmark(list(train), catalog, data_dir, config.min_rating, config.shrink,
-                                       config.pop_exponent, config.conv_weight, config.seen_weight)
+                                       config.pop_exponent, config.conv_weight, config.seen_weight,
+                                       domain=domain)
         rows = list(_train_subset(train, config.max_train_samples, config.seed))
         stats = {"params": config.data_params(), "conversations": len(rows),
                  "signals": {s.name: {"items": len(s.items), "baskets": s.n_baskets} for s, _ in nb.signals}}
         evidence = config.evidence_prompts(ds, catalog, oracle, progress=progress, log=log)
         for variant in VARIANTS:
             ex = build_targets(rows, variant, k=config.k, neighbours=nb, catalog=catalog, oracle=oracle,
-                               progress=progress, evidence=evidence if variant == "safe" else None)
+                               progress=progress, domain=domain, evidence=evidence if variant == "safe" else None)
             Dataset.from_list(ex).save_to_disk(str(tmp / variant))
             stats[variant] = target_stats(ex, config.k)
-        gt_in_ml = [i in nb.signals[0][0] for r in rows for i in _item_ids(r["targets"])]
-        stats["ground_truth_in_movielens"] = float(np.mean(gt_in_ml)) if gt_in_ml else 0.0
+        first = nb.signals[0][0]  # movies: "ground_truth_in_movielens"; games: "ground_truth_in_catalog"
+        gt_in_first = [i in first for r in rows for i in _item_ids(r["targets"])]
+        stats[f"ground_truth_in_{first.name}"] = float(np.mean(gt_in_first)) if gt_in_first else 0.0
         atomic_write_json(tmp / "stats.json", stats)
         return {v: stats[v]["examples"] for v in VARIANTS}
 
@@ -655,18 +738,24 @@ def validation_rows(benchmark_dir: str | os.PathLike, n: int, seed: int = 0, off
 
 def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens: int = 288,
                    batch_size: int = 8, max_prompt_tokens: int | None = None, catalog=None, oracle=None,
-                   progress: bool = True, evidence=None) -> tuple[list[str], pd.DataFrame]:
+                   progress: bool = True, evidence=None, domain: str | None = None) -> tuple[list[str], pd.DataFrame]:
     """Greedy completions of ``model`` for benchmark ``rows`` and their per-row metrics
-    (:func:`safecrs_core.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`."""
+    (:func:`safecrs_core.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`.
+    ``domain`` (the prompts' domain, and the catalog and oracle loaded when not given): the
+    catalog's domain when None, movies without a catalog."""
     from .metrics import score_completions
     from .models import generate
 
     if not rows:
         raise ValueError("no rows to evaluate")
+    domain = _domain_of(catalog, domain)
+    if domain != "movies" and (catalog is None or oracle is None):
+        c, o = _load_world(domain)
+        catalog, oracle = catalog if catalog is not None else c, oracle if oracle is not None else o
     was_training = model.training
     model.eval()
     try:
-        prompts = validation_prompts(rows, tok, k, max_prompt_tokens, evidence=evidence)
+        prompts = validation_prompts(rows, tok, k, max_prompt_tokens, domain=domain, evidence=evidence)
         # the Trainer switches the KV cache off in the model config; generation needs it back.
         # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
         completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -733,8 +822,9 @@ class CheckpointScorer(TrainerCallback):
     and, with ``prune``, removes checkpoints that are neither the best nor the latest."""
 
     def __init__(self, rows, tok, config: SafeSFTConfig, output_dir, catalog=None, oracle=None,
-                 progress: bool = True, prune: bool = True, log=print, evidence=None):
+                 progress: bool = True, prune: bool = True, log=print, evidence=None, domain: str | None = None):
         self.rows, self.tok, self.config = list(rows), tok, config
+        self.domain = _domain_of(catalog, domain)  # the benchmark's domain (prompts, catalog, oracle)
         self.evidence = evidence  # EvidencePrompts when the run trains with evidence prompts
         self.output_dir = Path(output_dir)
         self.catalog, self.oracle, self.progress, self.prune = catalog, oracle, progress, prune
@@ -750,7 +840,7 @@ class CheckpointScorer(TrainerCallback):
         t0 = time.perf_counter()
         comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
                                    self.config.eval_batch_size, self.config.max_length, self.catalog,
-                                   self.oracle, self.progress, evidence=self.evidence)
+                                   self.oracle, self.progress, evidence=self.evidence, domain=self.domain)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         summary = _summary(df) | {"seconds": round(seconds, 1)}
@@ -862,10 +952,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
     ``threads``: torch threads while training and scoring (:func:`torch_threads`; not part of
     the stage key).
     """
-    from .benchmark import benchmark_for_profile
-    from .catalog import load_catalog
+    from .benchmark import benchmark_domain, benchmark_for_profile
     from .models import load_model
-    from .oracle import load_oracle
     from .pipeline import atomic_write_json, run_stage, stage_ref
 
     bench = Path(benchmark_dir) if benchmark_dir is not None else benchmark_for_profile("book", data_dir)[2]
@@ -885,14 +973,15 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
             raise ValueError(f"no training example fits max_length={config.max_length} tokens "
                              f"({n_drop} too long even without their older turns); raise max_length")
         bstats = json.loads((bench / "stats.json").read_text())
-        catalog = load_catalog(data_dir=data_dir)
-        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        domain = benchmark_domain(bstats)
+        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         evidence = None
         if config.evidence is not None and rows:
             from .benchmark import load_benchmark
             evidence = config.evidence_prompts(load_benchmark(bench)[0], catalog, oracle, progress=progress, log=log)
-        scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence)
+        scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
+                                  domain=domain)
         trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
         last = last_checkpoint(work)
         if last is not None:
@@ -1019,9 +1108,8 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
     :func:`validation_rows` ``(n, seed, offset)`` for ``model``, either a model name (zero-shot)
     or an ``sft`` stage directory. Files: ``completions.json``, ``scores.parquet``,
     ``summary.json``."""
-    from .catalog import load_catalog
+    from .benchmark import benchmark_domain
     from .models import load_model
-    from .oracle import load_oracle
     from .pipeline import atomic_write_json, is_done, run_stage, stage_ref
 
     bench = Path(benchmark_dir)
@@ -1038,11 +1126,11 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
         else:
             m, tok = load_model(str(model))
         bstats = json.loads((bench / "stats.json").read_text())
-        catalog = load_catalog(data_dir=data_dir)
-        oracle = load_oracle(data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        domain = benchmark_domain(bstats)
+        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
         t0 = time.perf_counter()
         comps, df = evaluate_model(m, tok, rows, k, max_new_tokens, batch_size, max_prompt_tokens, catalog,
-                                   oracle, progress)
+                                   oracle, progress, domain=domain)
         seconds = time.perf_counter() - t0
         new_tokens = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in comps)
         atomic_write_json(tmp / "completions.json", {"ids": [r["id"] for r in rows], "completions": comps})
