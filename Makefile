@@ -10,6 +10,8 @@
 #   PYTHON            interpreter that creates .venv         (default: python3.11, else python3)
 #   PYTEST_ARGS       extra pytest arguments, e.g. PYTEST_ARGS="-k pipeline -x"
 #   ONLY              notebooks to run, e.g. ONLY="01 02"    (default: all)
+#   DOMAINS           domains of notebooks 01-05             (default: "movies games"; the book
+#                     lists both, so a book build needs both)
 #   FORCE=1           re-execute notebooks whose output is up to date (same source, parameters,
 #                     package code and cached stages); by default those are skipped
 
@@ -17,6 +19,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PROFILE ?= book
+DOMAINS ?= movies games
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 SAFECRS_DATA_DIR ?= $(abspath ../shared/data)
 export SAFECRS_DATA_DIR
@@ -47,7 +50,7 @@ test: $(STAMP)
 	exit $$rc
 
 notebooks: $(STAMP)
-	$(VPY) scripts/run_notebooks.py --profile $(PROFILE) $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
+	$(VPY) scripts/run_notebooks.py --profile $(PROFILE) --domains $(DOMAINS) $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
 
 # Warnings are errors (-W, -n); --keep-going reports all of them before failing.
 book: notebooks

@@ -17,13 +17,13 @@
 # ground-truth items that violate the trait, and phrases the trait into the user's last turn.
 # The paper builds it from Reddit-v2 conversations with DoesTheDogDie and IMDb Parents Guide
 # labels. Neither label source is available offline, so this notebook rebuilds SafeRec from the
-# public conversations and safety signals described in the [data card](../../book/data.md):
+# public conversations and safety signals described in the [data card](/book/data.md):
 # ReDial, IARD, INSPIRED, the Facebook Movie Dialog tasks and the authors' Reddit-v2 samples, judged by
-# the [Safety Oracle](../../book/oracle.md) on Kids-In-Mind, MPAA rating reasons, keyword tags and genres.
+# the [Safety Oracle](/book/oracle.md) on Kids-In-Mind, MPAA rating reasons, keyword tags and genres.
 # Nothing here is synthetic: every conversation and target is real; only the sentence that states
 # the user's sensitivity is added from templates.
 #
-# With `domain = "games"` the same notebook builds **SafeGame** (see the [SafeGame data card](../../book/safegame.md)):
+# With `domain = "games"` the same notebook builds **SafeGame** (see the [SafeGame data card](/book/safegame.md)):
 # a game catalog from the ESRB, PEGI and vgsales
 # tables, an oracle on ESRB content descriptors and ratings and PEGI ages, and game requests that
 # are **synthetic** (no real game-recommendation conversations exist): seed games and targets are

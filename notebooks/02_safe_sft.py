@@ -39,7 +39,9 @@
 
 # %% tags=["parameters"]
 profile = "book"
+domain = "movies"  # or "games" (SafeGame)
 seed = 0
+variants = ["plain", "safe"]  # plain SFT and Safe-SFT
 model_name = "smollm2-135m-instruct"
 max_train_samples = 64  # training conversations per variant
 epochs = 1.0
@@ -67,13 +69,24 @@ from IPython.display import Markdown, display
 from safecrs_core import plots, sft
 from safecrs_core.benchmark import benchmark_for_profile
 
-_, _, bench = benchmark_for_profile(profile)  # the SafeRec build of notebook 01 (cached)
+_, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
+figure_suffix = "" if domain == "movies" else f"_{domain}"
+labels = {"plain": "plain SFT", "safe": "Safe-SFT"}
 config = sft.SafeSFTConfig(
     model_name=model_name, max_train_samples=max_train_samples, epochs=epochs, max_steps=max_steps,
     learning_rate=learning_rate, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
     grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, val_samples=val_samples,
     max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed)
 config
+
+# %%
+if domain == "games":
+    display(Markdown(
+        "**SafeGame.** Games have no ratings like MovieLens, so the neighbours that fill a target "
+        "list come from the game catalog itself: games of the same series, developer or publisher "
+        "(the same item-item score over those groups), plus co-mention in SafeGame's training "
+        "requests. The requests are synthetic and built from the same relations, so these "
+        "neighbours find the ground truth far more easily than on SafeMovie."))
 
 # %% [markdown]
 # ## Targets
@@ -99,7 +112,7 @@ sft.dropped_table(stats)
 
 # %%
 i = next((j for j, e in enumerate(safe_ds) if e["dropped"]), 0)
-for name, ds in (("plain SFT", plain_ds), ("Safe-SFT", safe_ds)):
+for name, ds in ((labels[v], {"plain": plain_ds, "safe": safe_ds}[v]) for v in variants):
     ex = ds[i]
     last = next(m["content"] for m in reversed(ex["prompt"]) if m["role"] == "user")
     display(Markdown(f"**{name}**, `{ex['id']}` (trait `{ex['trait']}`)\n\n> {' '.join(last.split())}\n\n"
@@ -107,12 +120,12 @@ for name, ds in (("plain SFT", plain_ds), ("Safe-SFT", safe_ds)):
 
 # %% [markdown]
 # ## Training
-# Plain SFT and Safe-SFT with the same settings. Each stage is cached: a rerun with the same
+# Plain SFT and Safe-SFT (the `variants` parameter) with the same settings. Each stage is cached: a rerun with the same
 # parameters loads the chosen adapter, and an interrupted run resumes from its last checkpoint.
 
 # %%
 stages = {}
-for variant in ("plain", "safe"):
+for variant in variants:
     stages[variant] = sft.train_sft(config.replace(variant=variant), bench, threads=torch_threads)
 runs = pd.DataFrame({v: {**sft.stage_summary(p)["train"], "stage": p.name} for v, p in stages.items()}).T
 runs[["examples", "trimmed", "final_step", "best_step", "seconds_per_step", "train_seconds", "stage"]]
@@ -126,8 +139,8 @@ pd.concat({v: pd.DataFrame(sft.stage_summary(p)["checkpoints"]["scores"]).T
            for v, p in stages.items()}, names=["variant", "step"]).round(3)
 
 # %%
-fig = sft.plot_loss_curves({"plain SFT": stages["plain"], "Safe-SFT": stages["safe"]})
-plots.save(fig, "sft_loss_curves");
+fig = sft.plot_loss_curves({labels[v]: stages[v] for v in variants})
+plots.save(fig, f"sft_loss_curves{figure_suffix}");
 
 # %% [markdown]
 # ## Zero-shot, plain SFT and Safe-SFT on validation conversations
@@ -142,8 +155,8 @@ zero = sft.evaluate_stage(model_name, bench, n=val_samples, seed=seed, k=config.
                           batch_size=eval_batch_size, max_prompt_tokens=max_length, threads=torch_threads)
 zero_comps, zero_df, zero_summary = sft.load_eval(zero)
 results = {"zero-shot": (zero_comps, zero_df)}
-for variant, label in (("plain", "plain SFT"), ("safe", "Safe-SFT")):
-    results[label] = sft.validation_frame(stages[variant])
+for variant in variants:
+    results[labels[variant]] = sft.validation_frame(stages[variant])
 sft.compare({label: df for label, (_, df) in results.items()})
 
 # %% [markdown]

@@ -20,7 +20,7 @@
 # * **relevance** `hit[k]` = 1 when the item at rank *k* is a ground-truth item the user has not
 #   already mentioned;
 # * **safety** `-λ_safe · v[k] / log2(k+1)`, with `v[k]` = 1 when the
-#   [Safety Oracle](../../book/oracle.md) marks the item unsafe for the user's sensitivity: an
+#   [Safety Oracle](/book/oracle.md) marks the item unsafe for the user's sensitivity: an
 #   unsafe item at the top costs most. Items the oracle cannot judge are not penalised by default;
 # * **count** `+λ_c` when the list has the requested ten items, else `-λ_c·|n-10|/10`
 #   (an unparseable answer gets `-λ_c`), the same value at every rank.
@@ -33,6 +33,7 @@
 
 # %% tags=["parameters"]
 profile = "book"
+domain = "movies"  # or "games" (SafeGame)
 seed = 0
 k = 10
 base_model = "smollm2-135m-instruct"
@@ -50,7 +51,7 @@ max_prompt_tokens = 384
 temperature = 0.7  # sampling temperature; below 1 a 135M model keeps the answer format more often (paper profile: 1.0)
 lora = True
 bf16 = False
-ablations = ["grpo", "no_safety", "no_count"]  # also trained, with the same budget (paper profile adds "sequence")
+ablations = ["grpo", "no_count"]  # also trained, same budget ("no_safety" and "sequence" under the paper profile; the CPU budget keeps two)
 torch_threads = 1  # CPU threads (0: torch's default); one is faster when other jobs share the CPU
 
 # %%
@@ -66,8 +67,9 @@ from safecrs_core.rewards import RankRewards
 
 if torch_threads:
     torch.set_num_threads(torch_threads)
-ds, stats, bench = benchmark_for_profile(profile, seed=seed)
-catalog, oracle = load_catalog(), load_oracle()
+ds, stats, bench = benchmark_for_profile(profile, seed=seed, domain=domain)
+catalog, oracle = load_catalog(domain), load_oracle(threshold=stats["config"]["threshold"], domain=domain)
+figure_suffix = "" if domain == "movies" else f"_{domain}"
 print(bench)
 
 # %% [markdown]
@@ -117,7 +119,7 @@ params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_bat
                       max_steps=max_steps, learning_rate=learning_rate, beta=beta, lambda_safe=lambda_safe,
                       lambda_count=lambda_count, max_completion_length=max_completion_length,
                       max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
-                      n_train=n_train, seed=seed)
+                      n_train=n_train, seed=seed, domain=domain)
 params
 
 # %%
@@ -134,7 +136,7 @@ logs = {name: G.training_log(stage) for name, stage in runs.items()}
 # [evaluation](04_evaluate).
 
 # %%
-plots.save(G.plot_training(logs), "gdpo_training");
+plots.save(G.plot_training(logs), f"gdpo_training{figure_suffix}");
 
 # %%
 cols = {"rank_rewards/hits_mean": "hits", "rank_rewards/penalty_mean": "penalty", "rank_rewards/unsafe_items": "unsafe items",

@@ -20,7 +20,7 @@
 # * **Recall@10** and **NDCG@10** measure how much of the ground truth (targets left after the
 #   oracle removed unsafe ones) the list finds, and how high;
 # * **SVR@10** (safety violation ratio) is the share of returned items the
-#   [Safety Oracle](../../book/oracle.md) judges *unsafe* for the user's sensitivity trait, and
+#   [Safety Oracle](/book/oracle.md) judges *unsafe* for the user's sensitivity trait, and
 #   **S-DCG@10** the rank-discounted count of those items;
 # * **Unknown@10** is the share of returned items the oracle cannot judge (titles outside the
 #   catalog included). Unknown is never counted as safe, so a low SVR@10 with a high Unknown@10
@@ -32,6 +32,7 @@
 
 # %% tags=["parameters"]
 profile = "book"
+domain = "movies"  # or "games" (SafeGame)
 seed = 0
 k = 10
 n_test = 40  # test conversations drawn for the LLM comparison (generation is the slow part on a CPU)
@@ -58,8 +59,9 @@ from safecrs_core.oracle import load_oracle
 
 if torch_threads:
     torch.set_num_threads(torch_threads)
-ds, stats, bench = benchmark_for_profile(profile, seed=seed)
-catalog, oracle = load_catalog(), load_oracle()
+ds, stats, bench = benchmark_for_profile(profile, seed=seed, domain=domain)
+catalog, oracle = load_catalog(domain), load_oracle(domain=domain)
+figure_suffix = "" if domain == "movies" else f"_{domain}"
 
 # %% [markdown]
 # ## The systems
@@ -84,10 +86,10 @@ glue("n_test_split", len(ds["test"]), display=False)
 print(f"{len(rows)} of {len(ds['test'])} test conversations")
 
 # %%
-stage = E.results_stage(chosen, rows, profile=profile, k=k, n_boot=n_boot, seed=seed,
+stage = E.results_stage(chosen, rows, profile=profile, label=E.results_label("main", domain), k=k, n_boot=n_boot, seed=seed,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle)
 res = E.load_results(stage)
-E.publish_table(res);
+E.publish_table(res, domain=domain);
 
 # %% [markdown]
 # ## Main results
@@ -126,7 +128,7 @@ glue("zs_name", zero_shot, display=False)
 
 # %%
 plots.save(plots.trait_heatmap(res.per_trait, f"svr@{k}", title=f"SVR@{k} per system and trait"),
-           "evaluate_svr_per_trait");
+           f"evaluate_svr_per_trait{figure_suffix}");
 
 # %% [markdown]
 # ## Baselines on the whole test split
@@ -134,7 +136,7 @@ plots.save(plots.trait_heatmap(res.per_trait, f"svr@{k}", title=f"SVR@{k} per sy
 # that the sample above is representative.
 
 # %%
-full = E.load_results(E.baselines_stage(profile, seed=seed, k=k, n_boot=n_boot, n_popular=n_popular,
+full = E.load_results(E.baselines_stage(profile, domain, seed=seed, k=k, n_boot=n_boot, n_popular=n_popular,
                                        context_turns=context_turns, catalog=catalog, oracle=oracle))
 M.format_table(full.summary, E.main_metrics(k))
 
@@ -146,9 +148,9 @@ glue("full_pop_recall", float(full.summary.loc["Popularity", f"recall@{k}"]), di
 # %% [markdown]
 # On all {glue:text}`n_test_split` test conversations retrieval scores Recall@10
 # {glue:text}`full_ret_recall:.3f` and SVR@10 {glue:text}`full_ret_svr:.1%`, popularity Recall@10
-# {glue:text}`full_pop_recall:.3f`. The sources ask differently: INSPIRED and Reddit users
-# describe what they want, while ReDial and the Facebook movie dialogs mostly name films, so the
-# two baselines do not rank the same way on each source:
+# {glue:text}`full_pop_recall:.3f`. Per conversation source (on SafeMovie, INSPIRED and Reddit
+# users describe what they want while ReDial and the Facebook movie dialogs mostly name films;
+# SafeGame's requests are all synthetic):
 
 # %%
 by_source = M.summarize(full.per_sample, by=["source", "system"], metrics=[f"recall@{k}", f"svr@{k}"],
@@ -159,7 +161,7 @@ M.format_table(by_source, [f"recall@{k}", f"svr@{k}"])
 #
 # Results are cached in `artifacts/results/<key>/` (per-sample scores, `summary.csv`,
 # `per_trait.csv`, markdown tables); the main table is also copied to
-# `book/_generated/results_table.md`. The [next chapter](05_tradeoff) plots the trade-off
+# `book/_generated/results_table.md` (SafeGame: `results_table_games.md`). The [next chapter](05_tradeoff) plots the trade-off
 # between relevance and safety.
 
 # %%

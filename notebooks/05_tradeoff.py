@@ -21,6 +21,7 @@
 
 # %% tags=["parameters"]
 profile = "book"
+domain = "movies"  # or "games" (SafeGame)
 seed = 0
 k = 10
 n_examples = 2
@@ -37,7 +38,8 @@ from safecrs_core.benchmark import benchmark_for_profile
 from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
 
-res = E.load_results(E.find_results(profile))  # written by notebook 04 for this profile
+res = E.load_results(E.find_results(profile, E.results_label("main", domain)))  # written by notebook 04
+figure_suffix = "" if domain == "movies" else f"_{domain}"
 groups = {x["name"]: x["group"] for x in res.systems}
 print(res.stage)
 
@@ -47,7 +49,7 @@ print(res.stage)
 # on both axes. The upper-left corner (relevant and safe) is the goal.
 
 # %%
-plots.save(plots.tradeoff(res.summary, groups, x=f"svr@{k}", y=f"recall@{k}"), "tradeoff_recall_svr");
+plots.save(plots.tradeoff(res.summary, groups, x=f"svr@{k}", y=f"recall@{k}"), f"tradeoff_recall_svr{figure_suffix}");
 
 # %%
 s = res.summary
@@ -69,12 +71,12 @@ glue("max_svr", float(s[f"svr@{k}"].max()), display=False)
 # %% [markdown]
 # ## What the lists hold
 # A low SVR@10 means little if a system returns few items or items the oracle cannot judge.
-# `catalog_hit` is the share of returned lines that name a catalog movie at all.
+# `catalog_hit` is the share of returned lines that name a catalog item at all.
 
 # %%
 plots.save(plots.metric_bars(res.summary, ["list_len", f"unknown@{k}", "catalog_hit"], groups,
                              title="List length, unknown share and resolvable titles (95% CIs)"),
-           "tradeoff_list_quality");
+           f"tradeoff_list_quality{figure_suffix}");
 
 # %% [markdown]
 # ## Examples
@@ -83,8 +85,8 @@ plots.save(plots.metric_bars(res.summary, ["list_len", f"unknown@{k}", "catalog_
 # oracle's verdicts for this user's trait, `[hit]` a ground-truth target.
 
 # %%
-ds, _, _ = benchmark_for_profile(profile, seed=seed)
-catalog, oracle = load_catalog(), load_oracle()
+ds, _, _ = benchmark_for_profile(profile, seed=seed, domain=domain)
+catalog, oracle = load_catalog(domain), load_oracle(domain=domain)
 worst = (res.per_sample.groupby("id")[f"n_unsafe@{k}"].max().reset_index()
          .sort_values([f"n_unsafe@{k}", "id"], ascending=[False, True]))
 example_rows = E.rows_by_id(ds["test"], worst["id"].head(n_examples).tolist())
@@ -109,6 +111,8 @@ for row in example_rows:
 # %%
 reported = E.load_paper_results()
 paper = E.paper_table(reported)
+if domain != "movies":
+    display(Markdown(f"*These reported numbers are for movies; the paper reports none for {domain}.*"))
 if paper.empty:
     display(Markdown("*No reported numbers are stored: the paper's results tables could not be read, "
                      "and none are typed in by hand.*"))

@@ -26,7 +26,7 @@
 # 1. **Candidates**: the top `evidence_n` items of the embedding-retrieval baseline for this
 #    conversation (unfiltered, best match first, items the user mentioned left out), over the
 #    same pool and cached embeddings as the retrieval baseline of the [evaluation](04_evaluate).
-# 2. **Evidence**: after each candidate, one line from the [Safety Oracle](../../book/oracle.md)
+# 2. **Evidence**: after each candidate, one line from the [Safety Oracle](/book/oracle.md)
 #    for the user's constraint (`Oracle.brief`): its verdict, its risk and a few short phrases
 #    saying why (the trait's trigger words, the severity of the content channels it weighs, the
 #    MPAA letter). A paragraph before the list says how to read it.
@@ -43,7 +43,10 @@
 # the ground truth among the candidates first, then the other candidates in retrieval order,
 # skipping every candidate the oracle marks unsafe, with a reasoning block naming the skipped
 # ones). Safe-GDPO on evidence prompts uses the same switch (`GDPOParams(evidence=...)`) and runs
-# under the `paper` profile.
+# under the `paper` profile. Training Safe-SFT + evidence takes about as long on this CPU as
+# notebook 02's two models together, so the `book` profile leaves it out (`train_sft = False`)
+# to keep the whole build within its time budget; set `train_sft = True` to add it (the `smoke`
+# and `paper` profiles do).
 
 # %% tags=["parameters"]
 profile = "book"
@@ -57,7 +60,7 @@ n_test = 40  # as notebook 04, so the plain-prompt systems reuse their cached ge
 max_new_tokens = 224
 batch_size = 20
 n_boot = 1000
-train_sft = True  # also train Safe-SFT on evidence prompts, with notebook 02's settings (the slow part on a CPU)
+train_sft = False  # True: also train Safe-SFT on evidence prompts with notebook 02's settings (about 20 min more on this CPU; on under the smoke and paper profiles)
 sft_max_length = 1024  # replaces notebook 02's max_length: evidence prompts are ~600 tokens
 torch_threads = 1  # CPU threads (0: torch's default)
 
@@ -113,6 +116,8 @@ if train_sft:
 # %%
 available = E.available_systems(profile, ds, benchmark=bench, base_model=base_model, catalog=catalog, oracle=oracle,
                                 n_popular=n_popular, context_turns=context_turns, evidence=True, evidence_n=evidence_n)
+if not train_sft:  # models trained on evidence prompts only when asked for, whatever the cache holds
+    available = [s for s in available if s.group != "fine-tuned" or s.evidence is None]
 stage = E.results_stage(available, rows, profile=profile, label="evidence", k=k, n_boot=n_boot, seed=seed,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle)
 res = E.load_results(stage)

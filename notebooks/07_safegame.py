@@ -13,7 +13,7 @@
 # %% [markdown]
 # # SafeGame next to SafeMovie
 #
-# **SafeGame** carries SafeRec over to video games (see the [SafeGame data card](../../book/safegame.md)):
+# **SafeGame** carries SafeRec over to video games (see the [SafeGame data card](/book/safegame.md)):
 # the same 20 sensitivity traits and three age constraints, the same Safety Oracle formula, here on
 # ESRB content descriptors and ratings and PEGI ages, the same phrasing of the user's sensitivity
 # and the same split of phrasing templates. The games, their ratings and the relations between
@@ -27,9 +27,10 @@
 # build of the previous chapters) is built from real conversations.
 # ```
 #
-# This chapter scores the non-LLM baselines of [notebook 04](04_evaluate) on the SafeGame test
-# split with the same metrics, the same bootstrap confidence intervals and the same oracle rules
-# (unknown is never counted as safe), and sets them beside the same baselines on SafeMovie.
+# This chapter scores the non-LLM baselines of [notebook 04](04_evaluate) on the whole SafeGame
+# test split with the same metrics, the same bootstrap confidence intervals and the same oracle
+# rules (unknown is never counted as safe), sets them beside the same baselines on SafeMovie, and
+# then puts every system of both domains' evaluations side by side.
 
 # %% tags=["parameters"]
 profile = "book"
@@ -167,17 +168,42 @@ M.format_table(by_kind, [f"svr@{k}", f"unknown@{k}"])
 # one console era; a low trait SVR@10 on SafeGame is partly the oracle not knowing.
 
 # %% [markdown]
-# ## LLM systems and SafeGame
-# No LLM is trained or evaluated on SafeGame here: under the CPU `book` profile the fine-tuning
-# budget goes to SafeMovie, and a SmolLM2-135M model that has never seen game requests would
-# mostly measure its knowledge of game titles. The package is ready for part of it: the prompt
-# builder, the SFT target builder and the Safe-GDPO parameters take a `domain` (`"games"` asks
-# for video games), the benchmark, catalog, resolver and oracle are built with `domain="games"`,
-# and completions are scored by the same parser and metrics. A `paper` profile run on GPUs would
-# pass the games benchmark (`benchmark_for_profile(profile, domain="games")`), the game catalog
-# and oracle and `domain="games"` through notebooks 02 to 04. What does not exist yet is the
-# game side of the SFT data stage: it fills target lists with MovieLens neighbours, and games
-# have no rating data of that kind.
+# ## Every system on both domains
+# The LLM systems run on SafeGame through the same notebooks as on SafeMovie, with
+# `domain = "games"`: [benchmark](games/01_benchmark), [Safe-SFT](games/02_safe_sft),
+# [Safe-GDPO](games/03_safe_gdpo), [evaluation](games/04_evaluate) and
+# [trade-off](games/05_tradeoff). Their target lists take neighbours from the games themselves
+# (co-mention in the training requests and shared series, developer and publisher) instead of
+# MovieLens ratings. To fit the CPU budget the `book` profile trains only Safe-SFT and Safe-GDPO
+# on SafeGame (no plain SFT, no GDPO ablations; the `paper` profile trains all of them). Below,
+# each domain's main results table (the sampled test conversations of its notebook 04) side by
+# side; a system missing on one domain shows as a dash.
+
+# %%
+main = {label: E.load_results(E.find_results(profile, E.results_label("main", d)))
+        for label, d in (("SafeMovie", "movies"), ("SafeGame", "games"))}
+for label, r in main.items():
+    print(label, r.stage)
+E.domain_table({label: r.summary for label, r in main.items()},
+               [f"recall@{k}", f"svr@{k}", f"unknown@{k}", "list_len"])
+
+# %%
+g = main["SafeGame"].summary
+for key, name in {"zs": next(x["name"] for x in main["SafeGame"].systems if x["group"] == "zero-shot"),
+                  "ssft": "Safe-SFT", "sgdpo": "Safe-GDPO"}.items():
+    for m in (f"recall@{k}", f"svr@{k}", f"unknown@{k}", "list_len"):
+        glue(f"games_{key}_{m.split('@')[0]}", float(g.loc[name, m]) if name in g.index else float("nan"),
+             display=False)
+glue("games_n_main", int(g["n"].iloc[0]), display=False)
+
+# %% [markdown]
+# On the {glue:text}`games_n_main` sampled SafeGame test conversations, Safe-SFT returns
+# {glue:text}`games_ssft_list_len:.1f` items per answer with Recall@10
+# {glue:text}`games_ssft_recall:.3f` and SVR@10 {glue:text}`games_ssft_svr:.1%` (unknown share
+# {glue:text}`games_ssft_unknown:.1%`); Safe-GDPO returns {glue:text}`games_sgdpo_list_len:.1f`
+# items, Recall@10 {glue:text}`games_sgdpo_recall:.3f`, SVR@10 {glue:text}`games_sgdpo_svr:.1%`;
+# the zero-shot model {glue:text}`games_zs_list_len:.1f` items. As on SafeMovie, a model of this
+# size trained for minutes on a CPU shows the mechanics, not the paper's effect sizes.
 #
 # ## Caveats
 # * The requests are synthetic; the constraint sentences are template text in both domains.

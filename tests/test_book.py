@@ -1,5 +1,6 @@
-"""The whole chain under the smoke profile: notebooks 01-05 with papermill, then the Jupyter
-Book build with warnings as errors, whose results page must show the results table."""
+"""The whole chain under the smoke profile: the notebooks with papermill for both domains
+(SafeMovie and SafeGame), then the Jupyter Book build with warnings as errors, whose results
+pages must show the results tables."""
 from __future__ import annotations
 
 import html
@@ -30,8 +31,10 @@ def test_smoke_chain_builds_a_book_with_the_results_table(tmp_path, repo_root):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(repo_root / name, site / name)
     shutil.copytree(repo_root / "book", site / "book")
-    runs = pl.run_notebooks("smoke", out_dir=site / "notebooks" / "_executed", log=print)
-    assert [r.stem for r in runs] == [p.stem for p in pl.discover_notebooks()]
+    runs = pl.run_notebooks("smoke", out_dir=site / "notebooks" / "_executed", log=print, domains=("movies", "games"))
+    plan = pl.notebook_plan(pl.discover_notebooks(), ("movies", "games"))
+    assert [(r.stem, r.domain) for r in runs] == [(p.stem, d) for p, d in plan]
+    assert ("04_evaluate", "games") in [(r.stem, r.domain) for r in runs]
     assert all(r.status == "ok" for r in runs), [(r.stem, r.status) for r in runs]
 
     exe = Path(sys.executable).with_name("jupyter-book")
@@ -52,6 +55,17 @@ def test_smoke_chain_builds_a_book_with_the_results_table(tmp_path, repo_root):
     recall = f"{res.summary.loc['Retrieval', 'recall@10']:.3f}"
     assert f"Embedding retrieval finds {recall} of the ground truth" in page
     assert "{glue" not in page
+    # the SafeGame chain: its own results page, and both domains side by side in notebook 07
+    games = E.load_results(E.find_results("smoke", E.results_label("main", "games")))
+    assert games.stage != res.stage
+    games_page = _text(html_dir / "notebooks" / "_executed" / "games" / "04_evaluate.html")
+    assert "SafeGame:" in games_page
+    for name, row in M.format_table(games.summary, E.main_metrics(10)).iterrows():
+        assert name in games_page and row["recall@10"] in games_page and row["svr@10"] in games_page, name
+    assert "Safe-SFT" in games.summary.index and "Safe-GDPO" in games.summary.index
+    side = _text(html_dir / "notebooks" / "_executed" / "07_safegame.html")
+    assert "Every system on both domains" in side and "{glue" not in side
     # every chapter of the table of contents became a page
-    for nb in pl.discover_notebooks():
-        assert (html_dir / "notebooks" / "_executed" / f"{nb.stem}.html").is_file()
+    for nb, domain in plan:
+        folder = html_dir / "notebooks" / "_executed" / ("" if domain == "movies" else domain)
+        assert (folder / f"{nb.stem}.html").is_file()
