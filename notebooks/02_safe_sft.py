@@ -57,7 +57,7 @@ save_steps = 16  # a checkpoint (scored on validation) every that many optimizer
 val_samples = 8  # validation conversations that score checkpoints and the comparison below
 max_new_tokens = 288  # a reasoning block naming five titles plus ten items is up to ~280 tokens
 eval_batch_size = 8
-torch_threads = 1  # CPU threads (0: torch's default); one is about twice as fast when other jobs share the CPU
+torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
 n_examples = 2
 
 # %%

@@ -52,7 +52,7 @@ temperature = 0.7  # sampling temperature; below 1 a 135M model keeps the answer
 lora = True
 bf16 = False
 ablations = ["grpo", "no_count"]  # also trained, same budget ("no_safety" and "sequence" under the paper profile; the CPU budget keeps two)
-torch_threads = 1  # CPU threads (0: torch's default); one is faster when other jobs share the CPU
+torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
 
 # %%
 import pandas as pd

@@ -62,7 +62,7 @@ batch_size = 20
 n_boot = 1000
 train_sft = False  # True: also train Safe-SFT on evidence prompts with notebook 02's settings (about 20 min more on this CPU; on under the smoke and paper profiles)
 sft_max_length = 1024  # replaces notebook 02's max_length: evidence prompts are ~600 tokens
-torch_threads = 1  # CPU threads (0: torch's default)
+torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
 
 # %%
 import pandas as pd
