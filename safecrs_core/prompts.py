@@ -303,7 +303,8 @@ class EvidencePrompts:
                                                  log=log or (lambda _m: None))
             return built["retrieval"].recommend(rows, n)
 
-        return cls(candidates, B.retrieval_ref(pool, context_turns), catalog, oracle, n=n, max_tags=max_tags,
+        domain = getattr(catalog, "domain", "movies")  # game refs name their domain, movie refs as before
+        return cls(candidates, B.retrieval_ref(pool, context_turns, domain), catalog, oracle, n=n, max_tags=max_tags,
                    settings=settings)
 
     def params(self) -> dict:

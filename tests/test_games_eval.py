@@ -168,3 +168,15 @@ def test_game_baselines_on_a_few_rows(games_world, artifacts_root):
     assert halo[2] in lists["Retrieval"][:3]  # the series' next game ranks near the top
     with pytest.raises(ValueError, match="movies"):
         E.baseline_systems(ds, cat, type("O", (), {"domain": "movies"})(), progress=False)
+
+
+def test_evidence_candidates_ref_names_the_game_domain(monkeypatch, games_world):
+    from safecrs_core.prompts import EvidencePrompts
+
+    catalog, oracle = games_world
+    pool = ["game:a", "game:b"]
+    monkeypatch.setattr(B, "retrieval_pool", lambda ds, cat, n_popular: pool)
+    games = EvidencePrompts.from_benchmark({}, catalog, oracle, n=10, context_turns=4)
+    assert games.candidates_ref == B.retrieval_ref(pool, 4, domain="games")
+    movies = EvidencePrompts.from_benchmark({}, _FakeCatalog("movies", pd.DataFrame()), oracle, n=10, context_turns=4)
+    assert movies.candidates_ref == B.retrieval_ref(pool, 4)  # the movie ref is unchanged
