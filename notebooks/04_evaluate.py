@@ -13,9 +13,9 @@
 # %% [markdown]
 # # Evaluating recommenders on SafeRec
 #
-# Every system answers the same test conversations with a ranked list of ten movies, and every
-# list goes through the same scoring path (`safecrs_core.metrics`): items the user already
-# mentioned are removed, then
+# Every system answers the same test conversations with a ranked list of ten items (films, or
+# games on SafeGame), and every list goes through the same scoring path (`safecrs_core.metrics`):
+# items the user already mentioned are removed, then
 #
 # * **Recall@10** and **NDCG@10** measure how much of the ground truth (targets left after the
 #   oracle removed unsafe ones) the list finds, and how high;

@@ -795,7 +795,12 @@ def domain_table(summaries: Mapping[str, pd.DataFrame], metrics: Sequence[str], 
     [95% CI] (:func:`~safecrs_core.metrics.format_table`); systems in first-seen order, ``"-"``
     where a domain lacks a system."""
     order = list(dict.fromkeys(s for summary in summaries.values() for s in summary.index))
-    blocks = {label: M.format_table(summary, metrics, digits).reindex(order) for label, summary in summaries.items()}
+    blocks = {}
+    for label, summary in summaries.items():
+        block = M.format_table(summary, metrics, digits).reindex(order)
+        if "n" in block:  # counts stay integers where a missing system made the column float
+            block["n"] = block["n"].astype("Int64")
+        blocks[label] = block
     table = pd.concat(blocks, axis=1)
     return table.astype(object).where(table.notna(), "-")
 

@@ -112,6 +112,7 @@ def test_domain_table_puts_domains_side_by_side():
     assert list(table.index) == ["Popularity", "Retrieval"]
     assert table.loc["Retrieval", ("SafeGame", "recall@10")] == "0.600 [0.000, 1.000]"
     assert table.loc["Popularity", ("SafeGame", "svr@10")] == "-"
+    assert str(table.loc["Retrieval", ("SafeGame", "n")]) == "4"  # an integer count beside a missing system
 
 
 def test_trait_table_rows_per_trait_with_coverage():
