@@ -51,7 +51,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -962,6 +962,22 @@ DOMAINS: dict[str, _Domain] = {
     "movies": _Domain(MOVIE_SOURCES, _load_movies),
     "games": _Domain(GAME_SOURCES, _load_games),
 }
+
+
+def resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
+    """``domain``, else the first domain that ``sources`` name, else ``"movies"``; every named
+    domain must agree. ``sources``: ``(what, value)`` pairs, ``value`` a domain name or an object
+    with a ``domain`` (a catalog, an oracle); None and objects without one are skipped."""
+    named = [(what, v if isinstance(v, str) else getattr(v, "domain", None)) for what, v in sources]
+    named = [(what, d) for what, d in named if d is not None]
+    if domain is None:
+        domain = named[0][1] if named else "movies"
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    for what, d in named:
+        if d != domain:
+            raise ValueError(f"domain {domain!r}, but got a {d} {what}")
+    return domain
 
 
 def load_catalog(domain: str = "movies", data_dir: str | os.PathLike | None = None,

@@ -47,6 +47,7 @@ import pandas as pd
 
 from . import metrics as M
 from .metrics import _column  # rows: a Hugging Face Dataset or a list of dicts
+from .catalog import resolve_domain
 from .prompts import SOLUTION_CLOSE
 
 KINDS = ("baseline", "llm")
@@ -162,23 +163,6 @@ def llm_domain(system: System) -> str | None:
     return system.prompt.get("domain", "movies") if system.kind == "llm" else None
 
 
-def _resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
-    """``domain``, else the first domain that ``sources`` (``(what, domain or an object with a
-    ``domain``)`` pairs; None is skipped) name, else ``"movies"``; every named domain must agree."""
-    from .prompts import DOMAINS
-
-    named = [(what, v if isinstance(v, str) else getattr(v, "domain", None)) for what, v in sources]
-    named = [(what, d) for what, d in named if d is not None]
-    if domain is None:
-        domain = named[0][1] if named else "movies"
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    for what, d in named:
-        if d != domain:
-            raise ValueError(f"domain {domain!r}, but the {what} is of {d!r}")
-    return domain
-
-
 def _domain_prompt(domain: str | None, prompt: Mapping[str, Any] | None = None) -> dict:
     """``prompt`` with ``domain`` added (nothing is added for movies, so movie keys stay as they
     were); a prompt that names another domain is an error."""
@@ -210,17 +194,13 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
     domain in its ref; movie systems keep their refs."""
     from . import baselines as B
 
-    if domain is None:
-        domain = getattr(catalog, "domain", None) or getattr(oracle, "domain", None) or "movies"
+    domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
     if catalog is None:
         from .catalog import load_catalog
         catalog = load_catalog(domain)
     if oracle is None:
         from .oracle import load_oracle
         oracle = load_oracle(domain=domain)
-    for what, obj in (("catalog", catalog), ("oracle", oracle)):
-        if getattr(obj, "domain", domain) != domain:
-            raise ValueError(f"baseline_systems(domain={domain!r}) got a {obj.domain} {what}")
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
@@ -451,7 +431,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
     check_profile(profile)
-    domain = _resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
+    domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
     say = log or (lambda _m: None)
     evidence = evidence or evidence_n is not None or evidence_max_tags is not None
     built: dict[str, EvidencePrompts] = {}
@@ -609,7 +589,7 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
 
     ``catalog``/``oracle`` default to those of ``domain``; None: the domain of an LLM's prompt
     (:func:`llm_domain`), else of the given catalog or oracle, else movies. They must agree."""
-    domain = _resolve_domain(domain, ("system's prompt", llm_domain(system)), ("catalog", catalog),
+    domain = resolve_domain(domain, ("system's prompt", llm_domain(system)), ("catalog", catalog),
                              ("oracle", oracle))
     if oracle is None:
         from .oracle import load_oracle
@@ -655,7 +635,7 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
         raise ValueError(f"system names must be unique, got {names}")
     if not systems:
         raise ValueError("no systems to evaluate")
-    domain = _resolve_domain(domain, *((f"prompt of {s.name!r}", llm_domain(s)) for s in systems),
+    domain = resolve_domain(domain, *((f"prompt of {s.name!r}", llm_domain(s)) for s in systems),
                              ("catalog", catalog), ("oracle", oracle))
     ks = tuple(sorted(set(ks) | {k}))
     params = {"profile": profile, "label": label, "systems": [s.key() for s in systems],

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from .catalog import resolve_domain
 from .evaluate import rows_fingerprint  # noqa: F401  (one fingerprint of SafeRec rows)
 from .metrics import _column
 from .rewards import RankRewards, ref_ids
@@ -517,8 +518,9 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     :class:`~safecrs_core.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`).
     ``catalog``, ``oracle`` (and the evidence's) must be of ``params.domain``."""
     _check_evidence(params, evidence)
-    _check_domain(params, catalog=catalog, oracle=oracle, evidence_catalog=getattr(evidence, "catalog", None),
-                  evidence_oracle=getattr(evidence, "oracle", None))
+    resolve_domain(params.domain, ("catalog", catalog), ("oracle", oracle),
+                   ("evidence catalog", getattr(evidence, "catalog", None)),
+                   ("evidence oracle", getattr(evidence, "oracle", None)))
     if params.lora and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     if params.beta != 0.0 and not params.lora:
@@ -533,14 +535,6 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)  # per-step logs stay in trainer.state.log_history
     return trainer
-
-
-def _check_domain(params: GDPOParams, **objects) -> None:
-    """Each of ``objects`` that has a ``domain`` (a catalog, an oracle) must be of ``params.domain``."""
-    for what, obj in objects.items():
-        got = getattr(obj, "domain", None)
-        if got is not None and got != params.domain:
-            raise ValueError(f"GDPOParams(domain={params.domain!r}) got a {got} {what.replace('_', ' ')}")
 
 
 def _check_evidence(params: GDPOParams, evidence) -> None:
@@ -628,7 +622,7 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     from .pipeline import run_stage, stage_dir, stage_key
 
     _check_evidence(params, evidence)
-    _check_domain(params, catalog=catalog, oracle=oracle)
+    resolve_domain(params.domain, ("catalog", catalog), ("oracle", oracle))
     inputs = [_base_input(model_or_stage), f"rows:{rows_fingerprint(rows)}"]
     if evidence is not None:
         inputs.append(f"candidates:{evidence.candidates_ref}")

@@ -80,6 +80,7 @@ import pandas as pd
 from transformers import TrainerCallback
 
 from . import sources
+from .catalog import resolve_domain
 from .oracle import UNSAFE
 from .prompts import SOLUTION_CLOSE
 
@@ -242,13 +243,17 @@ class CoOccurrence:
         self.pop_exponent = float(pop_exponent)
         self.items = sorted({i for b in baskets for i in b})
         self.index = {it: j for j, it in enumerate(self.items)}
+        self._X = self._matrix(baskets)
+        self.counts = np.asarray(self._X.sum(0), dtype=np.float32).ravel()
+        self.n_baskets = len(baskets)
+        self._cache: dict[tuple[str, int], tuple] = {}
+
+    def _matrix(self, baskets: list[list[str]]):
+        """The binary basket x item matrix (dense)."""
         X = np.zeros((len(baskets), len(self.items)), dtype=np.float32)
         for r, b in enumerate(baskets):
             X[r, [self.index[i] for i in b]] = 1.0
-        self._X = X
-        self.counts = X.sum(0)
-        self.n_baskets = len(baskets)
-        self._cache: dict[tuple[str, int], tuple] = {}
+        return X
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.index
@@ -283,26 +288,15 @@ class SparseCoOccurrence(CoOccurrence):
     """:class:`CoOccurrence` on a sparse basket matrix: the same similarity, for many small
     baskets over a large catalog (the game catalog's baskets)."""
 
-    def __init__(self, baskets: Iterable[Iterable[str]], shrink: float = 2.0, pop_exponent: float = 0.75,
-                 name: str = ""):
+    def _matrix(self, baskets: list[list[str]]):
         from scipy import sparse
 
-        baskets = [sorted(set(b)) for b in baskets]
-        baskets = [b for b in baskets if b]
-        self.name = name
-        self.shrink = float(shrink)
-        self.pop_exponent = float(pop_exponent)
-        self.items = sorted({i for b in baskets for i in b})
-        self.index = {it: j for j, it in enumerate(self.items)}
         rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
         cols = np.array([self.index[i] for b in baskets for i in b], dtype=np.int64)
         X = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)),
                               shape=(len(baskets), len(self.items)))
-        self._X = X
-        self._Xc = X.tocsc()
-        self.counts = np.asarray(X.sum(0), dtype=np.float32).ravel()
-        self.n_baskets = len(baskets)
-        self._cache: dict[tuple[str, int], tuple] = {}
+        self._Xc = X.tocsc()  # item columns: the baskets holding an item
+        return X
 
     def _co(self, j: int) -> np.ndarray:
         holding = self._Xc.indices[self._Xc.indptr[j]:self._Xc.indptr[j + 1]]
@@ -345,20 +339,17 @@ def game_baskets(catalog) -> list[list[str]]:
     return [sorted(set(groups[k])) for k in sorted(groups) if len(set(groups[k])) >= 2]
 
 
-def _domain_of(catalog=None, domain: str | None = None) -> str:
-    """``domain`` when given, else the catalog's domain (movies without a catalog)."""
-    return domain or getattr(catalog, "domain", None) or "movies"
-
-
-def _load_world(domain: str, data_dir=None, threshold: float | None = None):
-    """(catalog, oracle) of ``domain`` (the oracle at ``threshold``, its default when None)."""
-    from .catalog import load_catalog
-    from .oracle import load_oracle
-
-    kw = {} if threshold is None else {"threshold": threshold}
-    if domain == "movies":
-        return load_catalog(data_dir=data_dir), load_oracle(data_dir=data_dir, **kw)
-    return load_catalog(domain, data_dir=data_dir), load_oracle(data_dir=data_dir, domain=domain, **kw)
+def _load_world(domain: str, data_dir=None, threshold: float | None = None, catalog=None, oracle=None):
+    """(catalog, oracle) of ``domain``: ``catalog`` / ``oracle`` when given, else loaded (the
+    oracle at ``threshold``, its default when None)."""
+    if catalog is None:
+        from .catalog import load_catalog
+        catalog = load_catalog(domain, data_dir=data_dir)
+    if oracle is None:
+        from .oracle import load_oracle
+        oracle = load_oracle(data_dir=data_dir, domain=domain,
+                             **({} if threshold is None else {"threshold": threshold}))
+    return catalog, oracle
 
 
 class Neighbours:
@@ -384,12 +375,10 @@ class Neighbours:
         ``min_rating`` unused) plus co-mention in ``train_rows`` (the benchmark's training split);
         fallback: the training ground truth by frequency, then the catalog's most popular items.
         ``domain``: the catalog's domain when None (movies without a catalog)."""
-        domain = _domain_of(catalog, domain)
+        domain = resolve_domain(domain, ("catalog", catalog))
         if catalog is None:
             from .catalog import load_catalog
-            catalog = load_catalog(data_dir=data_dir) if domain == "movies" else load_catalog(domain, data_dir=data_dir)
-        elif getattr(catalog, "domain", domain) != domain:
-            raise ValueError(f"Neighbours.from_benchmark(domain={domain!r}) got a {catalog.domain} catalog")
+            catalog = load_catalog(domain, data_dir=data_dir)
         if domain == "movies":
             ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
         else:
@@ -487,12 +476,7 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if catalog is None:
-        from .catalog import load_catalog
-        catalog = load_catalog() if domain == "movies" else load_catalog(domain)
-    if oracle is None:
-        from .oracle import load_oracle
-        oracle = load_oracle() if domain == "movies" else load_oracle(domain=domain)
+    catalog, oracle = _load_world(domain, catalog=catalog, oracle=oracle)
     if evidence is not None and variant != "safe":
         raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
     if neighbours is None and evidence is None:
@@ -748,10 +732,9 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
 
     if not rows:
         raise ValueError("no rows to evaluate")
-    domain = _domain_of(catalog, domain)
-    if domain != "movies" and (catalog is None or oracle is None):
-        c, o = _load_world(domain)
-        catalog, oracle = catalog if catalog is not None else c, oracle if oracle is not None else o
+    domain = resolve_domain(domain, ("catalog", catalog))
+    if domain != "movies":
+        catalog, oracle = _load_world(domain, catalog=catalog, oracle=oracle)
     was_training = model.training
     model.eval()
     try:
@@ -824,7 +807,7 @@ class CheckpointScorer(TrainerCallback):
     def __init__(self, rows, tok, config: SafeSFTConfig, output_dir, catalog=None, oracle=None,
                  progress: bool = True, prune: bool = True, log=print, evidence=None, domain: str | None = None):
         self.rows, self.tok, self.config = list(rows), tok, config
-        self.domain = _domain_of(catalog, domain)  # the benchmark's domain (prompts, catalog, oracle)
+        self.domain = resolve_domain(domain, ("catalog", catalog))  # the benchmark's domain (prompts, catalog, oracle)
         self.evidence = evidence  # EvidencePrompts when the run trains with evidence prompts
         self.output_dir = Path(output_dir)
         self.catalog, self.oracle, self.progress, self.prune = catalog, oracle, progress, prune
