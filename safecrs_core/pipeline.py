@@ -433,9 +433,14 @@ def _other_domains() -> tuple[str, ...]:
 
 
 def check_domain(domain: str) -> str:
-    if domain != MOVIES and domain not in _other_domains():
-        raise PipelineError(f"unknown domain {domain!r}; choose one of: {', '.join((MOVIES, *_other_domains()))}")
-    return domain
+    """``domain`` if the catalog knows it (:func:`~safecrs_core.catalog.resolve_domain`), else a
+    :class:`PipelineError`."""
+    from .catalog import resolve_domain
+
+    try:
+        return resolve_domain(domain)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
 
 
 def params_for(notebook_stem: str, profile: str,
