@@ -120,6 +120,8 @@ class System:
     group: str = ""
     description: str = ""
     evidence: Any = field(default=None, repr=False)
+    grounding: Any = None
+    universe: Sequence[str] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -139,13 +141,41 @@ class System:
             if clash:
                 raise ValueError(f"{self.name!r}: prompt sets {sorted(clash)}, which evidence prompts fill per row")
         self.group = self.group or ("baseline" if self.kind == "baseline" else "llm")
+        if self.grounding is not None:
+            from .grounding import Grounding
+            if self.kind != "llm":
+                raise ValueError(f"{self.name!r}: grounded decoding is for LLM systems")
+            self.grounding = Grounding.from_value(self.grounding)
+            if self.grounding.mode == "universe" and not self.universe:
+                raise ValueError(f"{self.name!r}: universe grounding needs the universe's item ids")
+            if self.grounding.mode == "candidates" and self.evidence is None:
+                raise ValueError(f"{self.name!r}: candidates grounding needs prompts with candidates (evidence)")
 
     def key(self) -> dict:
         """What identifies this system's outputs (part of every cache key)."""
         key = {"name": self.name, "kind": self.kind, "ref": self.ref, "prompt": dict(self.prompt)}
         if self.evidence is not None:
             key["evidence"] = self.evidence.params()
+        if self.grounding is not None:  # only grounded systems: free ones keep their keys
+            key["grounding"] = self.grounding_params()
         return key
+
+    def grounding_params(self) -> dict | None:
+        """The grounding settings that key this system's outputs (None: free decoding)."""
+        if self.grounding is None:
+            return None
+        return self.grounding.params(self.universe if self.grounding.mode == "universe" else None)
+
+    def decoder(self, catalog, tokenizer, k: int = 10):
+        """The :class:`~safecrs_core.grounding.GroundedDecoder` of this system (None: free)."""
+        if self.grounding is None:
+            return None
+        from .grounding import GroundedDecoder
+        cands = None
+        if self.grounding.mode == "candidates":
+            cands = self.evidence.ids
+        return GroundedDecoder(self.grounding, catalog, tokenizer, k=k,
+                               universe=self.universe if self.grounding.mode == "universe" else None, candidates=cands)
 
     def prompts(self, rows, k: int = 10) -> list[list[dict]]:
         """The chat prompt of every row (:func:`~safecrs_core.prompts.build_messages` with
@@ -268,6 +298,26 @@ def evidence_system(system: System, evidence, name: str | None = None) -> System
                   group=system.group, evidence=evidence,
                   description=(f"{system.description}; " if system.description else "")
                   + f"prompt lists {p.get('n')} retrieved candidates with oracle evidence")
+
+
+def grounded_system(system: System, grounding, universe: Sequence[str] | None = None,
+                    name: str | None = None) -> System:
+    """``system`` (an LLM) decoding with grounding (:mod:`safecrs_core.grounding`): the same
+    model, prompt and name (unless ``name``), keyed apart by the grounding settings and, in
+    universe mode, ``universe`` (:func:`~safecrs_core.grounding.universe_items`)."""
+    import dataclasses
+
+    if system.kind != "llm":
+        raise ValueError(f"{system.name!r} is a {system.kind}; grounded decoding is for LLM systems")
+    return dataclasses.replace(system, name=name or system.name, grounding=grounding,
+                               universe=list(universe) if universe is not None else None)
+
+
+def free_system(system: System, suffix: str = " (free decoding)") -> System:
+    """``system`` decoding freely (no grounding), named ``"<name> (free decoding)"``."""
+    import dataclasses
+
+    return dataclasses.replace(system, name=system.name + suffix, grounding=None, universe=None)
 
 
 def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path], tuple], group: str = "fine-tuned",
@@ -412,7 +462,8 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                       zero_shot: bool = True, trained: bool = True, catalog=None, oracle=None,
                       n_popular: int = 5000, context_turns: int = 4, progress: bool = True,
                       evidence: bool = False, evidence_n: int | None = None, evidence_max_tags: int | None = None,
-                      log: Callable[[str], Any] | None = print, domain: str | None = None) -> list[System]:
+                      log: Callable[[str], Any] | None = print, domain: str | None = None,
+                      grounding: Mapping[str, Any] | None = None) -> list[System]:
     """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
     the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
     (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
@@ -426,7 +477,11 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     ``context_turns``). Without it the list, and every key, is as before.
 
     ``domain`` (``"movies"`` or ``"games"``; None: the given catalog's or oracle's, else movies):
-    the baselines' domain, the LLMs' prompts and the catalog and oracle loaded for evidence."""
+    the baselines' domain, the LLMs' prompts and the catalog and oracle loaded for evidence.
+
+    ``grounding`` (a :class:`~safecrs_core.grounding.Grounding` or its dict; None: free
+    decoding): every LLM system without evidence prompts decodes grounded; in universe mode the
+    universe is built from ``ds["train"]`` (:func:`~safecrs_core.grounding.universe_items`)."""
     from .pipeline import check_profile
     from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
@@ -471,6 +526,18 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
             say(f"[evaluate] not built for profile {profile!r} (no completed training stage for this "
                 f"benchmark): {', '.join(missing)}; run the training notebooks first")
         systems += found
+    if grounding is not None:
+        from .grounding import Grounding, universe_items
+
+        settings = Grounding.from_value(grounding)
+        universe = None
+        if settings.mode == "universe":
+            if catalog is None:
+                from .catalog import load_catalog
+                catalog = load_catalog(domain)
+            universe = universe_items(catalog, ds["train"], settings.n_popular)
+        systems = [grounded_system(s, settings, universe) if s.kind == "llm" and s.evidence is None else s
+                   for s in systems]
     return systems
 
 
@@ -479,11 +546,16 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
 
 
 def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
-                     progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> Path:
+                     progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print,
+                     catalog=None, max_prompt_tokens: int | None = None) -> Path:
     """The cached ``generations`` stage of ``system`` (an LLM) on ``rows`` (module docstring),
     built when missing. Besides ``completions.json`` and ``ids.json`` it holds ``cost.json``:
     per row, ``prompt_tokens``, ``completion_tokens`` and ``seconds`` (its batch's generation
-    time shared equally by the batch's rows)."""
+    time shared equally by the batch's rows). A grounded system
+    (:attr:`System.grounding`) decodes with its :class:`~safecrs_core.grounding.GroundedDecoder`
+    (``catalog`` names the items; default: the domain's). ``max_prompt_tokens``: prompts lose
+    their oldest turns until they fit (:func:`~safecrs_core.sft.fit_prompt`); it keys the stage
+    only when set."""
     from .models import generate
     from .pipeline import run_stage
 
@@ -494,16 +566,29 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
               "decoding": "greedy", "stop": list(STOP)}
     if system.evidence is not None:  # only evidence systems: every other key stays as it was
         params["evidence"] = system.evidence.params()
+    if system.grounding is not None:  # only grounded systems
+        params["grounding"] = system.grounding_params()
+    if max_prompt_tokens is not None:
+        params["max_prompt_tokens"] = max_prompt_tokens
 
     def fn(tmp: Path):
         import time
 
         prompts = system.prompts(rows, k)
         model, tok = system.load()
+        if max_prompt_tokens is not None:
+            from .sft import fit_prompt
+            prompts = [fit_prompt(p, tok, max_prompt_tokens) or p for p in prompts]
+        processor = None
+        if system.grounding is not None:
+            from .catalog import load_catalog
+            decoder = system.decoder(catalog if catalog is not None else load_catalog(llm_domain(system)), tok, k)
+            listed = [dict(r) for r in rows] if not isinstance(rows, list) else rows
+            processor = lambda batch: decoder.processor([listed[i] for i in batch])  # noqa: E731
         timings: list[dict] = []
         t0 = time.perf_counter()
         texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         progress=progress, stop=list(STOP), timings=timings)
+                         progress=progress, stop=list(STOP), timings=timings, processor=processor)
         seconds = time.perf_counter() - t0
         n = max(len(texts), 1)
         # per row; rows the generator did not time share the total (None: nothing to count with)
@@ -531,10 +616,12 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
 
 
 def generations(system: System, rows, k: int = 10, max_new_tokens: int = 256, batch_size: int = 8,
-                progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print) -> list[str]:
+                progress: bool = True, force: bool = False, log: Callable[[str], Any] | None = print,
+                catalog=None, max_prompt_tokens: int | None = None) -> list[str]:
     """Greedy completions of ``system`` (an LLM) for ``rows``, cached (:func:`generation_stage`)."""
     d = generation_stage(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         progress=progress, force=force, log=log)
+                         progress=progress, force=force, log=log, catalog=catalog,
+                         max_prompt_tokens=max_prompt_tokens)
     return json.loads((d / "completions.json").read_text())
 
 
@@ -583,7 +670,8 @@ def cost_table(systems: Sequence[System], rows, k: int = 10, max_new_tokens: int
 
 def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10), catalog=None, oracle=None,
                max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True,
-               log: Callable[[str], Any] | None = print, domain: str | None = None) -> pd.DataFrame:
+               log: Callable[[str], Any] | None = print, domain: str | None = None,
+               max_prompt_tokens: int | None = None) -> pd.DataFrame:
     """Per-sample scores of ``system`` on ``rows`` (:mod:`safecrs_core.metrics` columns plus
     ``system``, ``group``, ``kind`` and, for LLMs, ``completion``).
 
@@ -599,7 +687,7 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
             from .catalog import load_catalog
             catalog = load_catalog(domain)
         texts = generations(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            progress=progress, log=log)
+                            progress=progress, log=log, catalog=catalog, max_prompt_tokens=max_prompt_tokens)
         df = M.score_completions(texts, rows, catalog, oracle, k=k, ks=ks)
         df["completion"] = texts
     else:
@@ -621,7 +709,8 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
 def results_stage(systems: Sequence[System], rows, *, profile: str | None = None, label: str = "main", k: int = 10,
                   ks: Sequence[int] = (5, 10), n_boot: int = 1000, seed: int = 0, max_new_tokens: int = 256,
                   batch_size: int = 8, catalog=None, oracle=None, progress: bool = True, force: bool = False,
-                  log: Callable[[str], Any] | None = print, domain: str | None = None) -> Path:
+                  log: Callable[[str], Any] | None = print, domain: str | None = None,
+                  max_prompt_tokens: int | None = None) -> Path:
     """Run every system on ``rows`` and write the results stage (module docstring); cached by the
     systems' keys, the rows' fingerprint and the evaluation parameters. ``profile`` and ``label``
     name the evaluation so that :func:`find_results` can find it again (they key the stage too;
@@ -640,10 +729,13 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
     ks = tuple(sorted(set(ks) | {k}))
     params = {"profile": profile, "label": label, "systems": [s.key() for s in systems],
               "rows": rows_fingerprint(rows), "n_rows": len(rows), "k": k, "ks": list(ks), "n_boot": n_boot, "seed": seed, "max_new_tokens": max_new_tokens}
+    if max_prompt_tokens is not None:
+        params["max_prompt_tokens"] = max_prompt_tokens
 
     def fn(tmp: Path):
         frames = [run_system(s, rows, k=k, ks=ks, catalog=catalog, oracle=oracle, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, progress=progress, log=log, domain=domain) for s in systems]
+                             batch_size=batch_size, progress=progress, log=log, domain=domain,
+                             max_prompt_tokens=max_prompt_tokens) for s in systems]
         per_sample = pd.concat(frames, ignore_index=True)
         per_sample.to_parquet(tmp / "per_sample.parquet", index=False)
         summary = summarize_systems(per_sample, names, n_boot=n_boot, seed=seed)
@@ -904,7 +996,7 @@ def paper_table(reported: Mapping | None = None) -> pd.DataFrame:
 
 __all__ = ["find_results", "results_label", "baselines_stage", "baselines_label", "domain_table", "trait_table", "constraint_kind",
            "rows_by_id", "example_lists", "load_paper_results", "paper_table",
-           "System", "llm_domain", "baseline_systems", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
+           "System", "llm_domain", "baseline_systems", "grounded_system", "free_system", "zero_shot_system", "evidence_system", "stage_system", "trained_systems",
            "trained_label", "available_systems", "generation_stage", "generations", "generation_cost", "cost_table",
            "run_system", "results_stage", "evaluate_systems", "load_results",
            "Results", "summarize_systems", "results_markdown", "publish_table", "evidence_table",

@@ -256,7 +256,7 @@ class SafeGDPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, model, rank_rewards: RankRewards, args: GRPOConfig | None = None, *,
-                 level: str = "rank", **kwargs):
+                 level: str = "rank", decoder=None, **kwargs):
         if "reward_funcs" in kwargs:
             raise TypeError("SafeGDPOTrainer takes its reward functions from rank_rewards")
         if not isinstance(rank_rewards, RankRewards):
@@ -265,6 +265,11 @@ class SafeGDPOTrainer(GRPOTrainer):
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         super().__init__(model=model, reward_funcs=rank_rewards.reward_functions(), args=args, **kwargs)
         self.rank_rewards, self.level = rank_rewards, level
+        self.decoder = decoder  # GroundedDecoder: rollouts decode grounded, as evaluation does
+        if decoder is not None and (self.use_vllm or self.use_transformers_continuous_batching):
+            raise NotImplementedError("grounded rollouts run through transformers' generate; switch off use_vllm "
+                                      "and continuous batching")
+        self._rollout_rows = None
         agg = self.args.multi_objective_aggregation
         if agg not in MODE_OF_AGGREGATION:
             raise ValueError(f"unknown multi_objective_aggregation {agg!r}")
@@ -272,8 +277,24 @@ class SafeGDPOTrainer(GRPOTrainer):
         if level == "rank" and self.args.scale_rewards != "group":
             raise ValueError("level='rank' normalises by the group std: use scale_rewards='group'")
 
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        """trl's generation; with a grounded decoder, ``generate`` gets the batch's
+        :class:`~safecrs_core.grounding.GroundedLogitsProcessor` (rows in trl's order)."""
+        if self.decoder is None:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        rows = self._rollout_rows
+        if rows is None or len(rows) != len(prompt_ids):
+            raise RuntimeError(f"grounded rollouts: {len(prompt_ids)} prompts but "
+                               f"{0 if rows is None else len(rows)} rows of this batch")
+        from transformers import LogitsProcessorList
+
+        processor = LogitsProcessorList([self.decoder.processor(rows)])
+        with _generate_with(self.accelerator.unwrap_model(self.model_wrapped), logits_processor=processor):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+
     def _generate_and_score_completions(self, inputs):
         self.rank_rewards.last = None
+        self._rollout_rows = inputs
         output = super()._generate_and_score_completions(inputs)
         if self.level == "sequence":
             return output
@@ -342,6 +363,10 @@ class GDPOParams:
     the base model with the adapter disabled. ``save_steps``: checkpoint interval; an interrupted
     run resumes from its last checkpoint.
 
+    ``grounding`` (None: free sampling): rollouts decode with these
+    :class:`~safecrs_core.grounding.Grounding` settings, the universe built from the training
+    rows, as evaluation decodes; it keys the stage only when set.
+
     ``evidence`` (None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.prompts.evidence_settings` (``n``, ``n_popular``, ``context_turns``,
     ``max_tags``); :func:`train_gdpo` then needs the matching
@@ -387,6 +412,7 @@ class GDPOParams:
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     evidence: dict | None = None
+    grounding: dict | None = None
 
     def __post_init__(self):
         from .prompts import DOMAINS
@@ -404,7 +430,10 @@ class GDPOParams:
         if self.per_device_train_batch_size * self.gradient_accumulation_steps % self.num_generations:
             raise ValueError("per_device_train_batch_size * gradient_accumulation_steps must be a multiple of "
                              "num_generations")
+        from .grounding import Grounding
         from .prompts import evidence_settings
+        grounding = Grounding.from_value(self.grounding)
+        self.grounding = None if grounding is None else dataclasses.asdict(grounding)
         self.evidence = evidence_settings(self.evidence)
         if self.evidence is not None and self.evidence["n"] < self.k:
             raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")
@@ -417,8 +446,9 @@ class GDPOParams:
         d = dataclasses.asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
         d["reward_weights"] = None if self.reward_weights is None else list(self.reward_weights)
-        if d["evidence"] is None:  # off: the keys of runs without the option stay as they were
-            del d["evidence"]
+        for name in ("evidence", "grounding"):  # off: the keys of runs without them stay as they were
+            if d[name] is None:
+                del d[name]
         return d
 
     def rank_rewards(self, catalog, oracle) -> RankRewards:
@@ -453,6 +483,18 @@ class GDPOParams:
         from peft import LoraConfig
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                           target_modules=list(self.lora_target_modules), task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def _generate_with(model, **extra):
+    """``model.generate`` takes ``extra`` keyword arguments inside the block (trl calls
+    ``generate`` without a logits processor; this is how grounded rollouts pass theirs)."""
+    original = model.generate
+    model.generate = lambda *a, **kw: original(*a, **{**kw, **extra})
+    try:
+        yield model
+    finally:
+        del model.generate
 
 
 @contextlib.contextmanager
@@ -528,9 +570,12 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     dataset = build_dataset(rows, k=params.k, domain=params.domain, n=params.n_train, seed=params.seed,
                             tokenizer=tokenizer, max_prompt_tokens=params.max_prompt_tokens, evidence=evidence)
     args = params.grpo_config(output_dir, **config_overrides)
+    from .grounding import decoder_for
+    decoder = decoder_for(params.grounding, catalog, tokenizer, rows, k=params.k,
+                          candidates=None)  # candidates-mode rollouts are not supported yet
     with _quiet_deprecations():
         trainer = SafeGDPOTrainer(model, params.rank_rewards(catalog, oracle), args, level=params.level,
-                                  train_dataset=dataset, processing_class=tokenizer,
+                                  decoder=decoder, train_dataset=dataset, processing_class=tokenizer,
                                   peft_config=params.peft_config(), callbacks=list(callbacks or []))
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)  # per-step logs stay in trainer.state.log_history

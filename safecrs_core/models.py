@@ -34,7 +34,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -329,7 +329,8 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = 
 
 def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str], max_new_tokens: int = 256,
              batch_size: int = 8, greedy: bool = True, progress: bool = True, stop: Sequence[str] | None = None,
-             timings: list | None = None, **generate_kwargs) -> list[str]:
+             timings: list | None = None, processor: Callable[[list[int]], Any] | None = None,
+             **generate_kwargs) -> list[str]:
     """Completions of ``prompts``, in input order, special tokens removed.
 
     A prompt is a chat (a list of ``{"role", "content"}``; the tokenizer's chat template is applied
@@ -339,6 +340,9 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
     ``stop``: strings that also end a completion (kept in the text), e.g. ``["</solution>"]``.
     ``timings``: a list that receives one ``{"rows", "prompt_tokens", "seconds"}`` dict per batch
     (the prompts' indices, their token counts, the batch's wall-clock generation time).
+    ``processor``: called with the prompt indices of each batch (in batch order), it returns a
+    logits processor for that batch, e.g. :meth:`~safecrs_core.grounding.GroundedDecoder.processor`
+    of the batch's rows (grounded decoding).
     Further keyword arguments go to ``model.generate``.
     """
     from tqdm.auto import tqdm
@@ -385,8 +389,12 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
                 n = len(ids[i])
                 input_ids[r, width - n:] = torch.tensor(ids[i], dtype=torch.long)
                 mask[r, width - n:] = 1
+            extra = {}
+            if processor is not None:
+                from transformers import LogitsProcessorList
+                extra["logits_processor"] = LogitsProcessorList([processor(list(batch))])
             t0 = time.perf_counter()
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs, **extra)
             if timings is not None:
                 timings.append({"rows": list(batch), "prompt_tokens": [len(ids[i]) for i in batch],
                                 "seconds": time.perf_counter() - t0})

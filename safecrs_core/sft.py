@@ -135,6 +135,10 @@ class SafeSFTConfig:
     ``max_new_tokens``/``eval_batch_size`` for that generation, ``bf16`` (None: on CUDA when
     supported, never on CPU), ``gradient_checkpointing`` (GPU only) and ``seed``.
 
+    ``grounding`` (None: free decoding): the :class:`~safecrs_core.grounding.Grounding`
+    settings (a dict) with which checkpoints are scored on validation; it keys the stage only
+    when set.
+
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
     ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
@@ -170,6 +174,7 @@ class SafeSFTConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     evidence: dict | None = None
+    grounding: dict | None = None
 
     DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
                    "seen_weight", "seed")
@@ -188,7 +193,10 @@ class SafeSFTConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
+        from .grounding import Grounding
         from .prompts import evidence_settings
+        grounding = Grounding.from_value(self.grounding)
+        self.grounding = None if grounding is None else dataclasses.asdict(grounding)
         self.evidence = evidence_settings(self.evidence)
         if self.evidence is not None:
             if self.variant != "safe":
@@ -198,9 +206,19 @@ class SafeSFTConfig:
 
     def to_params(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if out["evidence"] is None:  # off: the keys of configs without the option stay as they were
-            del out["evidence"]
+        for name in ("evidence", "grounding"):  # off: the keys of configs without them stay as they were
+            if out[name] is None:
+                del out[name]
         return out
+
+    def decoder(self, benchmark_dir, catalog, tokenizer):
+        """The :class:`~safecrs_core.grounding.GroundedDecoder` that scores checkpoints (None:
+        free decoding); its universe comes from the benchmark's train split."""
+        if self.grounding is None:
+            return None
+        from .benchmark import load_benchmark
+        from .grounding import decoder_for
+        return decoder_for(self.grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=self.k)
 
     def data_params(self) -> dict:
         """Parameters of the ``sft_data`` stage (the same for both variants; with ``evidence``,
@@ -722,11 +740,13 @@ def validation_rows(benchmark_dir: str | os.PathLike, n: int, seed: int = 0, off
 
 def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens: int = 288,
                    batch_size: int = 8, max_prompt_tokens: int | None = None, catalog=None, oracle=None,
-                   progress: bool = True, evidence=None, domain: str | None = None) -> tuple[list[str], pd.DataFrame]:
+                   progress: bool = True, evidence=None, domain: str | None = None,
+                   decoder=None) -> tuple[list[str], pd.DataFrame]:
     """Greedy completions of ``model`` for benchmark ``rows`` and their per-row metrics
     (:func:`safecrs_core.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`.
     ``domain`` (the prompts' domain, and the catalog and oracle loaded when not given): the
-    catalog's domain when None, movies without a catalog."""
+    catalog's domain when None, movies without a catalog. ``decoder``: a
+    :class:`~safecrs_core.grounding.GroundedDecoder` (grounded decoding; None: free)."""
     from .metrics import score_completions
     from .models import generate
 
@@ -741,8 +761,11 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
         prompts = validation_prompts(rows, tok, k, max_prompt_tokens, domain=domain, evidence=evidence)
         # the Trainer switches the KV cache off in the model config; generation needs it back.
         # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
+        processor = None
+        if decoder is not None:
+            processor = lambda batch: decoder.processor([rows[i] for i in batch])  # noqa: E731
         completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=progress, use_cache=True, stop=[SOLUTION_CLOSE])
+                               progress=progress, use_cache=True, stop=[SOLUTION_CLOSE], processor=processor)
     finally:
         if was_training:
             model.train()
@@ -805,8 +828,10 @@ class CheckpointScorer(TrainerCallback):
     and, with ``prune``, removes checkpoints that are neither the best nor the latest."""
 
     def __init__(self, rows, tok, config: SafeSFTConfig, output_dir, catalog=None, oracle=None,
-                 progress: bool = True, prune: bool = True, log=print, evidence=None, domain: str | None = None):
+                 progress: bool = True, prune: bool = True, log=print, evidence=None, domain: str | None = None,
+                 decoder=None):
         self.rows, self.tok, self.config = list(rows), tok, config
+        self.decoder = decoder  # GroundedDecoder when checkpoints are scored with grounded decoding
         self.domain = resolve_domain(domain, ("catalog", catalog))  # the benchmark's domain (prompts, catalog, oracle)
         self.evidence = evidence  # EvidencePrompts when the run trains with evidence prompts
         self.output_dir = Path(output_dir)
@@ -823,7 +848,8 @@ class CheckpointScorer(TrainerCallback):
         t0 = time.perf_counter()
         comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
                                    self.config.eval_batch_size, self.config.max_length, self.catalog,
-                                   self.oracle, self.progress, evidence=self.evidence, domain=self.domain)
+                                   self.oracle, self.progress, evidence=self.evidence, domain=self.domain,
+                                   decoder=self.decoder)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         summary = _summary(df) | {"seconds": round(seconds, 1)}
@@ -963,8 +989,9 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         if config.evidence is not None and rows:
             from .benchmark import load_benchmark
             evidence = config.evidence_prompts(load_benchmark(bench)[0], catalog, oracle, progress=progress, log=log)
+        decoder = config.decoder(bench, catalog, tok) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
-                                  domain=domain)
+                                  domain=domain, decoder=decoder)
         trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
         last = last_checkpoint(work)
         if last is not None:
@@ -1086,11 +1113,12 @@ def loss_history(stage_dir: str | os.PathLike) -> pd.DataFrame:
 def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n: int, *, offset: int = 0,
                    seed: int = 0, k: int = 10, max_new_tokens: int = 288, batch_size: int = 12,
                    max_prompt_tokens: int | None = 512, data_dir=None, force: bool = False,
-                   threads: int | None = None, progress: bool = True, log=print) -> Path:
+                   threads: int | None = None, progress: bool = True, log=print,
+                   grounding: Mapping[str, Any] | None = None) -> Path:
     """The cached ``sft_eval`` stage: greedy completions and per-row scores on
     :func:`validation_rows` ``(n, seed, offset)`` for ``model``, either a model name (zero-shot)
     or an ``sft`` stage directory. Files: ``completions.json``, ``scores.parquet``,
-    ``summary.json``."""
+    ``summary.json``. ``grounding``: grounded decoding settings (keys the stage only when set)."""
     from .benchmark import benchmark_domain
     from .models import load_model
     from .pipeline import atomic_write_json, is_done, run_stage, stage_ref
@@ -1100,6 +1128,9 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
     model_id = stage_ref(model) if is_stage else str(model)
     params = {"model": model_id, "n": n, "offset": offset, "seed": seed, "k": k, "max_new_tokens": max_new_tokens,
               "max_prompt_tokens": max_prompt_tokens}
+    if grounding is not None:
+        from .grounding import Grounding
+        params["grounding"] = dataclasses.asdict(Grounding.from_value(grounding))
     inputs = [stage_ref(bench)] + ([model_id] if is_stage else [])
 
     def fn(tmp: Path):
@@ -1112,8 +1143,13 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
         domain = benchmark_domain(bstats)
         catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
         t0 = time.perf_counter()
+        decoder = None
+        if grounding is not None:
+            from .benchmark import load_benchmark
+            from .grounding import decoder_for
+            decoder = decoder_for(grounding, catalog, tok, load_benchmark(bench)[0]["train"], k=k)
         comps, df = evaluate_model(m, tok, rows, k, max_new_tokens, batch_size, max_prompt_tokens, catalog,
-                                   oracle, progress, domain=domain)
+                                   oracle, progress, domain=domain, decoder=decoder)
         seconds = time.perf_counter() - t0
         new_tokens = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in comps)
         atomic_write_json(tmp / "completions.json", {"ids": [r["id"] for r in rows], "completions": comps})

@@ -1,0 +1,457 @@
+"""Grounded decoding: inside ``<solution>`` a model writes only titles of a fixed item universe.
+
+A 135M model asked for ten films mostly apologises or invents titles; an item it cannot name is
+an item no metric can judge. Grounded decoding keeps every list line a real catalog item while
+the model still chooses which one, and in which order.
+
+The universe (:func:`universe_items`)
+    ``"universe"`` mode: the ``n_popular`` most popular catalog items plus every item of the
+    benchmark's **train** split (targets, seen items, removed targets). Validation and test
+    targets are never looked at, so the universe leaks nothing. Only items whose display title
+    ``"Title (Year)"`` parses and resolves back to the item itself are kept (so every grounded
+    line is a catalog hit), and titles that would clash with the answer tags are left out.
+    ``"candidates"`` mode: each row has its own universe, the candidate ids shown in its prompt.
+
+The grammar (:class:`GroundedLogitsProcessor`)
+    A completion is ``[<reasoning>free text</reasoning>\\n]<solution>\\n`` then title lines, each
+    ``display + "\\n"`` token by token along a token trie (:class:`TokenTrie`), then
+    ``</solution>`` and the end-of-turn token. At a line start the model may close the list only
+    after ``min_items`` items, and must close it after ``max_items`` (``k``). A title is never
+    written twice, nor a title of an item the user mentioned (the row's ``seen``): a trie branch
+    is open only while it still leads to an allowed title. A reasoning block (when
+    ``reasoning_tokens > 0``) is free text; after ``reasoning_tokens`` tokens the processor
+    closes it. Everything the model is not allowed to write gets a logit of ``-inf``; among the
+    allowed tokens the model's own scores decide (greedy, or sampling in RL rollouts).
+
+The same processor serves validation (:func:`~safecrs_core.sft.evaluate_model`), evaluation
+(:func:`~safecrs_core.evaluate.generation_stage`) and the Safe-GDPO rollouts
+(:class:`~safecrs_core.gdpo.SafeGDPOTrainer`), so what RL samples is what evaluation scores.
+:class:`Grounding` holds the settings (they key every cache) and builds processors.
+
+Tokens: titles are tokenised alone, ``display + "\\n"``; with a byte-level BPE whose
+pre-tokenizer splits at newlines (SmolLM2's) this equals the tokenisation of the title inside a
+whole completion, so SFT targets and grounded paths agree (:func:`check_tokenization`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, SOLUTION_OPEN
+
+MODES = ("universe", "candidates")
+GROUNDING_VERSION = 1  # part of every key: change it when the grammar or universe rules change
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------
+# Universe
+
+
+def universe_items(catalog, train_rows, n_popular: int = 5000) -> list[str]:
+    """The universe of ``"universe"`` mode (module docstring): the ``n_popular`` most popular
+    catalog items with a known year plus the items of ``train_rows`` (the train split only),
+    restricted to items whose display title resolves back to themselves; sorted by popularity
+    (ties by id)."""
+    from .metrics import _column, _ref_ids
+    from .prompts import parse_completion
+
+    if isinstance(n_popular, bool) or not isinstance(n_popular, int) or n_popular < 0:
+        raise ValueError(f"n_popular must be an integer >= 0, got {n_popular!r}")
+    items = catalog.items
+    pop = items["popularity"].fillna(0.0)
+    dated = pop[items["year"].notna()]
+    top = dated.sort_values(ascending=False, kind="stable").head(n_popular).index.tolist() if n_popular else []
+    train = set()
+    for col in ("targets", "seen", "removed_targets"):
+        for refs in _column(train_rows, col, []):
+            train.update(_ref_ids(refs))
+    ids = sorted((set(top) | train) & set(items.index))
+    displays = [catalog.display(i) for i in ids]
+    keep = []
+    for i, d in zip(ids, displays):
+        if d.lstrip().startswith("<") or "\n" in d:
+            continue
+        parsed = parse_completion(f"{SOLUTION_OPEN}\n{d}\n{SOLUTION_CLOSE}", resolver=catalog)
+        if len(parsed) == 1 and parsed[0].item_id == i and parsed[0].display == d:
+            keep.append(i)
+    frame = {"id": keep, "pop": pop.reindex(keep).to_numpy()}
+    order = sorted(range(len(keep)), key=lambda j: (-frame["pop"][j], frame["id"][j]))
+    return [keep[j] for j in order]
+
+
+def fingerprint(values: Sequence[str]) -> str:
+    """sha256 (16 hex digits) of a list of strings (a universe's ids)."""
+    return hashlib.sha256("\n".join(values).encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Token trie
+
+
+class TokenTrie:
+    """A trie over token sequences; each complete sequence carries a ``key`` (a display title).
+
+    Nodes are integers (0 is the root). ``children[node]`` maps a token id to a node;
+    ``terminal[node]`` is the key ending there; ``count[node]`` the keys below (and at) a node.
+    """
+
+    def __init__(self, sequences: Sequence[Sequence[int]], keys: Sequence[str]):
+        if len(sequences) != len(keys):
+            raise ValueError(f"{len(sequences)} token sequences for {len(keys)} keys")
+        self.children: list[dict[int, int]] = [{}]
+        self.count: list[int] = [0]
+        self.terminal: dict[int, str] = {}
+        self.path: dict[str, list[int]] = {}  # key -> nodes from the root's child to its terminal
+        self._allowed: dict[int, torch.Tensor] = {}
+        for seq, key in zip(sequences, keys):
+            if key in self.path:
+                continue
+            if not len(seq):
+                raise ValueError(f"empty token sequence for {key!r}")
+            node, nodes = 0, []
+            self.count[0] += 1
+            for t in seq:
+                if node in self.terminal:
+                    raise ValueError(f"{key!r}: its token sequence extends another key's ({self.terminal[node]!r})")
+                nxt = self.children[node].get(int(t))
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][int(t)] = nxt
+                    self.children.append({})
+                    self.count.append(0)
+                node = nxt
+                self.count[node] += 1
+                nodes.append(node)
+            if node in self.terminal or self.children[node]:
+                raise ValueError(f"{key!r}: its token sequence is a prefix of another key's (or the same)")
+            self.terminal[node] = key
+            self.path[key] = nodes
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def allowed(self, node: int) -> torch.Tensor:
+        """The token ids that continue ``node`` (a cached tensor)."""
+        t = self._allowed.get(node)
+        if t is None:
+            t = torch.tensor(sorted(self.children[node]), dtype=torch.long)
+            self._allowed[node] = t
+        return t
+
+
+class TitleTokens:
+    """Token ids of ``display + "\\n"`` per display title, cached (one tokenizer call per batch
+    of new titles)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def __call__(self, displays: Sequence[str]) -> list[tuple[int, ...]]:
+        new = [d for d in dict.fromkeys(displays) if d not in self._cache]
+        if new:
+            enc = self.tokenizer([d + "\n" for d in new], add_special_tokens=False)["input_ids"]
+            self._cache.update((d, tuple(e)) for d, e in zip(new, enc))
+        return [self._cache[d] for d in displays]
+
+    def trie(self, displays: Sequence[str]) -> TokenTrie:
+        displays = list(dict.fromkeys(displays))
+        return TokenTrie(self(displays), displays)
+
+
+def check_tokenization(tokenizer, displays: Sequence[str]) -> float:
+    """Share of ``displays`` whose tokens inside a completion (``<solution>\\n`` + the lines)
+    equal their tokens alone (``display + "\\n"``); 1.0 for SmolLM2's tokenizer."""
+    if not displays:
+        return 1.0
+    tt = TitleTokens(tokenizer)
+    head = tokenizer(SOLUTION_OPEN + "\n", add_special_tokens=False)["input_ids"]
+    ok = 0
+    for d, alone in zip(displays, tt(list(displays))):
+        whole = tokenizer(SOLUTION_OPEN + "\n" + d + "\n", add_special_tokens=False)["input_ids"]
+        ok += tuple(whole[len(head):]) == alone and whole[:len(head)] == head
+    return ok / len(displays)
+
+
+# --------------------------------------------------------------------------------------------
+# The processor
+
+START, REASONING, FORCED, LINE, TITLE, EOS, DONE = range(7)
+
+
+@dataclass
+class _Row:
+    trie: TokenTrie
+    blocked: dict[int, int]  # node -> blocked keys at or below it
+    phase: int = START
+    node: int = 0  # in the opener trie (START) or the title trie (TITLE)
+    forced: tuple[int, ...] = ()  # tokens still to force (FORCED)
+    then: int = LINE  # phase after the forced tokens
+    reasoning: str = ""
+    reasoning_len: int = 0
+    items: int = 0
+
+
+class GroundedLogitsProcessor:
+    """A transformers logits processor for one batch (module docstring). ``tries[r]``: row
+    ``r``'s title trie (shared in universe mode); ``blocked[r]``: display titles row ``r`` may
+    not write (its seen items). Rows are the batch rows in order (a row repeated for several
+    samples appears once per copy). Works with greedy search and sampling, one new token per
+    step; after the end-of-turn token a row is left alone."""
+
+    def __init__(self, tokenizer, tries: Sequence[TokenTrie], blocked: Sequence[Sequence[str]] | None = None,
+                 min_items: int = 1, max_items: int = 10, reasoning_tokens: int = 0):
+        self.tokenizer = tokenizer
+        enc = lambda s: tuple(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+        self.open_solution = enc(SOLUTION_OPEN + "\n")
+        self.close_solution = enc(SOLUTION_CLOSE)
+        self.close_reasoning = enc(REASONING_CLOSE + "\n" + SOLUTION_OPEN + "\n")
+        self.after_reasoning = enc("\n" + SOLUTION_OPEN + "\n")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("grounded decoding needs a tokenizer with an end-of-turn (eos) token")
+        self.eos = int(tokenizer.eos_token_id)
+        openers = [self.open_solution] + ([enc(REASONING_OPEN)] if reasoning_tokens > 0 else [])
+        self.openers = TokenTrie(openers, ["solution", "reasoning"][:len(openers)])
+        self.min_items, self.max_items, self.reasoning_tokens = int(min_items), int(max_items), int(reasoning_tokens)
+        if not 0 <= self.min_items <= self.max_items or self.max_items < 1:
+            raise ValueError(f"need 0 <= min_items <= max_items and max_items >= 1, got {min_items}, {max_items}")
+        blocked = [()] * len(tries) if blocked is None else blocked
+        if len(blocked) != len(tries):
+            raise ValueError(f"{len(blocked)} blocked lists for {len(tries)} rows")
+        self.rows: list[_Row] = []
+        for trie, bl in zip(tries, blocked):
+            row = _Row(trie, {})
+            for d in bl:
+                self._block(row, d)
+            self.rows.append(row)
+        self._length: int | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _block(row: _Row, key: str) -> None:
+        nodes = row.trie.path.get(key)
+        if nodes is None or row.blocked.get(nodes[-1]):
+            return
+        for n in [0] + nodes:
+            row.blocked[n] = row.blocked.get(n, 0) + 1
+
+    @staticmethod
+    def _open(row: _Row, node: int) -> bool:
+        return row.trie.count[node] > row.blocked.get(node, 0)
+
+    def _force(self, row: _Row, tokens: Sequence[int], then: int) -> None:
+        if tokens:
+            row.phase, row.forced, row.then = FORCED, tuple(tokens), then
+        else:
+            self._enter(row, then)
+
+    def _enter(self, row: _Row, phase: int) -> None:
+        if phase == LINE:
+            row.phase, row.node = LINE, 0
+            if row.items >= self.max_items or not self._open(row, 0):
+                self._force(row, self.close_solution, EOS)
+        else:
+            row.phase = phase
+
+    def _step(self, row: _Row, token: int) -> None:
+        """Advance ``row`` by the token just written."""
+        if row.phase == DONE:
+            return
+        if row.phase == EOS:
+            row.phase = DONE
+        elif row.phase == FORCED:
+            row.forced = row.forced[1:]
+            if not row.forced:
+                self._enter(row, row.then)
+        elif row.phase == START:
+            row.node = self.openers.children[row.node][token]
+            key = self.openers.terminal.get(row.node)
+            if key == "solution":
+                self._enter(row, LINE)
+            elif key == "reasoning":
+                row.phase = REASONING
+        elif row.phase == REASONING:
+            row.reasoning_len += 1
+            row.reasoning += self.tokenizer.decode([token], skip_special_tokens=False)
+            at = row.reasoning.find(REASONING_CLOSE)
+            if at >= 0:
+                tail = row.reasoning[at + len(REASONING_CLOSE):]
+                self._force(row, self.open_solution if "\n" in tail else self.after_reasoning, LINE)
+            elif row.reasoning_len >= self.reasoning_tokens:
+                self._force(row, self.close_reasoning, LINE)
+        elif row.phase == LINE and token == self.close_solution[0] and token not in row.trie.children[0]:
+            self._force(row, self.close_solution[1:], EOS)
+        else:  # LINE (a title's first token) or TITLE
+            row.phase, row.node = TITLE, row.trie.children[row.node][token]
+            key = row.trie.terminal.get(row.node)
+            if key is not None:
+                row.items += 1
+                self._block(row, key)
+                self._enter(row, LINE)
+
+    def allowed(self, r: int) -> torch.Tensor | None:
+        """The tokens row ``r`` may write next (None: any token)."""
+        row = self.rows[r]
+        if row.phase in (REASONING, DONE):
+            return None
+        if row.phase == EOS:
+            return torch.tensor([self.eos], dtype=torch.long)
+        if row.phase == FORCED:
+            return torch.tensor([row.forced[0]], dtype=torch.long)
+        if row.phase == START:
+            return self.openers.allowed(row.node)
+        trie, node = row.trie, row.node
+        if row.blocked.get(node):
+            toks = torch.tensor(sorted(t for t, n in trie.children[node].items() if self._open(row, n)),
+                                dtype=torch.long)
+        else:
+            toks = trie.allowed(node)
+        if row.phase == LINE and row.items >= self.min_items:
+            toks = torch.cat([toks, torch.tensor([self.close_solution[0]], dtype=torch.long)])
+        return toks
+
+    # -- transformers interface ----------------------------------------------------------------
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n, length = input_ids.shape
+        if n != len(self.rows):
+            raise ValueError(f"the processor was built for {len(self.rows)} rows, the batch has {n}")
+        if self._length is not None:
+            if length != self._length + 1:
+                raise RuntimeError("grounded decoding expects one new token per step (no beam search)")
+            for row, t in zip(self.rows, input_ids[:, -1].tolist()):
+                self._step(row, t)
+        self._length = length
+        mask = torch.full_like(scores, NEG_INF)
+        for r in range(n):
+            allowed = self.allowed(r)
+            if allowed is None:
+                mask[r] = 0.0
+            else:
+                mask[r, allowed.to(scores.device)] = 0.0
+        return scores + mask
+
+    def written(self, r: int) -> int:
+        """Items row ``r`` has written so far."""
+        return self.rows[r].items
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Settings of grounded decoding (they key generations and training stages).
+
+    ``mode``: ``"universe"`` (a fixed universe, :func:`universe_items` with ``n_popular``) or
+    ``"candidates"`` (each row's own candidate ids). ``min_items``: items before ``</solution>``
+    may be written; the list closes after ``k`` items. ``reasoning_tokens``: the longest
+    reasoning block (0: none; the answer opens with ``<solution>``)."""
+
+    mode: str = "universe"
+    n_popular: int = 5000
+    min_items: int = 1
+    reasoning_tokens: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"grounding mode must be one of {MODES}, got {self.mode!r}")
+        for name, low in (("n_popular", 0), ("min_items", 0), ("reasoning_tokens", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"grounding {name} must be an integer >= {low}, got {v!r}")
+
+    @classmethod
+    def from_value(cls, value: "Grounding | Mapping[str, Any] | None") -> "Grounding | None":
+        """A :class:`Grounding` from itself, a dict of its fields (a notebook parameter) or None."""
+        if value is None or isinstance(value, Grounding):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"grounding must be a dict like {asdict(cls())} or None, got {value!r}")
+        unknown = sorted(set(value) - set(asdict(cls())))
+        if unknown:
+            raise ValueError(f"unknown grounding settings {unknown}; known: {', '.join(asdict(cls()))}")
+        return cls(**dict(value))
+
+    def params(self, universe: Sequence[str] | None = None) -> dict:
+        """What keys a grounded run: these settings, the grammar version and, in universe mode,
+        a fingerprint of the universe."""
+        out = {**asdict(self), "version": GROUNDING_VERSION}
+        if universe is not None:
+            out["universe"] = fingerprint(list(universe))
+            out["universe_size"] = len(universe)
+        return out
+
+
+@dataclass
+class GroundedDecoder:
+    """Builds :class:`GroundedLogitsProcessor` objects for batches of benchmark rows.
+
+    ``settings``: a :class:`Grounding`; ``catalog`` names items; ``universe``: the item ids of
+    universe mode (:func:`universe_items`); ``candidates(rows) -> id lists`` in candidates mode.
+    ``k``: the list length (``max_items``)."""
+
+    settings: Grounding
+    catalog: Any
+    tokenizer: Any
+    k: int = 10
+    universe: Sequence[str] | None = None
+    candidates: Callable[[Sequence[Mapping]], list[list[str]]] | None = None
+
+    def __post_init__(self):
+        self.titles = TitleTokens(self.tokenizer)
+        if self.settings.mode == "universe":
+            if not self.universe:
+                raise ValueError("universe mode needs the universe's item ids (grounding.universe_items)")
+            self.universe = list(self.universe)
+            self._trie = self.titles.trie([self.catalog.display(i) for i in self.universe])
+        elif self.candidates is None:
+            raise ValueError("candidates mode needs candidates(rows) -> candidate id lists")
+
+    def params(self) -> dict:
+        return self.settings.params(self.universe if self.settings.mode == "universe" else None)
+
+    def tries(self, rows: Sequence[Mapping]) -> list[TokenTrie]:
+        if self.settings.mode == "universe":
+            return [self._trie] * len(rows)
+        lists = self.candidates(rows)
+        if len(lists) != len(rows):
+            raise ValueError(f"candidates gave {len(lists)} lists for {len(rows)} rows")
+        return [self.titles.trie([self.catalog.display(i) for i in ids if i in self.catalog]) for ids in lists]
+
+    def processor(self, rows: Sequence[Mapping]) -> GroundedLogitsProcessor:
+        """The processor for a batch of ``rows`` (dicts with ``seen``; in candidates mode what
+        ``candidates`` needs), in batch order."""
+        from .metrics import _ref_ids
+
+        blocked = [[self.catalog.display(i) for i in sorted(_ref_ids(r.get("seen"))) if i in self.catalog]
+                   for r in rows]
+        return GroundedLogitsProcessor(self.tokenizer, self.tries(rows), blocked, min_items=self.settings.min_items,
+                                       max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens)
+
+
+def decoder_for(settings: Grounding | Mapping | None, catalog, tokenizer, train_rows=None, k: int = 10,
+                candidates: Callable | None = None) -> GroundedDecoder | None:
+    """A :class:`GroundedDecoder` for ``settings`` (None: free decoding, returns None); universe
+    mode builds its universe from ``train_rows`` (the benchmark's train split)."""
+    settings = Grounding.from_value(settings)
+    if settings is None:
+        return None
+    universe = None
+    if settings.mode == "universe":
+        if train_rows is None:
+            raise ValueError("universe mode needs the train split (train_rows) to build its universe")
+        universe = universe_items(catalog, train_rows, settings.n_popular)
+    return GroundedDecoder(settings, catalog, tokenizer, k=k, universe=universe, candidates=candidates)
+
+
+__all__ = ["Grounding", "GroundedDecoder", "GroundedLogitsProcessor", "TokenTrie", "TitleTokens", "decoder_for",
+           "universe_items", "check_tokenization", "fingerprint", "MODES"]

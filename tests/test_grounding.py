@@ -1,0 +1,248 @@
+"""Grounded decoding: the token trie, the processor's grammar, the universe and its use in
+generation, evaluation and Safe-GDPO rollouts (tiny model)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import ref
+from safecrs_core import grounding as GR
+from safecrs_core.prompts import parse_completion
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from safecrs_core.models import load_tokenizer
+    return load_tokenizer("tiny-smollm2")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from safecrs_core.models import load_model
+    return load_model("tiny-smollm2", device="cpu")
+
+
+TITLES = ["Heat (1995)", "Heathers (1988)", "Saw (2004)", "Saw II (2005)", "Up (2009)", "Alien (1979)",
+          "Aliens (1986)", "Jaws (1975)", "Finding Nemo (2003)", "Toy Story (1995)", "Toy Story 2 (1999)",
+          "Tron (1982)"]
+
+
+class FakeCatalog:
+    """Display titles are the ids themselves."""
+
+    def display(self, i):
+        return i
+
+    def __contains__(self, i):
+        return i in TITLES
+
+
+def _drive(proc, tok, pick, steps=120):
+    """Run ``proc`` like generate does, choosing each row's token with ``pick(r, allowed)``;
+    returns the decoded completions."""
+    n = len(proc.rows)
+    ids = torch.zeros((n, 1), dtype=torch.long)
+    vocab = len(tok)
+    out = [[] for _ in range(n)]
+    done = [False] * n
+    for step in range(steps):
+        scores = proc(ids, torch.zeros((n, vocab)))
+        nxt = []
+        for r in range(n):
+            allowed = torch.isfinite(scores[r]).nonzero().flatten().tolist()
+            t = tok.pad_token_id if done[r] else pick(r, step, allowed)
+            assert done[r] or t in allowed
+            if not done[r]:
+                out[r].append(t)
+                done[r] = t == tok.eos_token_id
+            nxt.append(t)
+        ids = torch.cat([ids, torch.tensor(nxt).unsqueeze(1)], dim=1)
+        if all(done):
+            break
+    return [tok.decode(o, skip_special_tokens=True) for o in out], done
+
+
+def test_token_trie_paths_counts_and_prefix_errors(tok):
+    tt = GR.TitleTokens(tok)
+    trie = tt.trie(TITLES)
+    assert len(trie) == len(TITLES) and trie.count[0] == len(TITLES)
+    for t in TITLES:
+        nodes = trie.path[t]
+        assert trie.terminal[nodes[-1]] == t
+        seq = tok(t + "\n", add_special_tokens=False)["input_ids"]
+        assert len(nodes) == len(seq)
+    with pytest.raises(ValueError, match="prefix|extends"):
+        GR.TokenTrie([[1, 2], [1, 2, 3]], ["a", "b"])
+    with pytest.raises(ValueError, match="empty"):
+        GR.TokenTrie([[]], ["a"])
+
+
+def test_tokenization_alone_equals_inside_a_completion(tok):
+    assert GR.check_tokenization(tok, TITLES + ["The Last Samurai (2003)", "Amélie (2001)", "8½ (1963)"]) == 1.0
+
+
+def test_greedy_like_walk_writes_only_universe_titles_without_repeats_or_seen_items(tok):
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    proc = GR.GroundedLogitsProcessor(tok, [trie, trie], blocked=[["Heat (1995)", "Saw (2004)"], []],
+                                      min_items=10, max_items=10)
+    # always the smallest allowed token: a deterministic walk that would repeat if it could
+    texts, done = _drive(proc, tok, lambda r, s, allowed: min(allowed))
+    assert all(done)
+    for r, text in enumerate(texts):
+        parsed = parse_completion(text)
+        names = [it.display for it in parsed]
+        assert parsed.has_solution_tags and not parsed.truncated
+        assert len(names) == 10 == len(set(names)) and set(names) <= set(TITLES)
+        assert text.startswith("<solution>\n") and text.rstrip().endswith("</solution>")
+    first = [it.display for it in parse_completion(texts[0])]
+    assert "Heat (1995)" not in first and "Saw (2004)" not in first
+    assert proc.written(0) == 10
+
+
+def test_close_is_allowed_after_min_items_and_forced_at_max(tok):
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    close = tok("</solution>", add_special_tokens=False)["input_ids"][0]
+
+    def pick(r, step, allowed):  # close as soon as allowed
+        return close if close in allowed else max(allowed)
+    for lo, hi, want in ((2, 5, 2), (0, 3, 0), (4, 4, 4)):
+        proc = GR.GroundedLogitsProcessor(tok, [trie], min_items=lo, max_items=hi)
+        texts, done = _drive(proc, tok, pick)
+        assert done[0] and len(parse_completion(texts[0])) == want
+
+    never = lambda r, s, allowed: max(a for a in allowed if a != close) if set(allowed) - {close} else allowed[0]  # noqa: E731
+    proc = GR.GroundedLogitsProcessor(tok, [trie], min_items=0, max_items=3)
+    texts, done = _drive(proc, tok, never)
+    assert done[0] and len(parse_completion(texts[0])) == 3
+    # a universe smaller than k: the list closes when every title is used
+    small = GR.TitleTokens(tok).trie(TITLES[:2])
+    proc = GR.GroundedLogitsProcessor(tok, [small], min_items=10, max_items=10)
+    texts, done = _drive(proc, tok, never)
+    assert done[0] and len(parse_completion(texts[0])) == 2
+
+
+def test_reasoning_block_is_free_then_closed_by_budget_or_by_the_model(tok):
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    reason = tok("<reasoning>", add_special_tokens=False)["input_ids"]
+    word = tok(" gore", add_special_tokens=False)["input_ids"][0]
+    proc = GR.GroundedLogitsProcessor(tok, [trie], min_items=2, max_items=2, reasoning_tokens=5)
+
+    def pick(r, step, allowed):
+        if step < len(reason):
+            assert reason[step] in allowed
+            return reason[step]
+        return word if len(allowed) == len(tok) else min(allowed)
+    texts, done = _drive(proc, tok, pick)
+    parsed = parse_completion(texts[0])
+    w = tok.decode([word])
+    assert done[0] and parsed.has_reasoning and parsed.reasoning == (w * 5).strip()
+    assert len(parsed) == 2
+    # the model closes its reasoning itself: the solution follows at once
+    close = tok("</reasoning>", add_special_tokens=False)["input_ids"]
+    proc = GR.GroundedLogitsProcessor(tok, [trie], min_items=1, max_items=1, reasoning_tokens=50)
+    script = reason + [word] + close
+
+    def pick2(r, step, allowed):
+        return script[step] if step < len(script) else min(allowed)
+    texts, done = _drive(proc, tok, pick2)
+    assert texts[0].startswith(f"<reasoning>{w}</reasoning>\n<solution>\n") and len(parse_completion(texts[0])) == 1
+    # without a reasoning budget the answer must open with <solution>
+    proc = GR.GroundedLogitsProcessor(tok, [trie], reasoning_tokens=0)
+    scores = proc(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, len(tok))))
+    assert torch.isfinite(scores[0]).sum() == 1
+
+
+def test_processor_rejects_beam_search_and_wrong_batches(tok):
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    proc = GR.GroundedLogitsProcessor(tok, [trie])
+    with pytest.raises(ValueError, match="rows"):
+        proc(torch.zeros((2, 1), dtype=torch.long), torch.zeros((2, len(tok))))
+    proc(torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, len(tok))))
+    with pytest.raises(RuntimeError, match="one new token"):
+        proc(torch.zeros((1, 3), dtype=torch.long), torch.zeros((1, len(tok))))
+    with pytest.raises(ValueError, match="min_items"):
+        GR.GroundedLogitsProcessor(tok, [trie], min_items=5, max_items=3)
+
+
+def test_settings_validate_and_key(tok):
+    g = GR.Grounding.from_value({"mode": "universe", "n_popular": 10})
+    assert g.params(["a", "b"])["universe_size"] == 2 and g.params(["a"]) != g.params(["b"])
+    assert GR.Grounding.from_value(None) is None and GR.Grounding.from_value(g) is g
+    with pytest.raises(ValueError, match="unknown grounding"):
+        GR.Grounding.from_value({"mode": "universe", "size": 3})
+    with pytest.raises(ValueError, match="mode"):
+        GR.Grounding(mode="everything")
+    with pytest.raises(ValueError, match="min_items"):
+        GR.Grounding(min_items=-1)
+
+
+def test_candidates_mode_keeps_each_row_to_its_own_candidates(tok):
+    cands = [["Heat (1995)", "Saw (2004)", "Up (2009)"], ["Jaws (1975)", "Tron (1982)", "Alien (1979)"]]
+    dec = GR.GroundedDecoder(GR.Grounding(mode="candidates", min_items=3), FakeCatalog(), tok, k=3,
+                             candidates=lambda rows: [cands[int(r["id"])] for r in rows])
+    rows = [{"id": "0", "seen": [ref("Saw (2004)")]}, {"id": "1", "seen": []}]
+    texts, done = _drive(dec.processor(rows), tok, lambda r, s, allowed: max(allowed))
+    assert [it.display for it in parse_completion(texts[0])] and all(done)
+    assert {it.display for it in parse_completion(texts[0])} == {"Heat (1995)", "Up (2009)"}  # Saw was seen
+    assert {it.display for it in parse_completion(texts[1])} == set(cands[1])
+
+
+def test_universe_is_popular_plus_train_items_and_resolves(movies_world):
+    cat, _, top = movies_world
+    train = [{"targets": [ref("tt0266543")], "seen": [], "removed_targets": []}]
+    uni = GR.universe_items(cat, train, n_popular=50)
+    assert "tt0266543" in uni and len(uni) <= 51
+    for i in uni:
+        parsed = parse_completion(f"<solution>\n{cat.display(i)}\n</solution>", resolver=cat)
+        assert parsed[0].item_id == i
+    # nothing from outside the train rows and the popular head
+    dated = [i for i in top if i in cat.items.index and cat.items.loc[i, "year"] is not None][:50]
+    assert set(uni) <= set(dated) | {"tt0266543"}
+    with pytest.raises(ValueError, match="n_popular"):
+        GR.universe_items(cat, train, n_popular=-1)
+
+
+def test_generate_with_the_tiny_model_writes_grounded_lists(tiny, movies_world):
+    from safecrs_core.models import generate
+    from safecrs_core.prompts import build_messages
+
+    model, tok = tiny
+    cat, _, _ = movies_world
+    uni = GR.universe_items(cat, [], n_popular=200)
+    dec = GR.GroundedDecoder(GR.Grounding(min_items=10), cat, tok, k=10, universe=uni)
+    rows = [{"id": str(i), "seen": [ref(uni[0])],
+             "turns": [{"role": "user", "text": f"Something like film number {i}."}]} for i in range(3)]
+    prompts = [build_messages(r["turns"]) for r in rows]
+    texts = generate(model, tok, prompts, max_new_tokens=160, batch_size=2, progress=False,
+                     processor=lambda batch: dec.processor([rows[i] for i in batch]), stop=["</solution>"])
+    for text in texts:
+        parsed = parse_completion(text, resolver=cat)
+        assert len(parsed) == 10 and all(it.item_id in set(uni) - {uni[0]} for it in parsed)
+    # free decoding of the random tiny model names nothing
+    free = generate(model, tok, prompts[:1], max_new_tokens=20, batch_size=1, progress=False)
+    assert len(parse_completion(free[0], resolver=cat)) < 10
+
+
+def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path):
+    from safecrs_core.gdpo import GDPOParams, build_trainer
+
+    cat, orc, _ = movies_world
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    rows = [{"id": f"c{i}", "turns": [{"role": "user", "text": "A fun family film, no gore please."}],
+             "trait": "anti_gore", "targets": [ref("tt0266543")], "seen": [], "removed_targets": []}
+            for i in range(2)]
+    params = GDPOParams(k=3, num_generations=2, per_device_train_batch_size=2, max_steps=1, learning_rate=1e-3,
+                        max_completion_length=40, lora=False, save_steps=1000, seed=0,
+                        grounding={"n_popular": 100, "min_items": 3})
+    assert params.to_params()["grounding"]["n_popular"] == 100
+    assert "grounding" not in GDPOParams().to_params()
+    trainer = build_trainer(params, model, tok, rows, cat, orc, tmp_path / "out")
+    assert trainer.decoder is not None
+    trainer.train()
+    rr = trainer.rank_rewards.last
+    assert all(len(p) == 3 for p in rr.parsed)  # every rollout is a grounded list of k items
+    uni = set(trainer.decoder.universe)
+    assert all(it.item_id in uni for p in rr.parsed for it in p)
+    assert trainer.state.log_history[0]["rank_rewards/list_length_mean"] == 3
