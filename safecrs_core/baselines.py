@@ -28,13 +28,12 @@ Embedding retrieval (:class:`Retrieval`)
       platform names as users write them, at most :data:`GAME_PLATFORMS` of them).
     * Conversation text: the last ``context_turns`` turns, newest first, each as ``"role: text"``;
       the encoder truncates at 256 word pieces from the end, so the oldest turns are cut first.
-    * Candidate pool (:func:`retrieval_pool`): every item that appears in the benchmark (targets,
-      seen items and removed unsafe targets of all splits) plus the ``n_popular`` most popular
-      catalog items. Ranking the whole catalog (about 78,000 films, most obscure) would mostly
-      rank noise; this pool holds every item that could be a hit, as the item sets of CRS
-      benchmarks do, and the removed unsafe targets keep unsafe but relevant items within reach.
-      Because every test target is in the pool, retrieval here is easier than open-catalog
-      retrieval; compare it with the LLMs, which choose from everything they know, with that in mind.
+    * Candidate pool (:func:`retrieval_pool`): every item of the benchmark's **train** split
+      (targets, seen items and removed unsafe targets) plus the ``n_popular`` most popular catalog
+      items. Ranking the whole catalog (about 78,000 films, most obscure) would mostly rank noise.
+      Validation and test items enter the pool only when they are popular or occur in training
+      conversations: the pool is never built from the conversations it is scored on, so a test
+      target outside it is a miss, as for the grounded LLMs (:mod:`safecrs_core.grounding`).
     * Item embeddings are a cached stage (``artifacts/item_embeddings/<key>/``), keyed by the
       encoder, the text format and the pool; conversation embeddings are cached per set of rows
       (``artifacts/query_embeddings/<key>/``).
@@ -242,7 +241,8 @@ def conversation_text(turns, context_turns: int = 4) -> str:
 
 
 def benchmark_items(ds) -> list[str]:
-    """Every item id in targets, seen items and removed targets of all splits of ``ds``."""
+    """Every item id in targets, seen items and removed targets of ``ds`` (a split, or every
+    split of a DatasetDict)."""
     items = set()
     for split in ds.values() if hasattr(ds, "values") else [ds]:
         for col in ("targets", "seen", "removed_targets"):
@@ -252,11 +252,14 @@ def benchmark_items(ds) -> list[str]:
 
 
 def retrieval_pool(ds, catalog, n_popular: int = 5000) -> list[str]:
-    """The retrieval candidates: :func:`benchmark_items` of ``ds`` plus the ``n_popular`` most
-    popular catalog items, restricted to catalog items, sorted by popularity (ties by id)."""
+    """The retrieval candidates: :func:`benchmark_items` of the train split of ``ds`` (a
+    DatasetDict; a single split is taken as the training rows) plus the ``n_popular`` most popular
+    catalog items, restricted to catalog items, sorted by popularity (ties by id). Validation and
+    test conversations never add items."""
+    train = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
     pop = catalog.items["popularity"].fillna(0.0)
     top = pop.sort_values(ascending=False, kind="stable").head(n_popular).index.tolist() if n_popular else []
-    ids = sorted(set(i for i in benchmark_items(ds) if i in catalog) | set(top))
+    ids = sorted(set(i for i in benchmark_items(train) if i in catalog) | set(top))
     frame = pd.DataFrame({"id": ids, "pop": pop.reindex(ids).to_numpy()})
     return frame.sort_values(["pop", "id"], ascending=[False, True], kind="stable")["id"].tolist()
 

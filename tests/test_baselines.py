@@ -122,6 +122,11 @@ def test_retrieval_pool_holds_benchmark_items_and_popular_items(world):
     pool = B.retrieval_pool(ds, cat, n_popular=5)
     assert set(pool) == {rare, *top[:5]} and pool[-1] == rare  # by popularity; unknown ids left out
     assert B.retrieval_pool(ds, cat, n_popular=5) == pool
+    # validation and test conversations never add items to the pool (no test target leaks in)
+    rare_test = cat.items["popularity"].sort_values(kind="stable").index[-20001]
+    leaky = {**ds, "validation": [{"targets": [_ref(rare_test)], "seen": [], "removed_targets": []}],
+             "test": [{"targets": [_ref(rare_test)], "seen": [_ref(rare_test)], "removed_targets": [_ref(rare_test)]}]}
+    assert B.retrieval_pool(leaky, cat, n_popular=5) == pool and rare_test not in pool
 
 
 def test_retrieval_ranks_by_meaning_skips_seen_filters_unsafe_and_caches(world, small_pool, artifacts_root):
