@@ -31,7 +31,11 @@
 # The baseline, **plain SFT**, sees the same conversations *without* the sentence that states the
 # sensitivity, learns the unfiltered ground truth plus the same neighbours, and writes no
 # reasoning. Both are LoRA fine-tunes with trl's `SFTTrainer` (loss on the answer only); the
-# checkpoint with the best validation Recall@10 is kept.
+# checkpoint with the best validation Recall@10 is kept. Checkpoints are scored with **grounded
+# decoding** (`safecrs_core.grounding`, the `grounding` parameter): inside `<solution>` every line
+# is the title of an item of a fixed universe (the 5,000 most popular items plus the training
+# split's items), never a repeat or an item the user mentioned, so every answer is a list the
+# metrics can judge; the model still chooses which items and in which order.
 #
 # The paper trains Qwen2.5-0.5B on GPUs (profile `paper`). The `book` profile trains
 # SmolLM2-135M-Instruct on a few dozen conversations on a CPU, so its numbers show the mechanics
@@ -58,6 +62,7 @@ val_samples = 8  # validation conversations that score checkpoints and the compa
 max_new_tokens = 288  # a reasoning block naming five titles plus ten items is up to ~280 tokens
 eval_batch_size = 8
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
+grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # None: free decoding
 n_examples = 2
 
 # %%
@@ -76,7 +81,7 @@ config = sft.SafeSFTConfig(
     model_name=model_name, max_train_samples=max_train_samples, epochs=epochs, max_steps=max_steps,
     learning_rate=learning_rate, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
     grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, val_samples=val_samples,
-    max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed)
+    max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed, grounding=grounding)
 config
 
 # %%
@@ -152,7 +157,8 @@ plots.save(fig, f"sft_loss_curves{figure_suffix}");
 
 # %%
 zero = sft.evaluate_stage(model_name, bench, n=val_samples, seed=seed, k=config.k, max_new_tokens=max_new_tokens,
-                          batch_size=eval_batch_size, max_prompt_tokens=max_length, threads=torch_threads)
+                          batch_size=eval_batch_size, max_prompt_tokens=max_length, threads=torch_threads,
+                          grounding=grounding)
 zero_comps, zero_df, zero_summary = sft.load_eval(zero)
 results = {"zero-shot": (zero_comps, zero_df)}
 for variant in variants:

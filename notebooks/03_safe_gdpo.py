@@ -29,7 +29,8 @@
 # over the batch; GRPO would normalise the summed reward. The tokens of item *k* are then trained
 # with the advantage of rank *k*, all other tokens with the mean over ranks
 # (`safecrs_core.gdpo.SafeGDPOTrainer`, a subclass of trl's `GRPOTrainer`; generation, the
-# clipped loss, the KL term and LoRA are trl's).
+# clipped loss, the KL term and LoRA are trl's). The rollouts are sampled with the same grounded
+# decoding as the evaluation (`grounding`): what RL samples is what the evaluation scores.
 
 # %% tags=["parameters"]
 profile = "book"
@@ -53,6 +54,7 @@ lora = True
 bf16 = False
 ablations = ["grpo", "no_count"]  # also trained, same budget ("no_safety" and "sequence" under the paper profile; the CPU budget keeps two)
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
+grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # rollouts decode as evaluation does; None: free sampling
 
 # %%
 import pandas as pd
@@ -119,7 +121,7 @@ params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_bat
                       max_steps=max_steps, learning_rate=learning_rate, beta=beta, lambda_safe=lambda_safe,
                       lambda_count=lambda_count, max_completion_length=max_completion_length,
                       max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
-                      n_train=n_train, seed=seed, domain=domain)
+                      n_train=n_train, seed=seed, domain=domain, grounding=grounding)
 params
 
 # %%

@@ -29,6 +29,13 @@
 # Means come with 95% bootstrap confidence intervals over conversations. The systems are
 # non-LLM baselines (`safecrs_core.baselines`), the instruction-tuned base model prompted as is,
 # and the fine-tuned models whose training stages exist for this profile.
+#
+# The LLMs decode with **grounded decoding** (`safecrs_core.grounding`): inside `<solution>`
+# every line is the title of an item of a fixed universe, the most popular catalog items plus the
+# items of the training split (never built from validation or test conversations), with no
+# repeats and no item the user mentioned. The model chooses the items and their order; grounding
+# only keeps it from inventing titles. The same LLMs decoding freely are shown on a subset of the
+# conversations below: that is what a 135M model writes without it.
 
 # %% tags=["parameters"]
 profile = "book"
@@ -44,10 +51,14 @@ n_popular = 2000  # most popular catalog items added to the retrieval pool
 context_turns = 4  # conversation turns the retrieval baseline embeds
 n_boot = 1000
 systems = []  # names of the systems to evaluate; empty: every available one
+grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # the LLMs' decoding; None: free
+n_free = 40  # test conversations (the first of the sample) on which the LLMs also decode freely; 0: none
+max_prompt_tokens = 512  # longer conversations lose their oldest turns (as in training)
 
 # %%
 import pandas as pd
 import torch
+from IPython.display import display
 from myst_nb import glue
 
 from safecrs_core import evaluate as E
@@ -70,7 +81,7 @@ figure_suffix = "" if domain == "movies" else f"_{domain}"
 
 # %%
 available = E.available_systems(profile, ds, benchmark=bench, base_model=base_model, catalog=catalog, oracle=oracle,
-                                n_popular=n_popular, context_turns=context_turns)
+                                n_popular=n_popular, context_turns=context_turns, grounding=grounding)
 chosen = [s for s in available if not systems or s.name in systems]
 pd.DataFrame([{"system": s.name, "group": s.group, "what": s.description} for s in chosen]).set_index("system")
 
@@ -87,7 +98,8 @@ print(f"{len(rows)} of {len(ds['test'])} test conversations")
 
 # %%
 stage = E.results_stage(chosen, rows, profile=profile, label=E.results_label("main", domain), k=k, n_boot=n_boot, seed=seed,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle,
+                        max_prompt_tokens=max_prompt_tokens)
 res = E.load_results(stage)
 E.publish_table(res, domain=domain);
 
@@ -120,6 +132,23 @@ glue("zs_name", zero_shot, display=False)
 # {glue:text}`pop_svr:.1%`. The zero-shot model ({glue:text}`zs_name`) returns
 # {glue:text}`zs_list_len:.1f` items on average, with Recall@10 {glue:text}`zs_recall:.3f` and
 # SVR@10 {glue:text}`zs_svr:.1%` ({glue:text}`zs_unknown:.1%` of its items unknown to the oracle).
+
+# %% [markdown]
+# ## Free decoding
+# The same LLMs without grounding, on the first {glue:text}`n_free` sampled conversations: lists
+# are short, repeat themselves or name titles outside the catalog (`catalog_hit`), which is why
+# the main rows decode grounded.
+
+# %%
+free_rows = rows.select(range(min(n_free, len(rows)))) if n_free else None
+glue("n_free", len(free_rows) if free_rows is not None else 0, display=False)
+if free_rows is not None and len(free_rows):
+    free_systems = [E.free_system(x) for x in chosen if x.kind == "llm" and x.grounding is not None]
+    free = E.load_results(E.results_stage(free_systems, free_rows, profile=profile, label=E.results_label("free", domain),
+                                          k=k, n_boot=n_boot, seed=seed, max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size, catalog=catalog, oracle=oracle,
+                                          max_prompt_tokens=max_prompt_tokens))
+    display(M.format_table(free.summary, E.main_metrics(k) + ["catalog_hit"]))
 
 # %% [markdown]
 # ## Violations per sensitivity trait

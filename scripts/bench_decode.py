@@ -1,0 +1,76 @@
+"""Decoding speed of SmolLM2-135M-Instruct: generated tokens per second against batch size, fp32
+and bf16, free and grounded (:mod:`safecrs_core.grounding`).
+
+Prompts are real validation conversations of the book benchmark, trimmed to ``--prompt-tokens``
+(oldest turns first, as evaluation does). Free decoding writes exactly ``--new-tokens`` tokens
+per row; grounded decoding writes lists of at most ``--new-tokens`` tokens (a list that ends
+early counts only the tokens written). The rate is generated tokens over the whole ``generate``
+call (prompt pass included), the figure an evaluation run sees. Run it alone on an idle
+machine::
+
+    python scripts/bench_decode.py                       # batch 1 8 16 32 64, fp32 and bf16
+    python scripts/bench_decode.py --batch 8 64 --dtypes fp32
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=256, help="prompts are trimmed to this many tokens")
+    ap.add_argument("--n-popular", type=int, default=5000, help="universe: popular items plus the train split's")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from safecrs_core.benchmark import benchmark_for_profile
+    from safecrs_core.catalog import load_catalog
+    from safecrs_core.grounding import GroundedDecoder, Grounding, universe_items
+    from safecrs_core.models import generate, load_model
+    from safecrs_core.prompts import build_messages
+    from safecrs_core.sft import fit_prompt
+
+    ds, _, _ = benchmark_for_profile("book")
+    catalog = load_catalog()
+    model, tok = load_model(dtype=torch.float32, device="cpu")
+    universe = universe_items(catalog, ds["train"], args.n_popular)
+    decoder = GroundedDecoder(Grounding(min_items=10), catalog, tok, k=10, universe=universe)
+    val = [ds["validation"][i] for i in range(max(args.batch))]
+    prompts = [fit_prompt(build_messages(r["turns"]), tok, args.prompt_tokens) or build_messages(r["turns"])
+               for r in val]
+    lengths = [len(tok.apply_chat_template(p, tokenize=True, add_generation_prompt=True)) for p in prompts]
+    print(f"universe {len(universe):,} items; prompts {min(lengths)}-{max(lengths)} tokens; "
+          f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens")
+    print(f"| dtype | batch | free tok/s | grounded tok/s | grounded / free |")
+    print(f"|---|---|---|---|---|")
+    for name in args.dtypes:
+        dtype = torch.float32 if name == "fp32" else torch.bfloat16
+        model.to(dtype)
+        generate(model, tok, prompts[:1], max_new_tokens=4, batch_size=1, progress=False)  # warm-up
+        for b in args.batch:
+            rates = []
+            for grounded in (False, True):
+                extra = {"processor": (lambda batch: decoder.processor([val[i] for i in batch]))} if grounded else \
+                    {"min_new_tokens": args.new_tokens}
+                t0 = time.perf_counter()
+                texts = generate(model, tok, prompts[:b], max_new_tokens=args.new_tokens, batch_size=b,
+                                 progress=False, **extra)
+                seconds = time.perf_counter() - t0
+                # free: exactly new_tokens per row (min_new_tokens); grounded: the tokens of each list
+                n = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) if grounded \
+                    else b * args.new_tokens
+                rates.append(n / seconds)
+            print(f"| {name} | {b} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[1] / rates[0]:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
