@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     val = [ds["validation"][i] for i in range(max(args.batch))]
     prompts = [fit_prompt(build_messages(r["turns"]), tok, args.prompt_tokens) or build_messages(r["turns"])
                for r in val]
-    lengths = [len(tok.apply_chat_template(p, tokenize=True, add_generation_prompt=True)) for p in prompts]
+    lengths = [len(tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for p in prompts]
     print(f"universe {len(universe):,} items; prompts {min(lengths)}-{max(lengths)} tokens; "
           f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens")
     print(f"| dtype | batch | free tok/s | grounded tok/s | grounded / free |")
