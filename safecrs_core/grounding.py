@@ -35,11 +35,9 @@ whole completion, so SFT targets and grounded paths agree (:func:`check_tokeniza
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, SOLUTION_OPEN
@@ -80,9 +78,7 @@ def universe_items(catalog, train_rows, n_popular: int = 5000) -> list[str]:
         parsed = parse_completion(f"{SOLUTION_OPEN}\n{d}\n{SOLUTION_CLOSE}", resolver=catalog)
         if len(parsed) == 1 and parsed[0].item_id == i and parsed[0].display == d:
             keep.append(i)
-    frame = {"id": keep, "pop": pop.reindex(keep).to_numpy()}
-    order = sorted(range(len(keep)), key=lambda j: (-frame["pop"][j], frame["id"][j]))
-    return [keep[j] for j in order]
+    return sorted(keep, key=lambda i: (-float(pop[i]), i))
 
 
 def fingerprint(values: Sequence[str]) -> str:
