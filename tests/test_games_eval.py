@@ -155,6 +155,11 @@ def test_game_baselines_on_a_few_rows(games_world, artifacts_root):
                                       "series, please?"}]
     test = [{"id": "q0", "trait": "anti_gore", "turns": turns, "seen": [_ref(halo[0]), _ref(halo[1])],
              "targets": [_ref(halo[2])], "removed_targets": []}]
+    # the pool holds train items and popular ones only: a test target outside both is out of reach
+    leak_free = {"train": train, "validation": [], "test": test}
+    assert halo[2] not in E.baseline_systems(leak_free, cat, orc, n_popular=40, progress=False)[2].recommend(test, 40)[0]
+    # Halo 4 mentioned in a training conversation enters the pool
+    train = train + [{"id": "t9", "targets": [], "seen": [_ref(halo[2])], "turns": [], "trait": "anti_gore"}]
     ds = {"train": train, "validation": [], "test": test}
     systems = E.baseline_systems(ds, cat, orc, n_popular=40, progress=False)
     refs = {s.name: s.ref for s in systems}
