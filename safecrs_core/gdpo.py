@@ -430,10 +430,9 @@ class GDPOParams:
         if self.per_device_train_batch_size * self.gradient_accumulation_steps % self.num_generations:
             raise ValueError("per_device_train_batch_size * gradient_accumulation_steps must be a multiple of "
                              "num_generations")
-        from .grounding import Grounding
+        from .grounding import grounding_settings
         from .prompts import evidence_settings
-        grounding = Grounding.from_value(self.grounding)
-        self.grounding = None if grounding is None else dataclasses.asdict(grounding)
+        self.grounding = grounding_settings(self.grounding)
         self.evidence = evidence_settings(self.evidence)
         if self.evidence is not None and self.evidence["n"] < self.k:
             raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")

@@ -387,6 +387,13 @@ class Grounding:
         return out
 
 
+def grounding_settings(value: "Grounding | Mapping[str, Any] | None") -> dict | None:
+    """Validated grounding settings as a plain dict of :class:`Grounding`'s fields (what
+    training configs store and key); None stays None."""
+    settings = Grounding.from_value(value)
+    return None if settings is None else asdict(settings)
+
+
 @dataclass
 class GroundedDecoder:
     """Builds :class:`GroundedLogitsProcessor` objects for batches of benchmark rows.
@@ -449,5 +456,5 @@ def decoder_for(settings: Grounding | Mapping | None, catalog, tokenizer, train_
     return GroundedDecoder(settings, catalog, tokenizer, k=k, universe=universe, candidates=candidates)
 
 
-__all__ = ["Grounding", "GroundedDecoder", "GroundedLogitsProcessor", "TokenTrie", "TitleTokens", "decoder_for",
+__all__ = ["Grounding", "grounding_settings", "GroundedDecoder", "GroundedLogitsProcessor", "TokenTrie", "TitleTokens", "decoder_for",
            "universe_items", "check_tokenization", "fingerprint", "MODES"]

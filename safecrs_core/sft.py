@@ -193,10 +193,9 @@ class SafeSFTConfig:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
-        from .grounding import Grounding
+        from .grounding import grounding_settings
         from .prompts import evidence_settings
-        grounding = Grounding.from_value(self.grounding)
-        self.grounding = None if grounding is None else dataclasses.asdict(grounding)
+        self.grounding = grounding_settings(self.grounding)
         self.evidence = evidence_settings(self.evidence)
         if self.evidence is not None:
             if self.variant != "safe":
@@ -214,11 +213,7 @@ class SafeSFTConfig:
     def decoder(self, benchmark_dir, catalog, tokenizer):
         """The :class:`~safecrs_core.grounding.GroundedDecoder` that scores checkpoints (None:
         free decoding); its universe comes from the benchmark's train split."""
-        if self.grounding is None:
-            return None
-        from .benchmark import load_benchmark
-        from .grounding import decoder_for
-        return decoder_for(self.grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=self.k)
+        return benchmark_decoder(self.grounding, benchmark_dir, catalog, tokenizer, k=self.k)
 
     def data_params(self) -> dict:
         """Parameters of the ``sft_data`` stage (the same for both variants; with ``evidence``,
@@ -241,6 +236,16 @@ class SafeSFTConfig:
 
     def replace(self, **changes) -> "SafeSFTConfig":
         return dataclasses.replace(self, **changes)
+
+
+def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10):
+    """The :class:`~safecrs_core.grounding.GroundedDecoder` of ``grounding`` for a benchmark
+    stage (its universe from the stage's train split); None for free decoding."""
+    if grounding is None:
+        return None
+    from .benchmark import load_benchmark
+    from .grounding import decoder_for
+    return decoder_for(grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1129,8 +1134,8 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
     params = {"model": model_id, "n": n, "offset": offset, "seed": seed, "k": k, "max_new_tokens": max_new_tokens,
               "max_prompt_tokens": max_prompt_tokens}
     if grounding is not None:
-        from .grounding import Grounding
-        params["grounding"] = dataclasses.asdict(Grounding.from_value(grounding))
+        from .grounding import grounding_settings
+        params["grounding"] = grounding_settings(grounding)
     inputs = [stage_ref(bench)] + ([model_id] if is_stage else [])
 
     def fn(tmp: Path):
@@ -1142,12 +1147,8 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
         catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
+        decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k)  # built before the clock starts
         t0 = time.perf_counter()
-        decoder = None
-        if grounding is not None:
-            from .benchmark import load_benchmark
-            from .grounding import decoder_for
-            decoder = decoder_for(grounding, catalog, tok, load_benchmark(bench)[0]["train"], k=k)
         comps, df = evaluate_model(m, tok, rows, k, max_new_tokens, batch_size, max_prompt_tokens, catalog,
                                    oracle, progress, domain=domain, decoder=decoder)
         seconds = time.perf_counter() - t0
