@@ -256,9 +256,26 @@ class GroundedLogitsProcessor:
         else:
             row.phase = phase
 
+    def _expected(self, row: _Row, token: int) -> bool:
+        """Whether ``token`` is one the row could write now. It is not when generation finished
+        the row on its own (a stop string or the end-of-turn token inside a free reasoning
+        block): ``generate`` then pads the row."""
+        if row.phase == REASONING:
+            return token != self.eos and token != self.tokenizer.pad_token_id
+        if row.phase == FORCED:
+            return token == row.forced[0]
+        if row.phase == START:
+            return token in self.openers.children[row.node]
+        if row.phase in (LINE, TITLE):
+            return token in row.trie.children[row.node] or (row.phase == LINE and token == self.close_solution[0])
+        return True
+
     def _step(self, row: _Row, token: int) -> None:
         """Advance ``row`` by the token just written."""
         if row.phase == DONE:
+            return
+        if not self._expected(row, token):
+            row.phase = DONE
             return
         if row.phase == EOS:
             row.phase = DONE

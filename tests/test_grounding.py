@@ -154,6 +154,25 @@ def test_reasoning_block_is_free_then_closed_by_budget_or_by_the_model(tok):
     assert torch.isfinite(scores[0]).sum() == 1
 
 
+def test_a_row_that_generate_finished_is_left_alone(tok):
+    """A stop string or the end-of-turn token inside a free reasoning block ends a row early;
+    generate then pads it, and the processor must not walk its trie with the padding."""
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    proc = GR.GroundedLogitsProcessor(tok, [trie, trie], reasoning_tokens=8)
+    opener = tok("<solution>\n", add_special_tokens=False)["input_ids"]
+    ids = torch.zeros((2, 1), dtype=torch.long)
+    for t in opener:
+        proc(ids, torch.zeros((2, len(tok))))
+        ids = torch.cat([ids, torch.tensor([[t], [t]])], dim=1)
+    scores = proc(ids, torch.zeros((2, len(tok))))
+    assert torch.isfinite(scores).sum(dim=1).tolist()[0] < len(tok)  # a title line is open
+    first = torch.isfinite(scores[0]).nonzero().flatten()[0].item()
+    ids = torch.cat([ids, torch.tensor([[tok.pad_token_id], [first]])], dim=1)  # row 0 was finished
+    scores = proc(ids, torch.zeros((2, len(tok))))
+    assert torch.isfinite(scores[0]).all() and not torch.isfinite(scores[1]).all()
+    assert proc.rows[0].phase == GR.DONE and proc.rows[1].phase == GR.TITLE
+
+
 def test_processor_rejects_beam_search_and_wrong_batches(tok):
     trie = GR.TitleTokens(tok).trie(TITLES)
     proc = GR.GroundedLogitsProcessor(tok, [trie])
