@@ -563,7 +563,7 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
         raise ValueError(f"{system.name!r} is a {system.kind}, not an LLM")
     params = {"system": system.name, "model": system.ref, "prompt": {"k": k, **dict(system.prompt)},
               "rows": rows_fingerprint(rows), "n_rows": len(rows), "max_new_tokens": max_new_tokens,
-              "decoding": "greedy", "stop": list(STOP)}
+              "decoding": "greedy", "stop": [] if system.grounding is not None else list(STOP)}
     if system.evidence is not None:  # only evidence systems: every other key stays as it was
         params["evidence"] = system.evidence.params()
     if system.grounding is not None:  # only grounded systems
@@ -588,7 +588,7 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
         timings: list[dict] = []
         t0 = time.perf_counter()
         texts = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         progress=progress, stop=list(STOP), timings=timings, processor=processor)
+                         progress=progress, stop=params["stop"], timings=timings, processor=processor)
         seconds = time.perf_counter() - t0
         n = max(len(texts), 1)
         # per row; rows the generator did not time share the total (None: nothing to count with)

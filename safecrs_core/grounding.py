@@ -19,9 +19,11 @@ The grammar (:class:`GroundedLogitsProcessor`)
     after ``min_items`` items, and must close it after ``max_items`` (``k``). A title is never
     written twice, nor a title of an item the user mentioned (the row's ``seen``): a trie branch
     is open only while it still leads to an allowed title. A reasoning block (when
-    ``reasoning_tokens > 0``) is free text; after ``reasoning_tokens`` tokens the processor
-    closes it. Everything the model is not allowed to write gets a logit of ``-inf``; among the
-    allowed tokens the model's own scores decide (greedy, or sampling in RL rollouts).
+    ``reasoning_tokens > 0``) is free text except that it cannot end the turn; after
+    ``reasoning_tokens`` tokens the processor closes it. Grounded generation needs no stop
+    string: the end-of-turn token follows ``</solution>`` at once. Everything the model is not
+    allowed to write gets a logit of ``-inf``; among the allowed tokens the model's own scores
+    decide (greedy, or sampling in RL rollouts).
 
 The same processor serves validation (:func:`~safecrs_core.sft.evaluate_model`), evaluation
 (:func:`~safecrs_core.evaluate.generation_stage`) and the Safe-GDPO rollouts
@@ -179,6 +181,7 @@ def check_tokenization(tokenizer, displays: Sequence[str]) -> float:
 # The processor
 
 START, REASONING, FORCED, LINE, TITLE, EOS, DONE = range(7)
+_ALL_BUT_EOS = torch.empty(0, dtype=torch.long)  # marker: a free reasoning token, anything but end-of-turn
 
 
 @dataclass
@@ -310,10 +313,13 @@ class GroundedLogitsProcessor:
                 self._enter(row, LINE)
 
     def allowed(self, r: int) -> torch.Tensor | None:
-        """The tokens row ``r`` may write next (None: any token)."""
+        """The tokens row ``r`` may write next (None: any token; the end-of-turn token is
+        never allowed inside a reasoning block, which must lead to a list)."""
         row = self.rows[r]
-        if row.phase in (REASONING, DONE):
+        if row.phase == DONE:
             return None
+        if row.phase == REASONING:
+            return _ALL_BUT_EOS
         if row.phase == EOS:
             return torch.tensor([self.eos], dtype=torch.long)
         if row.phase == FORCED:
@@ -347,6 +353,9 @@ class GroundedLogitsProcessor:
             allowed = self.allowed(r)
             if allowed is None:
                 mask[r] = 0.0
+            elif allowed is _ALL_BUT_EOS:
+                mask[r] = 0.0
+                mask[r, self.eos] = NEG_INF
             else:
                 mask[r, allowed.to(scores.device)] = 0.0
         return scores + mask

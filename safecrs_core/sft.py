@@ -765,12 +765,15 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
     try:
         prompts = validation_prompts(rows, tok, k, max_prompt_tokens, domain=domain, evidence=evidence)
         # the Trainer switches the KV cache off in the model config; generation needs it back.
-        # An answer is complete at </solution>: stop there even when no end-of-turn token follows.
+        # An answer is complete at </solution>: stop there even when no end-of-turn token follows
+        # (grounded decoding ends the turn right after </solution> itself, and a stop string
+        # inside its free reasoning block would end the answer before its list).
         processor = None
         if decoder is not None:
             processor = lambda batch: decoder.processor([rows[i] for i in batch])  # noqa: E731
         completions = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=progress, use_cache=True, stop=[SOLUTION_CLOSE], processor=processor)
+                               progress=progress, use_cache=True, processor=processor,
+                               stop=None if decoder is not None else [SOLUTION_CLOSE])
     finally:
         if was_training:
             model.train()
