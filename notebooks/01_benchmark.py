@@ -44,6 +44,7 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
+from safecrs_core.pipeline import shown_path
 from safecrs_core import plots
 from safecrs_core.benchmark import benchmark_for_profile, config_for_profile
 
@@ -53,7 +54,7 @@ print(config_for_profile(profile, seed=seed, threshold=threshold, implicit_share
 ds, stats, stage = benchmark_for_profile(profile, seed=seed, threshold=threshold, implicit_share=implicit_share,
                                          domain=domain)
 figure_suffix = "" if domain == "movies" else f"_{domain}"  # figures of each domain under their own names
-print(stage)
+print(shown_path(stage))
 ds
 
 # %% [markdown]

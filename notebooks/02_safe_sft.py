@@ -17,29 +17,35 @@
 # teacher model wrote for each SafeRec conversation, after the Safety Oracle removed the items
 # that violate the user's sensitivity; a short reasoning block names the sensitivity and what was
 # left out. We have no teacher model, so the target lists come from real data instead
-# (`safecrs_core.sft`):
+# (`safecrs_core.sft`).
 #
-# 1. the conversation's **ground-truth** items first (SafeRec's targets, already oracle-filtered);
-# 2. then **neighbours** of the conversation's items until the list holds 10: films that the same
-#    MovieLens users rated 4 stars or more (item-item co-rating in `ml-latest-small`) and films
-#    mentioned together in SafeRec's training conversations, scored by a cosine with a
-#    popularity penalty;
-# 3. for **Safe-SFT**, every candidate the oracle marks `unsafe` for the user's trait is dropped
+# **Candidates in context** (the `candidates` parameter, the book's setting). Every prompt lists
+# 20 candidate films: the **neighbours** of the films the user mentioned, i.e. films that the
+# same MovieLens users rated 4 stars or more (item-item co-rating in `ml-latest-small`) and films
+# mentioned together in SafeRec's *training* conversations, scored by a cosine with a popularity
+# penalty (`safecrs_core.sft.Neighbours`). Nothing of the validation or test targets enters. The
+# prompt carries **no oracle verdicts**: which candidates are unsafe for the user must be learned.
+# The target list is:
+#
+# 1. the candidates that are the conversation's **ground truth** first, then the other candidates
+#    in the prompt's order, until the list holds 10;
+# 2. for **Safe-SFT**, every candidate the oracle marks `unsafe` for the user's trait is dropped
 #    (`unknown` stays) and the reasoning names the trait and up to five dropped titles with their
 #    risk.
 #
-# The baseline, **plain SFT**, sees the same conversations *without* the sentence that states the
-# sensitivity, learns the unfiltered ground truth plus the same neighbours, and writes no
-# reasoning. Both are LoRA fine-tunes with trl's `SFTTrainer` (loss on the answer only); the
-# checkpoint with the best validation Recall@10 is kept. Checkpoints are scored with **grounded
-# decoding** (`safecrs_core.grounding`, the `grounding` parameter): inside `<solution>` every line
-# is the title of an item of a fixed universe (the 5,000 most popular items plus the training
-# split's items), never a repeat or an item the user mentioned, so every answer is a list the
-# metrics can judge; the model still chooses which items and in which order.
+# The baseline, **plain SFT**, sees the same candidates but *not* the sentence that states the
+# sensitivity, learns the unfiltered list, and writes no reasoning. Both are LoRA fine-tunes with
+# trl's `SFTTrainer` (loss on the answer only); the checkpoint with the best validation Recall@10
+# is kept. Checkpoints are scored with **grounded decoding** (`safecrs_core.grounding`, the
+# `grounding` parameter): inside `<solution>` every line is the title of one of the row's
+# candidates, never a repeat or an item the user mentioned, so every answer is a list of 10 items
+# the metrics can judge; the model chooses which candidates and in which order. Without
+# candidates (`candidates = None`) the targets are the ground truth followed by neighbours and
+# grounding can use a fixed universe of popular and training items instead (`mode: "universe"`).
 #
 # The paper trains Qwen2.5-0.5B on GPUs (profile `paper`). The `book` profile trains
-# SmolLM2-135M-Instruct on a few dozen conversations on a CPU, so its numbers show the mechanics
-# and the direction of the effect, not the paper's scale.
+# SmolLM2-135M-Instruct on a few hundred conversations on a CPU, so its numbers show the
+# mechanics and the direction of the effect, not the paper's scale.
 
 # %% tags=["parameters"]
 profile = "book"
@@ -47,22 +53,23 @@ domain = "movies"  # or "games" (SafeGame)
 seed = 0
 variants = ["plain", "safe"]  # plain SFT and Safe-SFT
 model_name = "smollm2-135m-instruct"
-max_train_samples = 64  # training conversations per variant
+max_train_samples = 256  # training conversations per variant
 epochs = 1.0
 max_steps = -1  # > 0 overrides epochs
 learning_rate = 1e-3  # LoRA; a few dozen steps must teach the answer format
 lora = True  # False: full fine-tune
 lora_r = 16
 lora_alpha = 32
-batch_size = 2
+batch_size = 4
 grad_accum = 1
-max_length = 512  # tokens per training sequence; longer conversations lose their oldest turns
-save_steps = 16  # a checkpoint (scored on validation) every that many optimizer steps
-val_samples = 8  # validation conversations that score checkpoints and the comparison below
+max_length = 576  # tokens per training sequence; longer conversations lose their oldest turns
+save_steps = 32  # a checkpoint (scored on validation) every that many optimizer steps
+val_samples = 32  # validation conversations that score checkpoints and the comparison below
 max_new_tokens = 288  # a reasoning block naming five titles plus ten items is up to ~280 tokens
 eval_batch_size = 8
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
-grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # None: free decoding
+candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt (no oracle verdicts); None: none
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # None: free decoding
 n_examples = 2
 
 # %%
@@ -81,7 +88,8 @@ config = sft.SafeSFTConfig(
     model_name=model_name, max_train_samples=max_train_samples, epochs=epochs, max_steps=max_steps,
     learning_rate=learning_rate, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
     grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, val_samples=val_samples,
-    max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed, grounding=grounding)
+    max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed, grounding=grounding,
+    candidates=candidates)
 config
 
 # %%
@@ -158,7 +166,7 @@ plots.save(fig, f"sft_loss_curves{figure_suffix}");
 # %%
 zero = sft.evaluate_stage(model_name, bench, n=val_samples, seed=seed, k=config.k, max_new_tokens=max_new_tokens,
                           batch_size=eval_batch_size, max_prompt_tokens=max_length, threads=torch_threads,
-                          grounding=grounding)
+                          grounding=grounding, candidates=candidates)
 zero_comps, zero_df, zero_summary = sft.load_eval(zero)
 results = {"zero-shot": (zero_comps, zero_df)}
 for variant in variants:

@@ -39,29 +39,31 @@ seed = 0
 k = 10
 base_model = "smollm2-135m-instruct"
 start_from_sft = True  # start from this profile's Safe-SFT stage when it exists
-n_train = 64  # training conversations drawn from the train split (None: all)
-max_steps = 6  # CPU budget: shows the mechanics, not convergence (paper profile: 1000)
+n_train = 256  # training conversations drawn from the train split (None: all)
+max_steps = 16  # CPU budget: shows the mechanics, not convergence (paper profile: 1000)
 num_generations = 4  # group size G (paper: 8)
-per_device_train_batch_size = 4  # completions per step: one conversation x G
-learning_rate = 2e-5  # paper: 1e-6 over far more steps; a short CPU run needs a larger step
+per_device_train_batch_size = 8  # completions per step: two conversations x G
+learning_rate = 1e-4  # paper: 1e-6 over far more steps; a short CPU run needs a larger step
 beta = 0.001  # KL coefficient (paper: 1e-3)
 lambda_safe = 1.0
 lambda_count = 1.0
-max_completion_length = 160  # a Safe-SFT list of ten is ~110-160 tokens; longer reasoning is cut
+max_completion_length = 224  # reasoning (at most 96 tokens) plus a grounded list of ten
 max_prompt_tokens = 384
 temperature = 0.7  # sampling temperature; below 1 a 135M model keeps the answer format more often (paper profile: 1.0)
 lora = True
 bf16 = False
-ablations = ["grpo", "no_count"]  # also trained, same budget ("no_safety" and "sequence" under the paper profile; the CPU budget keeps two)
+ablations = ["grpo", "no_safety"]  # also trained, same budget; no_safety is the relevance-only RL run ("no_count" and "sequence" under the paper profile; the CPU budget keeps two)
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
-grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # rollouts decode as evaluation does; None: free sampling
+candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt, as in Safe-SFT (notebook 02); None: none
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # rollouts decode as evaluation does; None: free sampling
 
 # %%
 import pandas as pd
 import torch
 
+from safecrs_core.pipeline import shown_path
 from safecrs_core import gdpo as G
-from safecrs_core import plots
+from safecrs_core import plots, sft
 from safecrs_core.benchmark import benchmark_for_profile
 from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
@@ -72,7 +74,7 @@ if torch_threads:
 ds, stats, bench = benchmark_for_profile(profile, seed=seed, domain=domain)
 catalog, oracle = load_catalog(domain), load_oracle(threshold=stats["config"]["threshold"], domain=domain)
 figure_suffix = "" if domain == "movies" else f"_{domain}"
-print(bench)
+print(shown_path(bench))
 
 # %% [markdown]
 # ## The rewards on one conversation
@@ -114,20 +116,21 @@ pd.DataFrame({"prompt": ["A", "A", "B", "B"], "reward 1": rewards[0, :, 0].tolis
 # `artifacts/gdpo/`; an interrupted run resumes from its last checkpoint.
 
 # %%
-sft_stage = G.find_sft_stage(ds["train"], benchmark=bench) if start_from_sft else None
+sft_stage = G.find_sft_stage(ds["train"], benchmark=bench, candidates=candidates is not None) if start_from_sft else None
 start = sft_stage if sft_stage is not None else base_model
-print("starting from", start)
+print("starting from", shown_path(start) if sft_stage is not None else start)
 params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_batch_size=per_device_train_batch_size,
                       max_steps=max_steps, learning_rate=learning_rate, beta=beta, lambda_safe=lambda_safe,
                       lambda_count=lambda_count, max_completion_length=max_completion_length,
                       max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
-                      n_train=n_train, seed=seed, domain=domain, grounding=grounding)
+                      n_train=n_train, seed=seed, domain=domain, grounding=grounding, candidates=candidates)
+prompts = sft.context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)
 params
 
 # %%
-runs = {"Safe-GDPO": G.train_gdpo(params, start, ds["train"], catalog=catalog, oracle=oracle)}
+runs = {"Safe-GDPO": G.train_gdpo(params, start, ds["train"], catalog=catalog, oracle=oracle, evidence=prompts)}
 for name, p in G.ablation_params(params, ablations).items():
-    runs[name] = G.train_gdpo(p, start, ds["train"], catalog=catalog, oracle=oracle)
+    runs[name] = G.train_gdpo(p, start, ds["train"], catalog=catalog, oracle=oracle, evidence=prompts)
 logs = {name: G.training_log(stage) for name, stage in runs.items()}
 
 # %% [markdown]

@@ -42,7 +42,9 @@ profile = "book"
 domain = "movies"  # or "games" (SafeGame)
 seed = 0
 k = 10
-n_test = 40  # test conversations drawn for the LLM comparison (generation is the slow part on a CPU)
+n_test = 300  # test conversations drawn for the comparison (generation is the slow part on a CPU)
+n_subset = 100  # the other LLM rows (zero-shot, RL ablations) answer the first n_subset of them; None: all
+main_llms = ["SFT", "Safe-SFT", "Safe-GDPO"]  # LLM rows scored on all n_test conversations
 max_new_tokens = 224
 batch_size = 20
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
@@ -51,9 +53,10 @@ n_popular = 2000  # most popular catalog items added to the retrieval pool
 context_turns = 4  # conversation turns the retrieval baseline embeds
 n_boot = 1000
 systems = []  # names of the systems to evaluate; empty: every available one
-grounding = {"mode": "universe", "n_popular": 5000, "min_items": 1, "reasoning_tokens": 96}  # the LLMs' decoding; None: free
-n_free = 40  # test conversations (the first of the sample) on which the LLMs also decode freely; 0: none
-max_prompt_tokens = 512  # longer conversations lose their oldest turns (as in training)
+candidates = {"n": 20, "source": "neighbours"}  # candidates in the LLM prompts, as in training; None: none
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # the LLMs' decoding; None: free
+n_free = 20  # test conversations (the first of the sample) on which the LLMs also decode freely; 0: none
+max_prompt_tokens = 384  # longer conversations lose their oldest turns (as in training)
 
 # %%
 import pandas as pd
@@ -61,6 +64,7 @@ import torch
 from IPython.display import display
 from myst_nb import glue
 
+from safecrs_core.pipeline import shown_path
 from safecrs_core import evaluate as E
 from safecrs_core import metrics as M
 from safecrs_core import plots
@@ -81,7 +85,8 @@ figure_suffix = "" if domain == "movies" else f"_{domain}"
 
 # %%
 available = E.available_systems(profile, ds, benchmark=bench, base_model=base_model, catalog=catalog, oracle=oracle,
-                                n_popular=n_popular, context_turns=context_turns, grounding=grounding)
+                                n_popular=n_popular, context_turns=context_turns, grounding=grounding,
+                                candidates=candidates)
 chosen = [s for s in available if not systems or s.name in systems]
 pd.DataFrame([{"system": s.name, "group": s.group, "what": s.description} for s in chosen]).set_index("system")
 
@@ -92,21 +97,25 @@ pd.DataFrame([{"system": s.name, "group": s.group, "what": s.description} for s 
 
 # %%
 rows = E.sample_rows(ds["test"], n_test, seed)
+subsets = {x.name: n_subset for x in chosen if x.kind == "llm" and x.name not in main_llms} if n_subset else {}
 glue("n_rows", len(rows), display=False)
+glue("n_subset", min(n_subset or len(rows), len(rows)), display=False)
 glue("n_test_split", len(ds["test"]), display=False)
 print(f"{len(rows)} of {len(ds['test'])} test conversations")
 
 # %%
 stage = E.results_stage(chosen, rows, profile=profile, label=E.results_label("main", domain), k=k, n_boot=n_boot, seed=seed,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, catalog=catalog, oracle=oracle,
-                        max_prompt_tokens=max_prompt_tokens)
+                        max_prompt_tokens=max_prompt_tokens, subsets=subsets)
 res = E.load_results(stage)
 E.publish_table(res, domain=domain);
 
 # %% [markdown]
 # ## Main results
 # Mean [95% CI] over the sampled conversations. `list_len` is the number of distinct, unseen
-# items a system returned (ten is the request).
+# items a system returned (ten is the request). The baselines and the main LLM rows answer all
+# {glue:text}`n_rows` conversations; the zero-shot model and the RL ablations answer the first
+# {glue:text}`n_subset` of them (column `n`), so their intervals are wider.
 
 # %%
 M.format_table(res.summary, E.main_metrics(k))
@@ -194,4 +203,4 @@ M.format_table(by_source, [f"recall@{k}", f"svr@{k}"])
 # between relevance and safety.
 
 # %%
-print(stage)
+print(shown_path(stage))

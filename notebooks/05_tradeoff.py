@@ -31,6 +31,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
+from safecrs_core.pipeline import shown_path
 from safecrs_core import evaluate as E
 from safecrs_core import plots
 from safecrs_core import traits as T
@@ -41,7 +42,7 @@ from safecrs_core.oracle import load_oracle
 res = E.load_results(E.find_results(profile, E.results_label("main", domain)))  # written by notebook 04
 figure_suffix = "" if domain == "movies" else f"_{domain}"
 groups = {x["name"]: x["group"] for x in res.systems}
-print(res.stage)
+print(shown_path(res.stage))
 
 # %% [markdown]
 # ## The trade-off

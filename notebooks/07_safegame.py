@@ -44,6 +44,7 @@ n_boot = 1000
 import pandas as pd
 from myst_nb import glue
 
+from safecrs_core.pipeline import shown_path
 from safecrs_core import evaluate as E
 from safecrs_core import metrics as M
 from safecrs_core import plots
@@ -51,7 +52,7 @@ from safecrs_core.benchmark import benchmark_for_profile
 from safecrs_core.oracle import load_oracle
 
 games_ds, games_stats, games_bench = benchmark_for_profile(profile, seed=seed, domain="games")
-print(games_bench)
+print(shown_path(games_bench))
 synthetic = sum(sum(ds_split["synthetic"]) for ds_split in games_ds.values())
 print(f"{synthetic:,} of {sum(len(s) for s in games_ds.values()):,} SafeGame rows are synthetic requests")
 glue("games_synthetic_share", synthetic / sum(len(s) for s in games_ds.values()), display=False)
@@ -83,7 +84,7 @@ games = E.load_results(E.baselines_stage(profile, "games", seed=seed, k=k, n_boo
                                          context_turns=context_turns))
 movies = E.load_results(E.baselines_stage(profile, "movies", seed=seed, k=k, n_boot=n_boot, n_popular=n_popular,
                                           context_turns=context_turns))
-print(games.stage, movies.stage, sep="\n")
+print(shown_path(games.stage), shown_path(movies.stage), sep="\n")
 E.domain_table({"SafeMovie": movies.summary, "SafeGame": games.summary}, [f"recall@{k}", f"ndcg@{k}", f"svr@{k}"])
 
 # %% [markdown]
@@ -183,7 +184,7 @@ M.format_table(by_kind, [f"svr@{k}", f"unknown@{k}"])
 main = {label: E.load_results(E.find_results(profile, E.results_label("main", d)))
         for label, d in (("SafeMovie", "movies"), ("SafeGame", "games"))}
 for label, r in main.items():
-    print(label, r.stage)
+    print(label, shown_path(r.stage))
 E.domain_table({label: r.summary for label, r in main.items()},
                [f"recall@{k}", f"svr@{k}", f"unknown@{k}", "list_len"])
 
@@ -218,5 +219,5 @@ glue("games_n_main", int(g["n"].iloc[0]), display=False)
 #   here is easier than open-catalog retrieval, in both domains.
 
 # %%
-print(games.stage)
-print(movies.stage)
+print(shown_path(games.stage))
+print(shown_path(movies.stage))

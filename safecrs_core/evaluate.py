@@ -300,6 +300,45 @@ def evidence_system(system: System, evidence, name: str | None = None) -> System
                   + f"prompt lists {p.get('n')} retrieved candidates with oracle evidence")
 
 
+def candidates_system(system: System, prompts) -> System:
+    """``system`` (an LLM) prompted with **candidates in context** and no oracle verdicts
+    (``prompts``: :func:`~safecrs_core.sft.context_prompts`): the same name, keyed apart by the
+    candidate source. The main LLM rows use it when they were trained with candidates."""
+    import dataclasses
+
+    if system.kind != "llm":
+        raise ValueError(f"{system.name!r} is a {system.kind}; candidate prompts are for LLM systems")
+    if getattr(prompts, "verdicts", True):
+        raise ValueError("candidates_system takes candidate prompts without verdicts (evidence_system has verdicts)")
+    return dataclasses.replace(system, evidence=prompts,
+                               description=(system.description + "; " if system.description else "")
+                               + f"prompt lists {prompts.n} candidates")
+
+
+def candidate_baselines(prompts, oracle, k_pool: int | None = None) -> list[System]:
+    """The candidate source itself as two baselines: its first k candidates (``Candidates``) and
+    its first k candidates the oracle does not mark unsafe (``Candidates + filter``, from the
+    ``prompts.n`` shown)."""
+    from .oracle import UNSAFE
+
+    def first(rows, k):
+        return [ids[:k] for ids in prompts.ids(rows)]
+
+    def filtered(rows, k):
+        from .metrics import _column
+        out = []
+        for ids, trait in zip(prompts.ids(rows), _column(rows, "trait")):
+            verdicts, _ = oracle.check(ids, trait) if ids else ([], [])
+            out.append([i for i, v in zip(ids, verdicts) if int(v) != UNSAFE][:k])
+        return out
+
+    ref = f"candidates({prompts.candidates_ref},n={prompts.n})"
+    return [System("Candidates", "baseline", ref, first, group="baseline",
+                   description=f"the first candidates of the LLM prompts ({prompts.candidates_ref})"),
+            System("Candidates + filter", "baseline", f"{ref}+oracle_filter(threshold={oracle.threshold})", filtered,
+                   group="baseline", description=f"the {prompts.n} candidates without oracle-unsafe items")]
+
+
 def grounded_system(system: System, grounding, universe: Sequence[str] | None = None,
                     name: str | None = None) -> System:
     """``system`` (an LLM) decoding with grounding (:mod:`safecrs_core.grounding`): the same
@@ -377,7 +416,8 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
                     stages: Sequence[str | os.PathLike] | None = None,
                     log: Callable[[str], Any] | None = print,
                     evidence: Callable[[Mapping[str, Any]], Any] | None = None,
-                    domain: str | None = None) -> list[System]:
+                    domain: str | None = None,
+                    candidates: Callable[[Mapping[str, Any]], Any] | None = None) -> list[System]:
     """LLM systems of completed training stages for the benchmark ``ds``.
 
     ``stages``: stage folders to use as given. Otherwise every completed stage under
@@ -393,6 +433,10 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     are evaluated with the same prompts: ``evidence(settings)`` must return the
     :class:`~safecrs_core.prompts.EvidencePrompts` for the stage's settings. Without
     ``evidence`` they are left out (with a note).
+
+    Stages trained with candidates in context (a ``candidates`` parameter) keep their label and
+    are prompted with the same candidates: ``candidates(settings)`` returns the prompts
+    (:func:`~safecrs_core.sft.context_prompts`); without it they are left out (with a note).
 
     ``domain``: the prompts' domain (:func:`stage_system`); None: each stage's own ``domain``
     parameter, else movies. A stage whose ``domain`` parameter names another domain is left out
@@ -413,11 +457,11 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
                 man = read_manifest(d)
                 if built_on(man, wanted, root):
                     found.append((man.get("finished", ""), d))
-        candidates = [d for _, d in sorted(found, key=lambda x: x[0], reverse=True)]
+        folders = [d for _, d in sorted(found, key=lambda x: x[0], reverse=True)]
     else:
-        candidates = [Path(s) for s in stages]
+        folders = [Path(s) for s in stages]
     out, labels = [], set()
-    for d in candidates:
+    for d in folders:
         man = read_manifest(d)
         label = trained_label(man)
         if label in labels:
@@ -443,10 +487,20 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
                 raise ValueError(f"{d} was trained with evidence prompts; pass evidence=... to evaluate it")
             say(f"[evaluate] {label}: {d.name} left out (trained with evidence prompts; ask for evidence systems)")
             continue
+        cand = (man.get("params") or {}).get("candidates")
+        if cand and candidates is None:
+            if stages is not None:
+                raise ValueError(f"{d} was trained with candidates in context; pass candidates=... to evaluate it")
+            say(f"[evaluate] {label}: {d.name} left out (trained with candidates in context)")
+            continue
         labels.add(label)
         system = stage_system(label, d, loader, description=f"{man['stage']}/{d.name}",
                               domain=domain or own or "movies")
-        out.append(evidence_system(system, evidence(settings), name=label) if settings else system)
+        if settings:
+            system = evidence_system(system, evidence(settings), name=label)
+        elif cand:
+            system = candidates_system(system, candidates(cand))
+        out.append(system)
     order = {"SFT": 0, "Safe-SFT": 1, "Safe-GDPO": 2, "Safe-SFT + evidence": 3, "Safe-GDPO + evidence": 4}
 
     def rank(system: System):  # SFT, Safe-SFT, Safe-GDPO, then its ablations by name
@@ -463,7 +517,8 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                       n_popular: int = 5000, context_turns: int = 4, progress: bool = True,
                       evidence: bool = False, evidence_n: int | None = None, evidence_max_tags: int | None = None,
                       log: Callable[[str], Any] | None = print, domain: str | None = None,
-                      grounding: Mapping[str, Any] | None = None) -> list[System]:
+                      grounding: Mapping[str, Any] | None = None,
+                      candidates: Mapping[str, Any] | None = None) -> list[System]:
     """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
     the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
     (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
@@ -481,7 +536,12 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
 
     ``grounding`` (a :class:`~safecrs_core.grounding.Grounding` or its dict; None: free
     decoding): every LLM system without evidence prompts decodes grounded; in universe mode the
-    universe is built from ``ds["train"]`` (:func:`~safecrs_core.grounding.universe_items`)."""
+    universe is built from ``ds["train"]`` (:func:`~safecrs_core.grounding.universe_items`).
+
+    ``candidates`` (:func:`~safecrs_core.prompts.candidate_settings`; None: off): the zero-shot
+    model is prompted with these candidates in context (no oracle verdicts), the candidate source
+    joins the baselines (:func:`candidate_baselines`), and trained stages with a ``candidates``
+    parameter are prompted with their own candidates (without it they are left out)."""
     from .pipeline import check_profile
     from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
@@ -505,12 +565,33 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
             built[key] = EvidencePrompts.from_benchmark(ds, catalog, oracle, **full, progress=progress, log=log)
         return built[key]
 
+    built_cands: dict[str, Any] = {}
+
+    def candidates_for(settings: Mapping[str, Any]):
+        nonlocal catalog
+        from .prompts import candidate_settings
+        from .sft import context_prompts
+        if catalog is None:
+            from .catalog import load_catalog
+            catalog = load_catalog(domain)
+        key = json.dumps(candidate_settings(settings), sort_keys=True)
+        if key not in built_cands:
+            built_cands[key] = context_prompts(settings, ds, catalog)
+        return built_cands[key]
+
     systems: list[System] = []
     if baselines:
         systems += baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
                                     progress=progress, domain=domain)
+        if candidates is not None:
+            if oracle is None:
+                from .oracle import load_oracle
+                oracle = load_oracle(domain=domain)
+            systems += candidate_baselines(candidates_for(candidates), oracle)
     if zero_shot:
         systems.append(zero_shot_system(base_model, domain=domain))
+        if candidates is not None:
+            systems[-1] = candidates_system(systems[-1], candidates_for(candidates))
         if evidence:
             settings = {"n": EVIDENCE_DEFAULTS["n"] if evidence_n is None else evidence_n,
                         "max_tags": EVIDENCE_DEFAULTS["max_tags"] if evidence_max_tags is None else evidence_max_tags,
@@ -518,7 +599,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
             systems.append(evidence_system(systems[-1], evidence_for(settings)))
     if trained:
         found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None,
-                                domain=domain)
+                                domain=domain, candidates=candidates_for if candidates is not None else None)
         names = {s.name.split(" (")[0] for s in found}
         wanted = ("SFT", "Safe-SFT", "Safe-GDPO") + (("Safe-SFT + evidence", "Safe-GDPO + evidence") if evidence else ())
         missing = [n for n in wanted if n not in names]
@@ -536,8 +617,13 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                 from .catalog import load_catalog
                 catalog = load_catalog(domain)
             universe = universe_items(catalog, ds["train"], settings.n_popular)
-        systems = [grounded_system(s, settings, universe) if s.kind == "llm" and s.evidence is None else s
-                   for s in systems]
+        def fits(s: System) -> bool:  # candidates mode grounds the systems whose prompts list candidates
+            if s.kind != "llm":
+                return False
+            has_cands = s.evidence is not None and not getattr(s.evidence, "verdicts", True)
+            return has_cands if settings.mode == "candidates" else s.evidence is None
+
+        systems = [grounded_system(s, settings, universe) if fits(s) else s for s in systems]
     return systems
 
 
@@ -710,15 +796,23 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
                   ks: Sequence[int] = (5, 10), n_boot: int = 1000, seed: int = 0, max_new_tokens: int = 256,
                   batch_size: int = 8, catalog=None, oracle=None, progress: bool = True, force: bool = False,
                   log: Callable[[str], Any] | None = print, domain: str | None = None,
-                  max_prompt_tokens: int | None = None) -> Path:
+                  max_prompt_tokens: int | None = None, subsets: Mapping[str, int] | None = None) -> Path:
     """Run every system on ``rows`` and write the results stage (module docstring); cached by the
     systems' keys, the rows' fingerprint and the evaluation parameters. ``profile`` and ``label``
     name the evaluation so that :func:`find_results` can find it again (they key the stage too;
     :func:`results_label` gives a domain's label). ``domain``: as in :func:`run_system`, one for
-    all systems (the rows and the systems' keys already tell domains apart, so it keys nothing)."""
+    all systems (the rows and the systems' keys already tell domains apart, so it keys nothing).
+    ``subsets``: ``{system name: n}`` for systems scored on the first ``n`` of ``rows`` only
+    (the table's ``n`` column shows it); it keys the stage only when set."""
     from .pipeline import run_stage
 
     systems = list(systems)
+    subsets = {str(name): int(n) for name, n in (subsets or {}).items()}
+    unknown = sorted(set(subsets) - {s.name for s in systems})
+    if unknown:
+        raise ValueError(f"subsets name systems that are not evaluated: {unknown}")
+    if any(n < 1 for n in subsets.values()):
+        raise ValueError(f"subset sizes must be positive, got {subsets}")
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"system names must be unique, got {names}")
@@ -731,9 +825,17 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
               "rows": rows_fingerprint(rows), "n_rows": len(rows), "k": k, "ks": list(ks), "n_boot": n_boot, "seed": seed, "max_new_tokens": max_new_tokens}
     if max_prompt_tokens is not None:
         params["max_prompt_tokens"] = max_prompt_tokens
+    if subsets:
+        params["subsets"] = dict(sorted(subsets.items()))
+
+    def rows_of(s: System):
+        n = subsets.get(s.name)
+        if n is None or n >= len(rows):
+            return rows
+        return rows.select(range(n)) if hasattr(rows, "select") else list(rows)[:n]
 
     def fn(tmp: Path):
-        frames = [run_system(s, rows, k=k, ks=ks, catalog=catalog, oracle=oracle, max_new_tokens=max_new_tokens,
+        frames = [run_system(s, rows_of(s), k=k, ks=ks, catalog=catalog, oracle=oracle, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, progress=progress, log=log, domain=domain,
                              max_prompt_tokens=max_prompt_tokens) for s in systems]
         per_sample = pd.concat(frames, ignore_index=True)

@@ -371,6 +371,11 @@ class GDPOParams:
     :func:`~safecrs_core.prompts.evidence_settings` (``n``, ``n_popular``, ``context_turns``,
     ``max_tags``); :func:`train_gdpo` then needs the matching
     :class:`~safecrs_core.prompts.EvidencePrompts`. It keys the stage only when set.
+
+    ``candidates`` (None: off): candidates in context without oracle verdicts, a dict of
+    :func:`~safecrs_core.prompts.candidate_settings` (``n``, ``source``); :func:`train_gdpo`
+    then needs the matching prompts (:func:`~safecrs_core.sft.context_prompts`), and grounding
+    in ``"candidates"`` mode samples only each row's candidates. It keys the stage only when set.
     """
 
     k: int = 10
@@ -413,6 +418,7 @@ class GDPOParams:
     use_vllm: bool = False
     evidence: dict | None = None
     grounding: dict | None = None
+    candidates: dict | None = None
 
     def __post_init__(self):
         from .prompts import DOMAINS
@@ -431,11 +437,17 @@ class GDPOParams:
             raise ValueError("per_device_train_batch_size * gradient_accumulation_steps must be a multiple of "
                              "num_generations")
         from .grounding import grounding_settings
-        from .prompts import evidence_settings
+        from .prompts import candidate_settings, evidence_settings
         self.grounding = grounding_settings(self.grounding)
         self.evidence = evidence_settings(self.evidence)
-        if self.evidence is not None and self.evidence["n"] < self.k:
-            raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")
+        self.candidates = candidate_settings(self.candidates)
+        if self.evidence is not None and self.candidates is not None:
+            raise ValueError("set evidence (candidates with oracle verdicts) or candidates, not both")
+        context = self.evidence or self.candidates
+        if context is not None and context["n"] < self.k:
+            raise ValueError(f"n={context['n']} candidates cannot fill a list of k={self.k}")
+        if self.grounding is not None and self.grounding["mode"] == "candidates" and context is None:
+            raise ValueError("candidates grounding needs prompts with candidates: set candidates (or evidence)")
 
     @property
     def reward_names(self) -> tuple[str, ...]:
@@ -445,7 +457,7 @@ class GDPOParams:
         d = dataclasses.asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
         d["reward_weights"] = None if self.reward_weights is None else list(self.reward_weights)
-        for name in ("evidence", "grounding"):  # off: the keys of runs without them stay as they were
+        for name in ("evidence", "grounding", "candidates"):  # off: the keys of runs without them stay as they were
             if d[name] is None:
                 del d[name]
         return d
@@ -571,7 +583,7 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
     args = params.grpo_config(output_dir, **config_overrides)
     from .grounding import decoder_for
     decoder = decoder_for(params.grounding, catalog, tokenizer, rows, k=params.k,
-                          candidates=None)  # candidates-mode rollouts are not supported yet
+                          candidates=None if evidence is None else evidence.ids)
     with _quiet_deprecations():
         trainer = SafeGDPOTrainer(model, params.rank_rewards(catalog, oracle), args, level=params.level,
                                   decoder=decoder, train_dataset=dataset, processing_class=tokenizer,
@@ -582,18 +594,21 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
 
 
 def _check_evidence(params: GDPOParams, evidence) -> None:
-    """``evidence`` must be given exactly when ``params.evidence`` is set, with those settings."""
-    if params.evidence is None:
+    """``evidence`` must be given exactly when ``params.evidence`` (or ``params.candidates``) is
+    set, with those settings."""
+    wanted, name = (params.candidates, "candidates") if params.candidates is not None else (params.evidence, "evidence")
+    if wanted is None:
         if evidence is not None:
             raise ValueError("evidence prompts were passed but params.evidence is None: set "
                              "GDPOParams(evidence={...}) so that they key the stage")
         return
     if evidence is None:
-        raise ValueError("params.evidence is set: pass evidence=EvidencePrompts.from_benchmark(ds, catalog, oracle, "
-                         "**params.evidence)")
+        hint = ("sft.context_prompts(params.candidates, ds, catalog)" if name == "candidates" else
+                "EvidencePrompts.from_benchmark(ds, catalog, oracle, **params.evidence)")
+        raise ValueError(f"params.{name} is set: pass evidence={hint}")
     got = getattr(evidence, "settings", None)
-    if got != params.evidence:
-        raise ValueError(f"the evidence prompts were built with {got}, but params.evidence is {params.evidence}")
+    if got != wanted or getattr(evidence, "verdicts", True) != (name == "evidence"):
+        raise ValueError(f"the prompts were built with {got}, but params.{name} is {wanted}")
 
 
 def reference_checkpoint(model, folder: str | os.PathLike) -> None:
@@ -762,12 +777,13 @@ def ablation_params(params: GDPOParams, names: Sequence[str] = tuple(ABLATIONS))
 
 
 def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | None = None,
-                   evidence: bool = False, benchmark: str | os.PathLike | None = None) -> Path | None:
+                   evidence: bool = False, benchmark: str | os.PathLike | None = None,
+                   candidates: bool | None = None) -> Path | None:
     """The newest completed ``sft`` stage built on these training rows, directly or through its
     upstream stages (an input named ``rows:<rows_fingerprint(train_rows)>``, or the
     ``benchmark`` stage folder they come from), whose ``variant`` parameter is ``variant``,
-    trained with evidence prompts when ``evidence`` and without them otherwise; None when there
-    is none."""
+    trained with evidence prompts when ``evidence`` and without them otherwise (and, when
+    ``candidates`` is a bool, with or without candidates in context); None when there is none."""
     from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
     wanted = {f"rows:{rows_fingerprint(train_rows)}"}
@@ -781,6 +797,7 @@ def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | 
         man = read_manifest(d)
         params = man.get("params") or {}
         if (params.get("variant", "safe") == variant and bool(params.get("evidence")) == evidence
+                and (candidates is None or bool(params.get("candidates")) == candidates)
                 and built_on(man, wanted, root)):
             found.append((man.get("finished", ""), d))
     return max(found)[1] if found else None

@@ -106,6 +106,19 @@ def artifacts_root(root: str | os.PathLike | None = None) -> Path:
     return repo_root() / "artifacts"
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """How pages show an artifact path: relative to the repository (``artifacts/sft/<key>``),
+    or ``$SAFECRS_ARTIFACTS/<stage>/<key>`` for an artifacts folder elsewhere; never the
+    builder's absolute path."""
+    p = Path(path).expanduser().resolve()
+    for base, label in ((repo_root().resolve(), ""), (artifacts_root().resolve(), f"${ARTIFACTS_ENV}/")):
+        try:
+            return label + str(p.relative_to(base))
+        except ValueError:
+            pass
+    return p.name
+
+
 def notebooks_root() -> Path:
     return repo_root() / "notebooks"
 

@@ -175,6 +175,7 @@ class SafeSFTConfig:
     seed: int = 0
     evidence: dict | None = None
     grounding: dict | None = None
+    candidates: dict | None = None
 
     DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
                    "seen_weight", "seed")
@@ -194,9 +195,18 @@ class SafeSFTConfig:
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
         from .grounding import grounding_settings
-        from .prompts import evidence_settings
+        from .prompts import candidate_settings, evidence_settings
         self.grounding = grounding_settings(self.grounding)
         self.evidence = evidence_settings(self.evidence)
+        self.candidates = candidate_settings(self.candidates)
+        if self.candidates is not None:
+            if self.evidence is not None:
+                raise ValueError("set evidence (candidates with oracle verdicts) or candidates, not both")
+            if self.candidates["n"] < self.k:
+                raise ValueError(f"candidates n={self.candidates['n']} cannot fill a list of k={self.k}")
+        if self.grounding is not None and self.grounding["mode"] == "candidates" and self.candidates is None \
+                and self.evidence is None:
+            raise ValueError("candidates grounding needs prompts with candidates: set candidates (or evidence)")
         if self.evidence is not None:
             if self.variant != "safe":
                 raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
@@ -205,15 +215,16 @@ class SafeSFTConfig:
 
     def to_params(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("evidence", "grounding"):  # off: the keys of configs without them stay as they were
+        for name in ("evidence", "grounding", "candidates"):  # off: the keys of configs without them stay as they were
             if out[name] is None:
                 del out[name]
         return out
 
-    def decoder(self, benchmark_dir, catalog, tokenizer):
+    def decoder(self, benchmark_dir, catalog, tokenizer, prompts=None):
         """The :class:`~safecrs_core.grounding.GroundedDecoder` that scores checkpoints (None:
-        free decoding); its universe comes from the benchmark's train split."""
-        return benchmark_decoder(self.grounding, benchmark_dir, catalog, tokenizer, k=self.k)
+        free decoding); its universe comes from the benchmark's train split, in candidates mode
+        each row's candidates from ``prompts`` (:meth:`evidence_prompts`)."""
+        return benchmark_decoder(self.grounding, benchmark_dir, catalog, tokenizer, k=self.k, prompts=prompts)
 
     def data_params(self) -> dict:
         """Parameters of the ``sft_data`` stage (the same for both variants; with ``evidence``,
@@ -221,11 +232,16 @@ class SafeSFTConfig:
         out = {n: getattr(self, n) for n in self.DATA_FIELDS}
         if self.evidence is not None:
             out["evidence"] = dict(self.evidence)
+        if self.candidates is not None:
+            out["candidates"] = dict(self.candidates)
         return out
 
     def evidence_prompts(self, ds, catalog=None, oracle=None, progress: bool = True, log=print):
-        """The :class:`~safecrs_core.prompts.EvidencePrompts` of ``evidence`` for the benchmark
-        ``ds`` (None when off)."""
+        """The :class:`~safecrs_core.prompts.EvidencePrompts` of ``evidence`` (or, with
+        ``candidates``, candidate prompts without verdicts) for the benchmark ``ds`` (None when
+        both are off)."""
+        if self.candidates is not None:
+            return context_prompts(self.candidates, ds, catalog)
         if self.evidence is None:
             return None
         from .prompts import EvidencePrompts
@@ -238,14 +254,27 @@ class SafeSFTConfig:
         return dataclasses.replace(self, **changes)
 
 
-def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10):
+def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10,
+                      prompts=None):
     """The :class:`~safecrs_core.grounding.GroundedDecoder` of ``grounding`` for a benchmark
-    stage (its universe from the stage's train split); None for free decoding."""
+    stage (its universe from the stage's train split; in candidates mode the candidates of
+    ``prompts``, an :class:`~safecrs_core.prompts.EvidencePrompts`); None for free decoding."""
     if grounding is None:
         return None
     from .benchmark import load_benchmark
     from .grounding import decoder_for
-    return decoder_for(grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=k)
+    return decoder_for(grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=k,
+                       candidates=None if prompts is None else prompts.ids)
+
+
+def context_prompts(candidates: Mapping[str, Any] | None, ds, catalog=None):
+    """Candidate prompts (no oracle verdicts) of the ``candidates`` settings
+    (:func:`~safecrs_core.prompts.candidate_settings`) for the benchmark ``ds``; None when off."""
+    from .prompts import EvidencePrompts, candidate_settings
+    settings = candidate_settings(candidates)
+    if settings is None:
+        return None
+    return EvidencePrompts.from_neighbours(ds, catalog, **settings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,13 +529,13 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     catalog, oracle = _load_world(domain, catalog=catalog, oracle=oracle)
-    if evidence is not None and variant != "safe":
+    if evidence is not None and variant != "safe" and getattr(evidence, "verdicts", True):
         raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
     if neighbours is None and evidence is None:
         raise ValueError("pass neighbours=Neighbours.from_benchmark(train_rows, catalog)")
     rows = list(rows)
     if evidence is not None:
-        return _evidence_targets(rows, evidence, k, oracle, catalog, domain, progress)
+        return _evidence_targets(rows, evidence, k, oracle, catalog, domain, progress, variant)
     out = []
     for row in tqdm(rows, desc=f"targets ({variant})", disable=not progress):
         seen = _item_ids(row["seen"])
@@ -553,8 +582,13 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     return out
 
 
-def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domain: str, progress: bool) -> list[dict]:
-    """Safe-SFT examples with evidence prompts (see :func:`build_targets`)."""
+def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domain: str, progress: bool,
+                      variant: str = "safe") -> list[dict]:
+    """SFT examples whose prompts list candidates (evidence prompts, or candidate prompts
+    without verdicts; see :func:`build_targets`): the candidates that are ground truth first,
+    then the others in the prompt's order. Safe: unsafe candidates dropped and named in the
+    reasoning. Plain (candidate prompts only): nothing dropped, no reasoning, and the prompt
+    without the user's stated sensitivity."""
     from tqdm.auto import tqdm
 
     from .prompts import build_messages, format_completion
@@ -562,25 +596,29 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
     ids = evidence.ids(rows)
     kwargs = evidence.kwargs(rows, ids)
     out = []
-    for row, cands, kw in tqdm(list(zip(rows, ids, kwargs)), desc="targets (safe, evidence)", disable=not progress):
-        verdicts, risks = oracle.check(cands, row["trait"]) if cands else (np.array([]), np.array([]))
+    safe = variant == "safe"
+    for row, cands, kw in tqdm(list(zip(rows, ids, kwargs)), desc=f"targets ({variant}, candidates)",
+                               disable=not progress):
+        verdicts, risks = oracle.check(cands, row["trait"]) if cands and safe else (np.array([]), np.array([]))
         gt = set(_item_ids(row["targets"]))
         order = [j for j, c in enumerate(cands) if c in gt] + [j for j, c in enumerate(cands) if c not in gt]
         items, origins, dropped = [], [], []
         for j in order:
             if len(items) >= k:
                 break
-            if int(verdicts[j]) == UNSAFE:
+            if safe and int(verdicts[j]) == UNSAFE:
                 dropped.append((cands[j], None if np.isnan(risks[j]) else float(risks[j])))
             else:
                 items.append(cands[j])
                 origins.append("ground_truth" if cands[j] in gt else "candidate")
         if not items:
             continue
-        reasoning = reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped])
+        reasoning = reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped]) \
+            if safe else None
+        turns = row["turns"] if safe else strip_constraint(row["turns"], row.get("constraint"))
         out.append({
             "id": row["id"], "trait": row["trait"], "source": row["source"],
-            "prompt": build_messages(row["turns"], k=k, domain=domain, **kw),
+            "prompt": build_messages(turns, k=k, domain=domain, **kw),
             "completion": [{"role": "assistant", "content": format_completion([catalog.display(i) for i in items],
                                                                               reasoning)}],
             "items": items, "origins": origins, "dropped": [i for i, _ in dropped], "reasoning": reasoning,
@@ -647,7 +685,8 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
         evidence = config.evidence_prompts(ds, catalog, oracle, progress=progress, log=log)
         for variant in VARIANTS:
             ex = build_targets(rows, variant, k=config.k, neighbours=nb, catalog=catalog, oracle=oracle,
-                               progress=progress, domain=domain, evidence=evidence if variant == "safe" else None)
+                               progress=progress, domain=domain,
+                               evidence=evidence if variant == "safe" or config.candidates is not None else None)
             Dataset.from_list(ex).save_to_disk(str(tmp / variant))
             stats[variant] = target_stats(ex, config.k)
         first = nb.signals[0][0]  # movies: "ground_truth_in_movielens"; games: "ground_truth_in_catalog"
@@ -994,10 +1033,10 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         evidence = None
-        if config.evidence is not None and rows:
+        if (config.evidence is not None or config.candidates is not None) and rows:
             from .benchmark import load_benchmark
             evidence = config.evidence_prompts(load_benchmark(bench)[0], catalog, oracle, progress=progress, log=log)
-        decoder = config.decoder(bench, catalog, tok) if rows else None
+        decoder = config.decoder(bench, catalog, tok, evidence) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
                                   domain=domain, decoder=decoder)
         trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
@@ -1122,11 +1161,12 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
                    seed: int = 0, k: int = 10, max_new_tokens: int = 288, batch_size: int = 12,
                    max_prompt_tokens: int | None = 512, data_dir=None, force: bool = False,
                    threads: int | None = None, progress: bool = True, log=print,
-                   grounding: Mapping[str, Any] | None = None) -> Path:
+                   grounding: Mapping[str, Any] | None = None, candidates: Mapping[str, Any] | None = None) -> Path:
     """The cached ``sft_eval`` stage: greedy completions and per-row scores on
     :func:`validation_rows` ``(n, seed, offset)`` for ``model``, either a model name (zero-shot)
     or an ``sft`` stage directory. Files: ``completions.json``, ``scores.parquet``,
-    ``summary.json``. ``grounding``: grounded decoding settings (keys the stage only when set)."""
+    ``summary.json``. ``grounding``: grounded decoding settings; ``candidates``: candidates in
+    the prompt (:func:`context_prompts`); each keys the stage only when set."""
     from .benchmark import benchmark_domain
     from .models import load_model
     from .pipeline import atomic_write_json, is_done, run_stage, stage_ref
@@ -1139,6 +1179,9 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
     if grounding is not None:
         from .grounding import grounding_settings
         params["grounding"] = grounding_settings(grounding)
+    if candidates is not None:
+        from .prompts import candidate_settings
+        params["candidates"] = candidate_settings(candidates)
     inputs = [stage_ref(bench)] + ([model_id] if is_stage else [])
 
     def fn(tmp: Path):
@@ -1150,10 +1193,12 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
         catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
-        decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k)  # built before the clock starts
+        from .benchmark import load_benchmark
+        prompts = context_prompts(candidates, load_benchmark(bench)[0], catalog)
+        decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k, prompts=prompts)  # built before the clock
         t0 = time.perf_counter()
         comps, df = evaluate_model(m, tok, rows, k, max_new_tokens, batch_size, max_prompt_tokens, catalog,
-                                   oracle, progress, domain=domain, decoder=decoder)
+                                   oracle, progress, domain=domain, decoder=decoder, evidence=prompts)
         seconds = time.perf_counter() - t0
         new_tokens = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in comps)
         atomic_write_json(tmp / "completions.json", {"ids": [r["id"] for r in rows], "completions": comps})
@@ -1212,6 +1257,7 @@ def target_table(stats: Mapping[str, Any]) -> pd.DataFrame:
         per = st["items_by_origin_per_target"]
         rows[v] = {"examples": st["examples"], "ground truth / list": round(per["ground_truth"], 2),
                    "neighbours / list": round(per["neighbour"], 2), "fallback / list": round(per["fallback"], 2),
+                   **({"candidates / list": round(per["candidate"], 2)} if "candidate" in per else {}),
                    "short lists": st["short_lists"], "dropped as unsafe": st["dropped_total"]}
     return pd.DataFrame(rows).T
 

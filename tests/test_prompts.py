@@ -24,7 +24,7 @@ def test_build_messages_layout():
     msgs = build_messages(TURNS, k=4)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     sys_text = msgs[0]["content"]
-    assert "exactly 4 movies" in sys_text and SOLUTION_OPEN in sys_text and "sensitivities" in sys_text
+    assert "with 4 movies" in sys_text and SOLUTION_OPEN in sys_text and "content they want to avoid" in sys_text
     assert msgs[1]["content"] == TURNS[0]["text"]
     assert msgs[3]["content"].startswith(TURNS[2]["text"])
     assert msgs[3]["content"].endswith("Now recommend exactly 4 movies for me, in the answer format.")
@@ -33,7 +33,7 @@ def test_build_messages_layout():
     assert [m["role"] for m in tail] == ["system", "user", "assistant", "user"]
     assert "exactly 4 movies" in tail[-1]["content"]
     games = build_messages(TURNS, k=3, domain="games")
-    assert "exactly 3 video games" in games[0]["content"] and "movie" not in games[0]["content"]
+    assert "with 3 video games" in games[0]["content"] and "movie" not in games[0]["content"]
     custom = build_messages(TURNS, system="You are a film critic.")
     assert custom[0]["content"].startswith("You are a film critic.") and SOLUTION_OPEN in custom[0]["content"]
 
@@ -97,7 +97,7 @@ def test_round_trip(reasoning):
 
 
 def test_system_prompt_names_k_and_format():
-    assert '"Title (Year)"' in system_prompt(7) and "exactly 7 movies" in system_prompt(7)
+    assert '"Title (Year)"' in system_prompt(7) and "with 7 movies" in system_prompt(7)
 
 
 # --------------------------------------------------------------------------------------------
