@@ -70,6 +70,7 @@ eval_batch_size = 8
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
 candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt (no oracle verdicts); None: none
 grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # None: free decoding
+universe_grounding = {"mode": "universe", "n_popular": 5000, "min_items": 10, "reasoning_tokens": 96}  # the other mode, compared zero-shot on validation; None: skip
 n_examples = 2
 
 # %%
@@ -172,6 +173,21 @@ results = {"zero-shot": (zero_comps, zero_df)}
 for variant in variants:
     results[labels[variant]] = sft.validation_frame(stages[variant])
 sft.compare({label: df for label, (_, df) in results.items()})
+
+# %% [markdown]
+# ## Which grounding: candidates in context or a fixed universe
+# The same zero-shot model on the same validation conversations, once with the 20 candidates in
+# its prompt and decoding grounded on them (the setting above), once without candidates and
+# grounded on a fixed universe (the most popular catalog items plus the training split's items).
+# The book's LLM rows use the mode with the higher validation Recall@10.
+
+# %%
+if universe_grounding is not None:
+    uni = sft.evaluate_stage(model_name, bench, n=val_samples, seed=seed, k=config.k, max_new_tokens=max_new_tokens,
+                             batch_size=eval_batch_size, max_prompt_tokens=max_length, threads=torch_threads,
+                             grounding=universe_grounding)
+    modes = {"zero-shot, candidates in context": zero_df, "zero-shot, fixed universe": sft.load_eval(uni)[1]}
+    display(sft.compare(modes))
 
 # %% [markdown]
 # ## Before and after

@@ -30,12 +30,18 @@
 # non-LLM baselines (`safecrs_core.baselines`), the instruction-tuned base model prompted as is,
 # and the fine-tuned models whose training stages exist for this profile.
 #
-# The LLMs decode with **grounded decoding** (`safecrs_core.grounding`): inside `<solution>`
-# every line is the title of an item of a fixed universe, the most popular catalog items plus the
-# items of the training split (never built from validation or test conversations), with no
-# repeats and no item the user mentioned. The model chooses the items and their order; grounding
-# only keeps it from inventing titles. The same LLMs decoding freely are shown on a subset of the
-# conversations below: that is what a 135M model writes without it.
+# The LLMs read **candidates in context** and decode **grounded** on them
+# (`safecrs_core.grounding`, mode `candidates`): each prompt lists 20 candidates, the neighbours
+# of the items the user mentioned (co-rating and co-mention in the training data; never built
+# from validation or test conversations), without any oracle verdict, and inside `<solution>`
+# every line is one of those candidates, with no repeats and no item the user mentioned. The
+# model chooses the items and their order; the candidate source bounds what it can find, and
+# the `Candidates` baselines show that bound (the first ten candidates, and the first ten the
+# oracle does not mark unsafe). A fixed universe of popular and training items (`mode:
+# "universe"`) is the alternative; on the validation split (notebook 02's comparison) a 135M
+# model grounded on thousands of titles finds no ground truth. The same LLMs decoding freely are
+# shown on a subset of the conversations below: that is what a 135M model writes without
+# grounding.
 
 # %% tags=["parameters"]
 profile = "book"

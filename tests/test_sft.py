@@ -156,7 +156,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(world, tmp_path):
     short = sorted(world["safe"], key=lambda e: len(json.dumps(e["prompt"] + e["completion"])))[:2]
     data, _, _ = sft.fit_examples(Dataset.from_list(short), tok, 384)
     assert len(data) == 2
-    cfg = sft.SafeSFTConfig(**{**TINY, "max_steps": 6, "save_steps": 1000, "learning_rate": 2e-2, "warmup_ratio": 0.0})
+    cfg = sft.SafeSFTConfig(**{**TINY, "max_steps": 6, "save_steps": 1000, "learning_rate": 1e-2, "warmup_ratio": 0.0})
     trainer = sft.make_trainer(cfg, data, tmp_path / "out", model, tok, progress=False)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     labels = batch["labels"]
