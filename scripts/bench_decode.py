@@ -10,6 +10,10 @@ machine::
 
     python scripts/bench_decode.py                       # batch 1 8 16 32 64, fp32 and bf16
     python scripts/bench_decode.py --batch 8 64 --dtypes fp32
+    python scripts/bench_decode.py --mode candidates --prompt-tokens 384 --new-tokens 128   # evaluation's setting
+
+``--mode candidates`` puts ``--candidates`` neighbour candidates in every prompt (as the book's
+LLM rows do) and grounds on them; ``universe`` grounds on the popular and training items.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=256, help="prompts are trimmed to this many tokens")
     ap.add_argument("--n-popular", type=int, default=5000, help="universe: popular items plus the train split's")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--mode", default="universe", choices=["universe", "candidates"])
+    ap.add_argument("--candidates", type=int, default=20, help="candidates per prompt in candidates mode")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -36,18 +42,27 @@ def main(argv=None) -> int:
     from safecrs_core.grounding import GroundedDecoder, Grounding, universe_items
     from safecrs_core.models import generate, load_model
     from safecrs_core.prompts import build_messages
-    from safecrs_core.sft import fit_prompt
+    from safecrs_core.sft import context_prompts, fit_prompt
 
     ds, _, _ = benchmark_for_profile("book")
     catalog = load_catalog()
     model, tok = load_model(dtype=torch.float32, device="cpu")
-    universe = universe_items(catalog, ds["train"], args.n_popular)
-    decoder = GroundedDecoder(Grounding(min_items=10), catalog, tok, k=10, universe=universe)
     val = [ds["validation"][i] for i in range(max(args.batch))]
-    prompts = [fit_prompt(build_messages(r["turns"]), tok, args.prompt_tokens) or build_messages(r["turns"])
-               for r in val]
+    if args.mode == "universe":
+        universe = universe_items(catalog, ds["train"], args.n_popular)
+        decoder = GroundedDecoder(Grounding(min_items=10), catalog, tok, k=10, universe=universe)
+        extra_kw = [{}] * len(val)
+        what = f"universe {len(universe):,} items"
+    else:
+        cands = context_prompts({"n": args.candidates}, ds, catalog)
+        decoder = GroundedDecoder(Grounding(mode="candidates", min_items=10), catalog, tok, k=10,
+                                  candidates=cands.ids)
+        extra_kw = cands.kwargs(val)
+        what = f"{args.candidates} candidates in each prompt"
+    prompts = [fit_prompt(build_messages(r["turns"], **kw), tok, args.prompt_tokens) or build_messages(r["turns"], **kw)
+               for r, kw in zip(val, extra_kw)]
     lengths = [len(tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for p in prompts]
-    print(f"universe {len(universe):,} items; prompts {min(lengths)}-{max(lengths)} tokens; "
+    print(f"{what}; prompts {min(lengths)}-{max(lengths)} tokens; "
           f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens")
     print(f"| dtype | batch | free tok/s | grounded tok/s | grounded / free |")
     print(f"|---|---|---|---|---|")
