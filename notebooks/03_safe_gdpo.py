@@ -55,7 +55,7 @@ bf16 = False
 ablations = ["grpo", "no_safety"]  # also trained, same budget; no_safety is the relevance-only RL run ("no_count" and "sequence" under the paper profile; the CPU budget keeps two)
 torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when the build runs alone); 1 when other jobs share the CPU
 candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt, as in Safe-SFT (notebook 02); None: none
-grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # rollouts decode as evaluation does; None: free sampling
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96, "exclude_named": True}  # rollouts decode as evaluation does; None: free sampling
 
 # %%
 import pandas as pd

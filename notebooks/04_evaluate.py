@@ -49,7 +49,7 @@ domain = "movies"  # or "games" (SafeGame)
 seed = 0
 k = 10
 n_test = 300  # test conversations drawn for the comparison (generation is the slow part on a CPU)
-n_subset = 100  # the other LLM rows (zero-shot, RL ablations) answer the first n_subset of them; None: all
+n_subset = 60  # the other LLM rows (zero-shot, RL ablations) answer the first n_subset of them; None: all
 main_llms = ["SFT", "Safe-SFT", "Safe-GDPO"]  # LLM rows scored on all n_test conversations
 max_new_tokens = 224
 batch_size = 30
@@ -60,7 +60,7 @@ context_turns = 4  # conversation turns the retrieval baseline embeds
 n_boot = 1000
 systems = []  # names of the systems to evaluate; empty: every available one
 candidates = {"n": 20, "source": "neighbours"}  # candidates in the LLM prompts, as in training; None: none
-grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # the LLMs' decoding; None: free
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96, "exclude_named": True}  # the LLMs' decoding (exclude_named: the list leaves out what the reasoning named); None: free
 n_free = 20  # test conversations (the first of the sample) on which the LLMs also decode freely; 0: none
 max_prompt_tokens = 384  # longer conversations lose their oldest turns (as in training)
 

@@ -37,7 +37,7 @@ whole completion, so SFT targets and grounded paths agree (:func:`check_tokeniza
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -195,6 +195,7 @@ class _Row:
     reasoning: str = ""
     reasoning_len: int = 0
     items: int = 0
+    named: list = field(default_factory=list)  # titles its reasoning left out (exclude_named)
 
 
 class GroundedLogitsProcessor:
@@ -205,8 +206,9 @@ class GroundedLogitsProcessor:
     step; after the end-of-turn token a row is left alone."""
 
     def __init__(self, tokenizer, tries: Sequence[TokenTrie], blocked: Sequence[Sequence[str]] | None = None,
-                 min_items: int = 1, max_items: int = 10, reasoning_tokens: int = 0):
+                 min_items: int = 1, max_items: int = 10, reasoning_tokens: int = 0, exclude_named: bool = False):
         self.tokenizer = tokenizer
+        self.exclude_named = bool(exclude_named)
         enc = lambda s: tuple(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
         self.open_solution = enc(SOLUTION_OPEN + "\n")
         self.close_solution = enc(SOLUTION_CLOSE)
@@ -299,8 +301,10 @@ class GroundedLogitsProcessor:
             at = row.reasoning.find(REASONING_CLOSE)
             if at >= 0:
                 tail = row.reasoning[at + len(REASONING_CLOSE):]
+                self._exclude_named(row, row.reasoning[:at])
                 self._force(row, self.open_solution if "\n" in tail else self.after_reasoning, LINE)
             elif row.reasoning_len >= self.reasoning_tokens:
+                self._exclude_named(row, row.reasoning)
                 self._force(row, self.close_reasoning, LINE)
         elif row.phase == LINE and token == self.close_solution[0] and token not in row.trie.children[0]:
             self._force(row, self.close_solution[1:], EOS)
@@ -311,6 +315,17 @@ class GroundedLogitsProcessor:
                 row.items += 1
                 self._block(row, key)
                 self._enter(row, LINE)
+
+    def _exclude_named(self, row: _Row, reasoning: str) -> None:
+        """With ``exclude_named``: block every title of the row's trie that its own reasoning
+        wrote out in full (``"Title (Year)"``), so the list keeps what the reasoning says it
+        leaves out."""
+        if not self.exclude_named or not reasoning:
+            return
+        for key in row.trie.path:
+            if key in reasoning:
+                self._block(row, key)
+                row.named.append(key)
 
     def allowed(self, r: int) -> torch.Tensor | None:
         """The tokens row ``r`` may write next (None: any token; the end-of-turn token is
@@ -382,6 +397,7 @@ class Grounding:
     n_popular: int = 5000
     min_items: int = 1
     reasoning_tokens: int = 0
+    exclude_named: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -390,6 +406,18 @@ class Grounding:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"grounding {name} must be an integer >= {low}, got {v!r}")
+        if not isinstance(self.exclude_named, bool):
+            raise ValueError(f"grounding exclude_named must be true or false, got {self.exclude_named!r}")
+        if self.exclude_named and self.reasoning_tokens == 0:
+            raise ValueError("exclude_named needs a reasoning block (reasoning_tokens > 0)")
+
+    def as_dict(self) -> dict:
+        """The settings as a dict; ``exclude_named`` only when on, so the keys of settings
+        without it stay as they were."""
+        out = asdict(self)
+        if not out["exclude_named"]:
+            del out["exclude_named"]
+        return out
 
     @classmethod
     def from_value(cls, value: "Grounding | Mapping[str, Any] | None") -> "Grounding | None":
@@ -406,7 +434,7 @@ class Grounding:
     def params(self, universe: Sequence[str] | None = None) -> dict:
         """What keys a grounded run: these settings, the grammar version and, in universe mode,
         a fingerprint of the universe."""
-        out = {**asdict(self), "version": GROUNDING_VERSION}
+        out = {**self.as_dict(), "version": GROUNDING_VERSION}
         if universe is not None:
             out["universe"] = fingerprint(list(universe))
             out["universe_size"] = len(universe)
@@ -417,7 +445,7 @@ def grounding_settings(value: "Grounding | Mapping[str, Any] | None") -> dict | 
     """Validated grounding settings as a plain dict of :class:`Grounding`'s fields (what
     training configs store and key); None stays None."""
     settings = Grounding.from_value(value)
-    return None if settings is None else asdict(settings)
+    return None if settings is None else settings.as_dict()
 
 
 @dataclass
@@ -464,7 +492,8 @@ class GroundedDecoder:
         blocked = [[self.catalog.display(i) for i in sorted(_ref_ids(r.get("seen"))) if i in self.catalog]
                    for r in rows]
         return GroundedLogitsProcessor(self.tokenizer, self.tries(rows), blocked, min_items=self.settings.min_items,
-                                       max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens)
+                                       max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens,
+                                       exclude_named=self.settings.exclude_named)
 
 
 def decoder_for(settings: Grounding | Mapping | None, catalog, tokenizer, train_rows=None, k: int = 10,

@@ -268,3 +268,33 @@ def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path):
     uni = set(trainer.decoder.universe)
     assert all(it.item_id in uni for p in rr.parsed for it in p)
     assert trainer.state.log_history[0]["rank_rewards/list_length_mean"] == 3
+
+
+def _feed(proc, tok, text):
+    """Feed ``text``'s tokens to ``proc`` one by one, as generate does (row 0 only)."""
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    vocab = len(tok)
+    proc(ids, torch.zeros((1, vocab)))
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        proc(ids, torch.zeros((1, vocab)))
+
+
+def test_exclude_named_keeps_the_list_to_what_the_reasoning_says(tok):
+    trie = GR.TitleTokens(tok).trie(TITLES)
+    text = "<reasoning>The user is sensitive to Gore. Leaving out: Saw (2004) — risk 1.00; Alien (1979).</reasoning>\n<solution>\n"
+    for on in (True, False):
+        proc = GR.GroundedLogitsProcessor(tok, [trie], min_items=1, max_items=10, reasoning_tokens=80,
+                                          exclude_named=on)
+        _feed(proc, tok, text)
+        row = proc.rows[0]
+        assert row.phase == GR.LINE
+        saw, alien, heat = (trie.path[d][-1] for d in ("Saw (2004)", "Alien (1979)", "Heat (1995)"))
+        assert proc._open(row, heat)
+        assert proc._open(row, saw) is not on and proc._open(row, alien) is not on
+        assert row.named == (["Saw (2004)", "Alien (1979)"] if on else [])
+        assert proc._open(row, trie.path["Saw II (2005)"][-1])  # only the title written out in full
+    with pytest.raises(ValueError, match="exclude_named"):
+        GR.Grounding(exclude_named=True)  # no reasoning block to read
+    assert "exclude_named" not in GR.grounding_settings({"reasoning_tokens": 8})
+    assert GR.grounding_settings({"reasoning_tokens": 8, "exclude_named": True})["exclude_named"] is True
