@@ -37,11 +37,11 @@
 # every line is one of those candidates, with no repeats and no item the user mentioned. The
 # model chooses the items and their order; the candidate source bounds what it can find, and
 # the `Candidates` baselines show that bound (the first ten candidates, and the first ten the
-# oracle does not mark unsafe). A fixed universe of popular and training items (`mode:
-# "universe"`) is the alternative; on the validation split (notebook 02's comparison) a 135M
-# model grounded on thousands of titles finds no ground truth. The same LLMs decoding freely are
-# shown on a subset of the conversations below: that is what a 135M model writes without
-# grounding.
+# oracle does not mark unsafe). With `exclude_named` a list never holds a title the model's own
+# reasoning block wrote out as left out (the model's text decides, not the oracle). A fixed
+# universe of popular and training items (`mode: "universe"`) is the alternative; notebook 02
+# compares the two modes on validation conversations. The same LLMs decoding freely are shown on
+# a subset of the conversations below: that is what a 135M model writes without grounding.
 
 # %% tags=["parameters"]
 profile = "book"
