@@ -42,7 +42,8 @@ start_from_sft = True  # start from this profile's Safe-SFT stage when it exists
 n_train = 256  # training conversations drawn from the train split (None: all)
 max_steps = 12  # CPU budget: shows the mechanics, not convergence (paper profile: 1000)
 num_generations = 4  # group size G (paper: 8)
-per_device_train_batch_size = 8  # completions per step: two conversations x G
+per_device_train_batch_size = 4  # completions per forward pass (memory: a pass of 8 x ~600 tokens ran out of 24 GiB)
+gradient_accumulation_steps = 2  # passes per optimizer step: two conversations x G completions per step
 learning_rate = 1e-4  # paper: 1e-6 over far more steps; a short CPU run needs a larger step
 beta = 0.001  # KL coefficient (paper: 1e-3)
 lambda_safe = 1.0
@@ -120,6 +121,7 @@ sft_stage = G.find_sft_stage(ds["train"], benchmark=bench, candidates=candidates
 start = sft_stage if sft_stage is not None else base_model
 print("starting from", shown_path(start) if sft_stage is not None else start)
 params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_batch_size=per_device_train_batch_size,
+                      gradient_accumulation_steps=gradient_accumulation_steps,
                       max_steps=max_steps, learning_rate=learning_rate, beta=beta, lambda_safe=lambda_safe,
                       lambda_count=lambda_count, max_completion_length=max_completion_length,
                       max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
