@@ -142,7 +142,7 @@ stages = {}
 for variant in variants:
     stages[variant] = sft.train_sft(config.replace(variant=variant), bench, threads=torch_threads)
 runs = pd.DataFrame({v: {**sft.stage_summary(p)["train"], "stage": p.name} for v, p in stages.items()}).T
-runs[["examples", "trimmed", "final_step", "best_step", "seconds_per_step", "train_seconds", "stage"]]
+runs[["examples", "trimmed", "dropped_too_long", "final_step", "best_step", "seconds_per_step", "train_seconds", "stage"]]
 
 # %% [markdown]
 # Validation scores of every checkpoint (the best Recall@10 is kept; ties go to the lower
