@@ -220,19 +220,26 @@ def evidence_line(verdict: str, risk: float | None = None, tags: Sequence[str] =
     return f"{head} [{', '.join(shown)}]" if shown else head
 
 
+def _with_defaults(settings: Mapping[str, Any] | None, defaults: Mapping[str, Any], what: str) -> dict | None:
+    """``settings`` (a dict of known names, or None) merged over ``defaults``; None stays None."""
+    if settings is None:
+        return None
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"{what} settings must be a dict like {dict(defaults)}, got {settings!r}")
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; known: {', '.join(defaults)}")
+    return {**defaults, **dict(settings)}
+
+
 def evidence_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated evidence settings with the defaults of :data:`EVIDENCE_DEFAULTS` filled in (the
     keyword arguments of :meth:`EvidencePrompts.from_benchmark` that key training configs):
     ``n`` candidates, ``n_popular`` popular items in the retrieval pool, ``context_turns`` the
     retriever embeds, ``max_tags`` phrases per candidate. None stays None."""
-    if settings is None:
+    out = _with_defaults(settings, EVIDENCE_DEFAULTS, "evidence")
+    if out is None:
         return None
-    if not isinstance(settings, Mapping):
-        raise TypeError(f"evidence settings must be a dict like {EVIDENCE_DEFAULTS}, got {settings!r}")
-    unknown = sorted(set(settings) - set(EVIDENCE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown evidence settings {unknown}; known: {', '.join(EVIDENCE_DEFAULTS)}")
-    out = {**EVIDENCE_DEFAULTS, **dict(settings)}
     for name, low in (("n", 1), ("n_popular", 0), ("context_turns", 0), ("max_tags", 1)):
         v = out[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -249,14 +256,9 @@ def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated settings of **candidates in context** (no oracle verdicts) with the defaults of
     :data:`CANDIDATE_DEFAULTS`: ``n`` candidates per prompt from ``source`` (``"neighbours"``:
     :meth:`EvidencePrompts.from_neighbours`). None stays None."""
-    if settings is None:
+    out = _with_defaults(settings, CANDIDATE_DEFAULTS, "candidate")
+    if out is None:
         return None
-    if not isinstance(settings, Mapping):
-        raise TypeError(f"candidate settings must be a dict like {CANDIDATE_DEFAULTS}, got {settings!r}")
-    unknown = sorted(set(settings) - set(CANDIDATE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown candidate settings {unknown}; known: {', '.join(CANDIDATE_DEFAULTS)}")
-    out = {**CANDIDATE_DEFAULTS, **dict(settings)}
     if isinstance(out["n"], bool) or not isinstance(out["n"], int) or out["n"] < 1:
         raise ValueError(f"candidate setting n must be an integer >= 1, got {out['n']!r}")
     if out["source"] not in CANDIDATE_SOURCES:
