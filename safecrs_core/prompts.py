@@ -250,15 +250,26 @@ def evidence_settings(settings: Mapping[str, Any] | None) -> dict | None:
 CANDIDATES_FORMAT = 1  # part of the cache key of candidate prompts: change it when their text changes
 CANDIDATE_DEFAULTS = {"n": 20, "source": "neighbours"}
 CANDIDATE_SOURCES = ("neighbours",)
+# options that key a setting only when switched on (so settings without them keep their keys)
+CANDIDATE_OPTIONS = {"genres": False}
+CANDIDATE_GENRES = 5  # the most genres shown after a candidate
 
 
 def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated settings of **candidates in context** (no oracle verdicts) with the defaults of
     :data:`CANDIDATE_DEFAULTS`: ``n`` candidates per prompt from ``source`` (``"neighbours"``:
-    :meth:`EvidencePrompts.from_neighbours`). None stays None."""
-    out = _with_defaults(settings, CANDIDATE_DEFAULTS, "candidate")
+    :meth:`EvidencePrompts.from_neighbours`). ``genres`` (default False): each candidate line
+    also shows the item's catalog genres (``"Saw (2004): horror, mystery, thriller"``), item
+    metadata any recommender holds, not an oracle verdict; present only when True. None stays
+    None."""
+    out = _with_defaults(settings, {**CANDIDATE_DEFAULTS, **CANDIDATE_OPTIONS}, "candidate")
     if out is None:
         return None
+    for name, off in CANDIDATE_OPTIONS.items():
+        if not isinstance(out[name], bool):
+            raise ValueError(f"candidate setting {name} must be true or false, got {out[name]!r}")
+        if out[name] == off:
+            del out[name]
     if isinstance(out["n"], bool) or not isinstance(out["n"], int) or out["n"] < 1:
         raise ValueError(f"candidate setting n must be an integer >= 1, got {out['n']!r}")
     if out["source"] not in CANDIDATE_SOURCES:
@@ -285,6 +296,7 @@ class EvidencePrompts:
     max_tags: int = EVIDENCE_DEFAULTS["max_tags"]
     settings: dict | None = None
     verdicts: bool = True
+    genres: bool = False  # without verdicts: show each candidate's catalog genres
 
     def __post_init__(self):
         if not callable(self.candidates):
@@ -335,18 +347,19 @@ class EvidencePrompts:
 
     @classmethod
     def from_neighbours(cls, ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
-                        source: str = CANDIDATE_DEFAULTS["source"], domain: str | None = None,
-                        data_dir=None) -> "EvidencePrompts":
+                        source: str = CANDIDATE_DEFAULTS["source"], genres: bool = False,
+                        domain: str | None = None, data_dir=None) -> "EvidencePrompts":
         """**Candidates in context** without oracle verdicts (``verdicts=False``): each row's
         ``n`` candidates are the :class:`~safecrs_core.sft.Neighbours` of the items the user
         mentioned (``seen``), built from the benchmark's **train** split and co-rating data only,
         then the train split's most frequent targets and popular items. Validation and test
-        targets never enter. Needs only each row's ``seen`` items."""
+        targets never enter. Needs only each row's ``seen`` items. ``genres``: each candidate line
+        shows the item's catalog genres (:func:`candidate_settings`)."""
         from .catalog import load_catalog, resolve_domain
         from .evaluate import rows_fingerprint
         from .sft import Neighbours, _item_ids
 
-        settings = candidate_settings({"n": n, "source": source})
+        settings = candidate_settings({"n": n, "source": source, "genres": genres})
         domain = resolve_domain(domain, ("catalog", catalog))
         if catalog is None:
             catalog = load_catalog(domain, data_dir=data_dir)
@@ -361,13 +374,14 @@ class EvidencePrompts:
                     for seen in _column(rows, "seen")]
 
         ref = f"neighbours(train={rows_fingerprint(train)},domain={domain})"
-        return cls(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False)
+        return cls(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres)
 
     def params(self) -> dict:
         """What keys the prompts (the candidate source, ``n``, the evidence format and the oracle
         threshold; without verdicts the source, ``n`` and the candidate format)."""
         if not self.verdicts:
-            return {"candidates": self.candidates_ref, "n": self.n, "verdicts": False, "format": CANDIDATES_FORMAT}
+            out = {"candidates": self.candidates_ref, "n": self.n, "verdicts": False, "format": CANDIDATES_FORMAT}
+            return {**out, "genres": True} if self.genres else out
         return {"candidates": self.candidates_ref, "n": self.n, "max_tags": self.max_tags,
                 "max_chars": EVIDENCE_CHARS, "threshold": float(self.oracle.threshold), "format": EVIDENCE_FORMAT}
 
@@ -377,6 +391,14 @@ class EvidencePrompts:
         if len(out) != len(rows):
             raise ValueError(f"candidates gave {len(out)} lists for {len(rows)} rows")
         return out
+
+    def genre_line(self, item_id: str) -> str:
+        """The first :data:`CANDIDATE_GENRES` catalog genres of an item, comma-joined ("" when
+        the catalog has none)."""
+        genres = self.catalog.items.at[item_id, "genres"] if "genres" in self.catalog.items else None
+        if genres is None or isinstance(genres, float):
+            return ""
+        return ", ".join(str(g) for g in list(genres)[:CANDIDATE_GENRES])
 
     def lines(self, item_ids: Sequence[str | None], trait: str) -> list[str]:
         """One :func:`evidence_line` per item for the constraint ``trait``."""
@@ -396,7 +418,11 @@ class EvidencePrompts:
             ids = self.ids(rows) if ids is None else [list(x) for x in ids]
             if len(ids) != len(rows):
                 raise ValueError(f"{len(ids)} candidate lists for {len(rows)} rows")
-            return [{"candidates": [self.catalog.display(i) for i in ids_]} for ids_ in ids]
+            out = [{"candidates": [self.catalog.display(i) for i in ids_]} for ids_ in ids]
+            if self.genres:
+                for kw, ids_ in zip(out, ids):
+                    kw["evidence"] = [self.genre_line(i) for i in ids_]
+            return out
         traits = _column(rows, "trait")
         if any(t is None for t in traits):
             raise ValueError("evidence prompts need every row's 'trait' (the user's constraint)")
@@ -673,12 +699,15 @@ def _is_chatter(title: str, ln: _Line) -> bool:
     return words > 15
 
 
-def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: int | None = None) -> ParsedList:
+def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: int | None = None,
+                     keep_duplicates: bool = False) -> ParsedList:
     """The ranked list in a completion; see the module docstring for the rules.
 
     ``resolver``: anything with ``resolve(title, year)`` returning an object with ``item_id`` and
     ``reason`` (a :class:`~safecrs_core.catalog.Catalog`); its ``resolve_many`` is used when
     present. ``tokenizer``: a fast tokenizer, for ``token_span``. ``k``: keep the first ``k`` items.
+    ``keep_duplicates``: repeated items stay in the list (still counted in ``n_duplicates``), as
+    the release evaluation convention reads lists (:mod:`safecrs_core.metrics`).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
@@ -748,7 +777,8 @@ def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: 
         key = ("id", item_id) if item_id is not None else ("title", normalize_title(title), year)
         if key in seen:
             dups += 1
-            continue
+            if not keep_duplicates:
+                continue
         seen.add(key)
         if k is not None and len(items) >= k:
             over += 1

@@ -182,3 +182,23 @@ def test_pages_show_paths_relative_to_the_repository(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFECRS_ARTIFACTS", str(tmp_path / "arts"))
     assert shown_path(tmp_path / "arts" / "gdpo" / "k1") == "$SAFECRS_ARTIFACTS/gdpo/k1"
     assert str(tmp_path) not in shown_path(tmp_path / "elsewhere" / "x")
+
+
+def test_candidate_genres_show_catalog_genres_and_key_only_when_on(movies_world):
+    cat = movies_world[0]
+    assert candidate_settings({"genres": False}) == CANDIDATE_DEFAULTS  # off: the same settings (and keys) as before
+    assert candidate_settings({"genres": True}) == {**CANDIDATE_DEFAULTS, "genres": True}
+    with pytest.raises(ValueError, match="genres must be true or false"):
+        candidate_settings({"genres": "yes"})
+    top = list(cat.items.sort_values("popularity", ascending=False).index[:12])
+    plain = EvidencePrompts(fixed(top), "fixed", cat, None, n=12, verdicts=False)
+    shown = EvidencePrompts(fixed(top), "fixed", cat, None, n=12, verdicts=False, genres=True)
+    assert "genres" not in plain.params() and shown.params() == {**plain.params(), "genres": True}
+    rows = [{"id": "r", "trait": "anti_gore", "turns": TURNS, "seen": []}]
+    kw = shown.kwargs(rows)[0]
+    assert "evidence" not in plain.kwargs(rows)[0] and len(kw["evidence"]) == 12
+    first = cat.items.at[top[0], "genres"]
+    assert kw["evidence"][0] == ", ".join(list(first)[:5]) and kw["evidence"][0]
+    system = build_messages(TURNS, k=10, **kw)[0]["content"]
+    assert f"{cat.display(top[0])}: {kw['evidence'][0]}" in system
+    assert "unsafe" not in system and "risk" not in system  # metadata, never a verdict
