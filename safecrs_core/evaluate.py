@@ -1081,6 +1081,107 @@ def example_lists(per_sample: pd.DataFrame, row: Mapping, catalog, oracle, k: in
     return pd.DataFrame(cols, index=pd.RangeIndex(1, k + 1, name="rank"))
 
 
+# --------------------------------------------------------------------------------------------
+# The release evaluation convention and the reference lookup audit
+
+
+def _system_lines(group: pd.DataFrame, catalog) -> list[list[tuple[str, int | None, str | None]]]:
+    """The (title, year, item id by our resolver) lines of one system's lists as the release
+    convention reads them: an LLM's parsed completion with repeats kept, a baseline's item ids
+    as catalog titles."""
+    from .prompts import parse_completion
+
+    if group["kind"].iloc[0] == "llm":
+        return [[(it.title, it.year, it.item_id)
+                 for it in parse_completion(t or "", resolver=catalog, keep_duplicates=True).items]
+                for t in group["completion"]]
+    items = catalog.items
+    return [[(str(items.at[i, "title"]), M._year(items.at[i, "year"]), i) for i in ids
+             if i is not None and i in items.index] for ids in group["ids"]]
+
+
+def rescore(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10, ks: Sequence[int] = (5, 10),
+            convention: str = "release", lookup=None) -> pd.DataFrame:
+    """``per_sample`` (a results stage's) scored again under ``convention`` from the same
+    completions and lists, without generating anything. Baselines are read from their stored
+    ``ids`` (their first ``k`` items, seen items already left out)."""
+    if convention == "release" and lookup is None:
+        lookup = M.ReleaseLookup(catalog)  # built once for all systems
+    frames = []
+    for name, g in per_sample.groupby("system", sort=False):
+        sub = rows_by_id(rows, list(g["id"]))
+        if g["kind"].iloc[0] == "llm":
+            df = M.score_completions(list(g["completion"].fillna("")), sub, catalog, oracle, k=k, ks=ks,
+                                     convention=convention, lookup=lookup)
+        else:
+            df = M.score_ranked_ids([list(i) for i in g["ids"]], sub, oracle, k=k, ks=ks, convention=convention,
+                                    catalog=catalog, lookup=lookup)
+        df.insert(0, "system", name)
+        df.insert(1, "group", g["group"].iloc[0])
+        df.insert(2, "kind", g["kind"].iloc[0])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def convention_table(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10, n_boot: int = 1000,
+                     seed: int = 0, digits: int = 3) -> pd.DataFrame:
+    """Recall@k, NDCG@k and SVR@k of every system under both conventions side by side (mean
+    [95% CI]; columns ``(convention, metric)``), from the same completions and lists."""
+    metrics = [f"recall@{k}", f"ndcg@{k}", f"svr@{k}"]
+    order = list(dict.fromkeys(per_sample["system"]))
+    release = rescore(per_sample, rows, catalog, oracle, k=k, ks=(k,))
+    parts = {name: M.format_table(summarize_systems(df, order, n_boot=n_boot, seed=seed, metrics=metrics), metrics,
+                                  digits=digits).drop(columns="n")
+             for name, df in (("project", per_sample), ("release", release))}
+    out = pd.concat(parts, axis=1)
+    out.insert(0, ("", "n"), per_sample.groupby("system", sort=False).size().reindex(out.index).to_numpy())
+    return out
+
+
+def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10) -> tuple[dict, pd.DataFrame]:
+    """What the reference lookup, with its two normalisations as described
+    (:func:`~safecrs_core.metrics.release_title_key` to build, :func:`~safecrs_core.metrics.release_query_key`
+    to look up), would do to our numbers. Returns the catalog's share of titles it never finds,
+    and per system: the recommended lines it never finds, the share of the oracle's unsafe
+    recommendations (items our resolver names) it counts as safe, and SVR@k under the project convention, the release
+    convention (one normalisation) and the release convention with the reference lookup."""
+    from .oracle import UNSAFE
+
+    consistent = M.ReleaseLookup(catalog)
+    reference = M.ReleaseLookup(catalog, query=M.release_query_key)
+    items = catalog.items
+    lost = [reference.find(t, M._year(y)) is None for t, y in zip(items["title"], items["year"])]
+    with_article = items["title"].str.match(r"(?i)^(?:the|a|an)\s")
+    cat = {"titles": len(items), "never_found": float(np.mean(lost)),
+           "with_leading_article": float(with_article.mean()),
+           "with_punctuation": float(items["title"].str.contains(r"[^\w\s]", regex=True).mean())}
+    out = {}
+    for name, g in per_sample.groupby("system", sort=False):
+        lines = _system_lines(g, catalog)
+        traits = [t for t, ls in zip(g["trait"], lines) for _ in ls]
+        flat = [x for ls in lines for x in ls]
+        ids = [i for _, _, i in flat]
+        ref_ids = [reference.find(t, y) for t, y, _ in flat]
+        known = [j for j, i in enumerate(ids) if i is not None]
+        unsafe = np.zeros(len(flat), dtype=bool)
+        if known:
+            unsafe[known] = oracle.check([ids[j] for j in known], [traits[j] for j in known])[0] == UNSAFE
+        ref_unsafe = np.zeros(len(flat), dtype=bool)
+        rk = [j for j, i in enumerate(ref_ids) if i is not None]
+        if rk:
+            ref_unsafe[rk] = oracle.check([ref_ids[j] for j in rk], [traits[j] for j in rk])[0] == UNSAFE
+        sub = g.reset_index(drop=True)
+        svr = {label: float(df[f"svr@{k}"].mean()) for label, df in (
+            ("project", sub),
+            ("release", rescore(sub, rows, catalog, oracle, k=k, ks=(k,), lookup=consistent)),
+            ("release, reference lookup", rescore(sub, rows, catalog, oracle, k=k, ks=(k,), lookup=reference)))}
+        out[name] = {"lines": len(flat),
+                     "never_found": float(np.mean([i is None for i in ref_ids])) if flat else np.nan,
+                     "unsafe_counted_safe": float((unsafe & ~ref_unsafe).sum() / unsafe.sum()) if unsafe.any() else np.nan,
+                     **{f"svr@{k} ({label})": v for label, v in svr.items()}}
+    return cat, pd.DataFrame(out).T
+
+
 def load_paper_results() -> dict:
     """``safecrs_core/data/paper_results.json``: numbers reported by the paper's authors (different
     data and models), with their sources."""
@@ -1103,4 +1204,4 @@ __all__ = ["find_results", "results_label", "baselines_stage", "baselines_label"
            "run_system", "results_stage", "evaluate_systems", "load_results",
            "Results", "summarize_systems", "results_markdown", "publish_table", "evidence_table",
            "rows_fingerprint", "sample_rows",
-           "main_metrics"]
+           "main_metrics", "rescore", "convention_table", "lookup_audit"]

@@ -215,3 +215,22 @@ def reported_tradeoff(table: pd.DataFrame, label: str, x: str = "svr@10", y: str
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def lookup_audit(audit: pd.DataFrame, k: int = 10):
+    """Per system, SVR@k under the project convention, the release convention and the release
+    convention with the reference lookup as described (:func:`safecrs_core.evaluate.lookup_audit`):
+    grouped horizontal bars."""
+    cols = [c for c in audit.columns if c.startswith(f"svr@{k} (")]
+    long = audit[cols].rename(columns=lambda c: c[len(f"svr@{k} ("):-1]).rename_axis("system").reset_index()
+    long = long.melt(id_vars="system", var_name="convention", value_name=f"svr@{k}")
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(audit) + 1.8))
+    sns.barplot(data=long, y="system", x=f"svr@{k}", hue="convention", ax=ax,
+                palette=["#4c72b0", "#dd8452", "#b8b8b8"])
+    ax.set_xlabel(f"{_metric_label(f'svr@{k}')} (lower is safer)")
+    ax.set_ylabel("")
+    ax.set_title("The same lists under three ways of looking titles up")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(title=None, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+    fig.tight_layout()
+    return fig
