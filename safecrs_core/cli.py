@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 from . import traits as T
@@ -28,12 +30,13 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
     from .catalog import load_catalog
     from .oracle import DEFAULT_THRESHOLD, Verdict, load_oracle
 
+    queries = [_valid_text(q) for q in queries]
     cat = load_catalog(domain, data_dir=data_dir)
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     oracle = (load_oracle(data_dir=data_dir, threshold=threshold) if domain == "movies"
               else load_oracle(data_dir=data_dir, threshold=threshold, domain=domain))
     out = []
-    for q in queries:
+    for q, replaced in queries:
         res = cat.resolve(q)
         item = res.item_id
         if item is None:
@@ -45,9 +48,40 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
             row = cat.items.loc[item]
             title = str(row["title"])
             year = None if row["year"] is None or str(row["year"]) in ("<NA>", "nan") else int(row["year"])
+        reason = res.reason + ("; the query was not valid UTF-8 (undecodable bytes replaced by U+FFFD)" if replaced else "")
         out.append({"query": q, "item_id": item, "title": title, "year": year,
-                    "resolution": res.reason, "verdicts": verdicts})
+                    "resolution": reason, "verdicts": verdicts})
     return out
+
+
+def _valid_text(q: str) -> tuple[str, bool]:
+    """``q`` as valid Unicode (undecodable command-line bytes, which Python keeps as lone
+    surrogates, become U+FFFD) and whether anything was replaced."""
+    try:
+        q.encode("utf-8")
+        return q, False
+    except UnicodeEncodeError:
+        return q.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8", "replace").decode("utf-8"), True
+
+
+def _threshold(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number; give a risk threshold in (0, 1], e.g. 0.66") from None
+    if math.isnan(x) or not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]; give a risk threshold in (0, 1], e.g. 0.66")
+    return x
+
+
+def _non_negative(value: str) -> int:
+    try:
+        x = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; give 0 or more") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return x
 
 
 def check_ids(traits: str | None, age: int | None) -> list[str]:
@@ -92,18 +126,31 @@ def _cmd_check(args) -> int:
 
 def _cmd_data(args) -> int:
     from . import sources
-    status = sources.verify_all(args.data_dir)
+    root = sources.data_dir(args.data_dir)  # a DataError (no data directory) becomes one line in main
+    if not root.is_dir() and not args.download:
+        raise sources.DataError(f"data directory {root} does not exist: point {sources.ENV_VAR} or --data-dir at the "
+                                "folder holding the data files, or create it and run `safecrs data --download`")
+    status = sources.verify_all(root, download=args.download)
     bad = {k: v for k, v in status.items() if v != "ok"}
     for k, v in status.items():
         print(f"{'ok ' if v == 'ok' else 'BAD'} {k}" + ("" if v == "ok" else f": {v}"))
-    print(f"{len(status) - len(bad)}/{len(status)} files verified in {sources.data_dir(args.data_dir)}")
+    print(f"{len(status) - len(bad)}/{len(status)} files verified in {root}")
     return 1 if bad else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line that names the option and points to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="safecrs", description="SafeCRS companion: traits, safety oracle, data.")
+    p = _Parser(prog="safecrs", description="SafeCRS companion: traits, safety oracle, data.")
     p.add_argument("--data-dir", default=None, help="data directory (default: $SAFECRS_DATA_DIR)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an expected failure (also SAFECRS_DEBUG=1)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     t = sub.add_parser("traits", help="list the 20 trait ids and names")
     t.add_argument("--json", action="store_true")
     t.add_argument("--with-age", action="store_true", help="also list the age constraints (age_limit_g, ...)")
@@ -117,17 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--age", type=int, default=None,
                    help="audience age in years: adds the verdict of its age band (e.g. 9 -> age_limit_pg)")
     c.add_argument("--json", action="store_true", help="print one JSON list")
-    c.add_argument("--threshold", type=float, default=None, help="unsafe threshold (default 0.66)")
-    c.add_argument("--max-evidence", type=int, default=3, help="evidence lines shown per verdict (text output)")
+    c.add_argument("--threshold", type=_threshold, default=None, help="unsafe threshold in (0, 1] (default 0.66)")
+    c.add_argument("--max-evidence", type=_non_negative, default=3,
+                   help="evidence lines shown per verdict (text output; 0 or more)")
     c.set_defaults(fn=_cmd_check)
     d = sub.add_parser("data", help="sha256-check every registered data file")
+    d.add_argument("--download", action="store_true", help="download missing files from their origins first")
     d.set_defaults(fn=_cmd_data)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Expected failures (data missing or corrupt, missing files) end in one line on stderr and
+    exit 1; ``--debug`` or ``SAFECRS_DEBUG=1`` shows their traceback. Bugs raise as usual."""
+    from .sources import DataError
+
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (DataError, FileNotFoundError, NotADirectoryError) as exc:
+        if args.debug or os.environ.get("SAFECRS_DEBUG", "0") not in ("", "0"):
+            raise
+        print(f"safecrs {args.cmd}: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (its lines joined with "; ")."""
+    parts = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    out = ""
+    for part in parts:
+        out += ("" if not out else " " if out.endswith(":") else "; ") + part
+    return out or exc.__class__.__name__
 
 
 if __name__ == "__main__":

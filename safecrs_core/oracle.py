@@ -856,6 +856,9 @@ def _cached(data_dir_key: str, threshold: float, disk_cache: bool, domain: str =
     reg = sources.registry()
     files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES)) if domain == "movies" else sorted(GAME_CATALOG_FILES)
     inputs = [f"{f}@{reg[f].sha256[:16]}" for f in files]
+    # the cached tables are served only while the data files on disk are the ones they were built
+    # from: a changed, corrupt or missing file stops here with its DataError (sha256, ~0.03 s)
+    sources.fetch(files, data_dir_key, download=False)
     params = {"oracle_version": ORACLE_VERSION, "traits": hashlib.sha256(traits_text).hexdigest()[:16]}
     if domain != "movies":  # the movie key stays as it was before games existed
         params |= {"domain": domain, "games": hashlib.sha256((data / "games.json").read_bytes()).hexdigest()[:16]}

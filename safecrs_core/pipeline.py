@@ -13,9 +13,11 @@ Artifacts
     A stage writes into ``artifacts/<stage>/<key>/`` where ``key`` is a short sha256 over the
     stage's parameters, the keys of its inputs and the package version (:func:`stage_key`).
     The root is ``$SAFECRS_ARTIFACTS`` or ``<repo>/artifacts``. A stage directory is complete
-    only when its ``DONE.json`` manifest exists. :func:`run_stage` builds into a hidden temporary
-    directory beside the final one, renames it into place and writes ``DONE.json`` last, each
-    step atomic, so an interrupted run never leaves anything that looks complete.
+    only when its ``DONE.json`` manifest exists and every file it records is there with its
+    recorded size and sha256 (:func:`stage_problem`; the sha256 once per process per stage).
+    :func:`run_stage` builds into a hidden temporary directory beside the final one, renames it
+    into place and writes ``DONE.json`` last, each step atomic, so an interrupted run never
+    leaves anything that looks complete, and a stage changed afterwards is rebuilt, not served.
 
 Notebooks
     :func:`run_notebooks` converts each ``notebooks/NN_name.py`` (jupytext percent format) to a
@@ -57,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .sources import sha256_of as sha256_file
 
 PROFILES: dict[str, str] = {
     "smoke": "seconds to minutes on a CPU: tiny models and samples; what tests and CI run",
@@ -228,16 +231,78 @@ def stage_dir(stage: str, key: str, root: str | os.PathLike | None = None) -> Pa
     return artifacts_root(root) / stage / key
 
 
+# Stage folders whose files matched their recorded sha256 in this process, with the sizes and
+# mtimes they had then (a change of either hashes them again).
+_VERIFIED_STAGES: dict[str, tuple] = {}
+
+
+def file_records(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """``{"path", "bytes", "sha256"}`` of every file under ``directory`` (the ``files`` of a
+    ``DONE.json``)."""
+    directory = Path(directory)
+    return [{"path": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(directory.rglob("*")) if p.is_file()]
+
+
+def _load_manifest(directory: Path) -> tuple[dict | None, str | None]:
+    path = directory / DONE_FILE
+    if not path.is_file():
+        return None, f"no {DONE_FILE}"
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path} is empty or unreadable ({exc.__class__.__name__})"
+    if not isinstance(man, dict) or not isinstance(man.get("files"), list):
+        return None, f"{path} holds no file record"
+    return man, None
+
+
+def stage_problem(directory: str | os.PathLike) -> str | None:
+    """Why a stage folder cannot be served, or None when it is complete: its ``DONE.json``
+    exists, parses and records every file, and every recorded file exists with its recorded
+    size and (checked once per process, again when a size or mtime changes) its sha256.
+    Manifests written before sha256 was recorded are checked by size only."""
+    directory = Path(directory)
+    man, problem = _load_manifest(directory)
+    if problem:
+        return problem
+    stamp = []
+    for rec in man["files"]:
+        try:
+            p = directory / rec["path"]
+            size = int(rec["bytes"])
+        except (TypeError, KeyError, ValueError):
+            return f"{directory / DONE_FILE} holds a malformed file record {rec!r}"
+        try:
+            st = p.stat()
+        except OSError:
+            return f"{p} is missing"
+        if st.st_size != size:
+            return f"{p} has {st.st_size} bytes, {size} recorded"
+        stamp.append((rec["path"], st.st_size, st.st_mtime_ns))
+    stamp = tuple(stamp)
+    if _VERIFIED_STAGES.get(str(directory)) != stamp:
+        for rec in man["files"]:
+            if rec.get("sha256") and sha256_file(directory / rec["path"]) != rec["sha256"]:
+                return f"{directory / rec['path']} does not match its recorded sha256 (changed after the stage was built)"
+        _VERIFIED_STAGES[str(directory)] = stamp
+    return None
+
+
 def is_done(directory: str | os.PathLike) -> bool:
-    return (Path(directory) / DONE_FILE).is_file()
+    """Whether a stage folder is complete and its files are as recorded (:func:`stage_problem`)."""
+    return stage_problem(directory) is None
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``DONE.json`` manifest of a completed stage directory."""
-    path = Path(directory) / DONE_FILE
-    if not path.is_file():
-        raise PipelineError(f"{directory} is not a completed stage (no {DONE_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The ``DONE.json`` manifest of a completed stage directory; a :class:`PipelineError` in
+    one line naming the problem and the fix when the stage is incomplete or does not match its
+    record (:func:`stage_problem`)."""
+    problem = stage_problem(directory)
+    if problem:
+        raise PipelineError(f"stage {directory} cannot be used: {problem}; delete that folder and rerun the "
+                            "notebook (or call) that builds it")
+    return json.loads((Path(directory) / DONE_FILE).read_text(encoding="utf-8"))
 
 
 def mark_done(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
@@ -272,11 +337,6 @@ def _remove_tree(path: Path) -> None:
     trash = _scratch_name(path, "old")
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _file_list(directory: Path) -> list[dict[str, Any]]:
-    return [{"path": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size}
-            for p in sorted(directory.rglob("*")) if p.is_file()]
 
 
 def _now() -> str:
@@ -341,16 +401,22 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
     called) unless ``force``. Otherwise ``fn(tmp_dir)`` writes the stage's files into a fresh
     hidden folder beside the final one and may return a JSON-able dict (a summary kept in the
     manifest under ``"result"``). The folder is then renamed into place and ``DONE.json`` (stage,
-    key, params, inputs, version, times, file list, result) is written last. If ``fn`` raises,
-    its folder is deleted and nothing is left under the final name.
+    key, params, inputs, version, times, every file with its size and sha256, result) is written
+    last. If ``fn`` raises, its folder is deleted and nothing is left under the final name. A
+    folder whose files do not match their record (:func:`stage_problem`) is never served: it is
+    rebuilt, with one line on stderr saying why.
     """
     inputs = [_input_id(i) for i in inputs]
     key = stage_key(stage, params, inputs)
     final = stage_dir(stage, key, root)
     say = log or (lambda _msg: None)
-    if is_done(final) and not force:
-        say(f"[stage {stage}] cached: {final}")
-        return final
+    if not force and final.exists():
+        problem = stage_problem(final)
+        if problem is None:
+            say(f"[stage {stage}] cached: {final}")
+            return final
+        if (final / DONE_FILE).exists():  # said even when the stage logs nothing else
+            print(f"[stage {stage}] {key} does not match its record ({problem}); rebuilding it", file=sys.stderr)
     say(f"[stage {stage}] building {key} ...")
     started, t0 = _now(), time.perf_counter()
 
@@ -368,7 +434,7 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
             "finished": _now(),
             "seconds": round(time.perf_counter() - t0, 3),
             "python": sys.version.split()[0],
-            "files": _file_list(tmp),
+            "files": file_records(tmp),
             "result": json.loads(json.dumps(dict(result or {}), default=_json_default)),
         }
 
@@ -386,7 +452,11 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
 
 def _profiles_text(path: str | os.PathLike | None) -> str:
     if path is not None:
-        return Path(path).read_text(encoding="utf-8")
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineError(f"cannot read the profiles file {path} ({exc.__class__.__name__}); pass --profiles "
+                                "an existing JSON file, or leave it out for safecrs_core/data/profiles.json") from None
     return resources.files("safecrs_core").joinpath("data/profiles.json").read_text(encoding="utf-8")
 
 
@@ -492,8 +562,11 @@ def discover_notebooks(notebooks_dir: str | os.PathLike | None = None) -> list[P
     """``NN_name.py`` files of ``notebooks_dir`` (default ``<repo>/notebooks``), in order."""
     d = Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()
     if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_file() and _NOTEBOOK_RE.match(p.name))
+        raise PipelineError(f"notebooks folder {d} does not exist; pass --notebooks-dir a folder of NN_name.py notebooks")
+    found = sorted(p for p in d.iterdir() if p.is_file() and _NOTEBOOK_RE.match(p.name))
+    if not found:
+        raise PipelineError(f"no NN_name.py notebooks in {d}; pass --notebooks-dir the repository's notebooks/ folder")
+    return found
 
 
 def _read_notebook(path: Path):
@@ -937,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
                              profiles=table, execution_timeout=args.timeout, force=args.force,
                              domains=domains)
     except (NotebookError, PipelineError) as exc:
+        if os.environ.get("SAFECRS_DEBUG", "0") not in ("", "0"):
+            raise
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     total = sum(r.seconds for r in runs)

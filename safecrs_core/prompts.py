@@ -58,7 +58,11 @@ Parsing (:func:`parse_completion`)
     * Duplicates keep their first occurrence (``n_duplicates``); the key is the resolved item id,
       else the :func:`~safecrs_core.catalog.normalize_title` key plus the year. ``k`` keeps the
       first ``k`` distinct items (``n_over_k`` counts the rest).
-    * Spans: ``char_span`` is the title's ``(start, end)`` in ``text`` (``text[s:e] == title``);
+    * Answer-format tags inside the list region cut a line (``<solution><solution>Heat (1995)``
+      gives ``Heat``); control characters are removed from titles; a line of more than
+      :data:`MAX_LINE_CHARS` characters is dropped. Parsing is linear in the text's length.
+    * Spans: ``char_span`` is the title's ``(start, end)`` in ``text`` (``text[s:e] == title``
+      up to removed control characters);
       ``line_span`` the item's whole line (marker and year included); ``token_span`` the tokens
       of ``tokenizer(text, add_special_tokens=False)`` that overlap ``line_span`` (``[start,
       end)``; a token straddling two lines belongs to both).
@@ -66,6 +70,7 @@ Parsing (:func:`parse_completion`)
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -516,6 +521,9 @@ _REASON_OPEN_RE = re.compile(r"<\s*reasoning\s*>", re.I)
 _REASON_CLOSE_RE = re.compile(r"<\s*/\s*reasoning\s*>", re.I)
 _SOL_OPEN_RE = re.compile(r"<\s*solution\s*>", re.I)
 _SOL_CLOSE_RE = re.compile(r"<\s*/\s*solution\s*>", re.I)
+_ANY_TAG_RE = re.compile(r"<\s*/?\s*(?:solution|reasoning)\s*>", re.I)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+MAX_LINE_CHARS = 2000  # a longer line is never an item (keeps parsing linear on garbage)
 _MARKER_RE = re.compile(r"""
     \#{1,6}\s+                                   # markdown heading
   | [-*•·+–—]\s+                                 # bullet
@@ -553,20 +561,40 @@ _TRAIL = " \t-–—:;,."
 
 
 def _reasoning_spans(text: str) -> list[tuple[int, int, int, int]]:
-    """``(block_start, block_end, inner_start, inner_end)`` of each reasoning block."""
-    out, pos = [], 0
-    while (m := _REASON_OPEN_RE.search(text, pos)) is not None:
-        close = _REASON_CLOSE_RE.search(text, m.end())
-        if close:
-            out.append((m.start(), close.end(), m.end(), close.start()))
+    """``(block_start, block_end, inner_start, inner_end)`` of each reasoning block. Every tag is
+    found once, so the time is linear in the text's length whatever the tags."""
+    opens = list(_REASON_OPEN_RE.finditer(text))
+    if not opens:
+        return []
+    closes = list(_REASON_CLOSE_RE.finditer(text))
+    close_starts = [c.start() for c in closes]
+    sols = [m.start() for m in _SOL_OPEN_RE.finditer(text)]
+    out: list[tuple[int, int, int, int]] = []
+    pos = 0
+    for m in opens:
+        if m.start() < pos:
+            continue  # inside the previous block
+        ci = bisect_left(close_starts, m.end())
+        if ci < len(closes):
+            c = closes[ci]
+            out.append((m.start(), c.end(), m.end(), c.start()))
         else:
-            sol = _SOL_OPEN_RE.search(text, m.end())
-            end = sol.start() if sol else len(text)
+            si = bisect_left(sols, m.end())
+            end = sols[si] if si < len(sols) else len(text)
             out.append((m.start(), end, m.end(), end))
         pos = out[-1][1]
-        if pos <= m.start():
-            break
     return out
+
+
+def _segments(text: str, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """:func:`_lines` of ``text[start:end]``, each line also cut at every answer-format tag (a
+    tag is never part of a title); a cut counts as a line end."""
+    for ls, le, ended in _lines(text, start, end):
+        pos = ls
+        for m in _ANY_TAG_RE.finditer(text, ls, le):
+            yield pos, m.start(), True
+            pos = m.end()
+        yield pos, le, ended
 
 
 def _lines(text: str, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
@@ -717,7 +745,12 @@ def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: 
         raise TypeError(f"resolver must have a .resolve(title, year) method, got {type(resolver).__name__}")
 
     blocks = _reasoning_spans(text)
-    inside = lambda pos: any(b0 <= pos < b1 for b0, b1, _, _ in blocks)  # noqa: E731
+    starts = [b[0] for b in blocks]
+
+    def inside(pos: int) -> bool:
+        i = bisect_right(starts, pos) - 1
+        return i >= 0 and pos < blocks[i][1]
+
     sol = next((m for m in _SOL_OPEN_RE.finditer(text) if not inside(m.start())), None)
     truncated = False
     if sol is not None:
@@ -735,9 +768,12 @@ def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: 
     cands: list[tuple[int, int, int, int, int | None]] = []  # line_s, line_e, title_s, title_e, year
     dropped = 0
     for r0, r1 in regions:
-        for ls, le, ended in _lines(text, r0, r1):
+        for ls, le, ended in _segments(text, r0, r1):
             line = text[ls:le]
             if not line.strip():
+                continue
+            if le - ls > MAX_LINE_CHARS:
+                dropped += 1
                 continue
             parsed = _parse_line(line)
             if parsed is None:
@@ -755,7 +791,7 @@ def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: 
             a, b = _strip(line, 0, len(line))
             cands.append((ls + a, ls + b, ls + ts, ls + te, year))
 
-    titles = [(text[ts:te], year) for _, _, ts, te, year in cands]
+    titles = [(_CONTROL_RE.sub("", text[ts:te]), year) for _, _, ts, te, year in cands]
     if resolver is None:
         res = [None] * len(cands)
     elif hasattr(resolver, "resolve_many"):

@@ -166,13 +166,16 @@ def path(file: str, root: str | os.PathLike | None = None) -> Path:
     return fetch([file], root)[file]
 
 
-def verify_all(root: str | os.PathLike | None = None) -> dict[str, str]:
-    """Check every registered file; returns {file: 'ok' | error message} without raising."""
+def verify_all(root: str | os.PathLike | None = None, download: bool = False) -> dict[str, str]:
+    """Check every registered file (downloading missing ones first when ``download``); returns
+    {file: 'ok' | one-line error message, with how to get a missing file} without raising."""
     status = {}
     for name in registry():
         try:
-            fetch([name], root, download=False)
+            fetch([name], root, download=download)
             status[name] = "ok"
         except (DataError, OSError) as exc:
-            status[name] = str(exc).splitlines()[0]
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            how = [ln for ln in lines if ln.startswith(f"{name}:")]
+            status[name] = f"missing; {how[0][len(name) + 1:].strip()}" if how else "; ".join(lines)
     return status

@@ -4,6 +4,9 @@
   developer machines) when it is not set.
 - ``SAFECRS_ARTIFACTS`` points at a fresh temporary folder for the whole test session unless it is
   set, so tests never read or write the project's own ``artifacts/``.
+- ``SAFECRS_FIGURES`` points at a fresh temporary folder too, and the session fails if the
+  repository's ``figures/`` or ``notebooks/_executed/`` changed while it ran (tests write
+  figures, executed notebooks and stages only under temporary folders).
 """
 from __future__ import annotations
 
@@ -25,13 +28,37 @@ if not os.environ.get("SAFECRS_ARTIFACTS"):
     os.environ["SAFECRS_ARTIFACTS"] = _SESSION_ARTIFACTS
 
 
+_SESSION_FIGURES = tempfile.mkdtemp(prefix="safecrs-test-figures-")
+os.environ["SAFECRS_FIGURES"] = _SESSION_FIGURES
+_UNTOUCHED = (ROOT / "figures", ROOT / "notebooks" / "_executed")
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file of the folders tests must leave alone."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for d in _UNTOUCHED if d.is_dir() for p in d.rglob("*") if p.is_file()}
+
+
+_BEFORE = _snapshot()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "notebook: starts a Jupyter kernel (a few seconds each)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    after = _snapshot()
+    changed = sorted(set(after) ^ set(_BEFORE) | {p for p in after if p in _BEFORE and after[p] != _BEFORE[p]})
+    if changed:
+        print(f"\nFAILED: the tests changed {len(changed)} file(s) of the working tree's figures/ or "
+              f"notebooks/_executed/ (tests must write only under temporary folders): {changed[:5]}")
+        session.exitstatus = 1
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _SESSION_ARTIFACTS:
         shutil.rmtree(_SESSION_ARTIFACTS, ignore_errors=True)
+    shutil.rmtree(_SESSION_FIGURES, ignore_errors=True)
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_run_stage_builds_once_then_uses_the_cache(artifacts_root):
     m = pl.read_manifest(d1)
     assert m["stage"] == "bench" and m["key"] == d1.name and m["params"] == {"n": 3}
     assert m["inputs"] == ["up/1"] and m["result"] == {"rows": 3}
-    assert m["files"] == [{"path": "sub/a.txt", "bytes": 5}]
+    assert m["files"] == [{"path": "sub/a.txt", "bytes": 5, "sha256": pl.sha256_file(d1 / "sub" / "a.txt")}]
     assert sorted(p.name for p in d1.parent.iterdir()) == [d1.name]  # no leftovers
     # different params: a different directory, built again
     d3 = pl.run_stage("bench", {"n": 4}, ["up/1"], _writer(calls), log=None)
