@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -306,3 +307,40 @@ def test_find_sft_stage_follows_the_stage_lineage_to_the_benchmark(tmp_path):
     assert G.find_sft_stage(rows, variant="plain", benchmark=bench, root=root).parent.name == "sft"
     ev = G.find_sft_stage(rows, benchmark=bench, root=root, evidence=True)
     assert ev is not None and ev != safe
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_gdpo_run_resumes_to_the_uninterrupted_result(catalog_oracle, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from safecrs_core.pipeline import is_done
+
+    cat, orc = catalog_oracle
+    params = GDPOParams(k=2, num_generations=2, per_device_train_batch_size=2, max_steps=3,
+                        max_completion_length=6, lora=True, lora_r=2, save_steps=1, temperature=1.0)
+
+    class StopAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 1:
+                raise _Interrupted
+
+    def run(root, callbacks=None):
+        monkeypatch.setenv("SAFECRS_ARTIFACTS", str(root))
+        return train_gdpo(params, "tiny-smollm2", ROWS, catalog=cat, oracle=orc, log=None, callbacks=callbacks)
+
+    whole = run(tmp_path / "a")
+    with pytest.raises(_Interrupted):
+        run(tmp_path / "b", [StopAfterFirstSave()])
+    assert not [p for p in (tmp_path / "b" / "gdpo").iterdir() if is_done(p)]  # nothing looks complete
+    resumed = run(tmp_path / "b")
+    assert resumed.name == whole.name
+    from safetensors.torch import load_file
+    a = load_file(whole / "model" / "adapter_model.safetensors")
+    b = load_file(resumed / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    steps = lambda d: [(h["step"], round(h["reward"], 6)) for h in json.loads((d / "log_history.json").read_text())  # noqa: E731
+                       if "reward" in h]
+    assert steps(resumed)[-1] == steps(whole)[-1] and steps(whole)[-1][0] == 3

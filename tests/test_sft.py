@@ -218,3 +218,41 @@ def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_
     model, tok = sft.load_sft_model(stage, device="cpu")
     assert not hasattr(model, "peft_config") and not model.training
     assert sft.loss_history(stage)["step"].tolist() == [1, 2, 3, 4]
+
+
+def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(world, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from safecrs_core.pipeline import run_stage
+    ds, stats = world["ds"], world["stats"]
+    cfg = sft.SafeSFTConfig(**TINY, max_steps=4, save_steps=2)
+
+    def run(root):
+        monkeypatch.setenv("SAFECRS_ARTIFACTS", str(root))
+
+        def save(tmp):
+            ds.save_to_disk(str(tmp / "dataset"))
+            (tmp / "stats.json").write_text(json.dumps(stats))
+        bench = run_stage("benchmark", {"test": "sft"}, [], save, log=None)
+        return sft.train_sft(cfg, bench, progress=False, log=None)
+
+    whole = run(tmp_path / "a")
+    real_on_save = sft.CheckpointScorer.on_save
+
+    def on_save_then_stop(self, args, state, control, **kw):
+        real_on_save(self, args, state, control, **kw)
+        if state.global_step == 2:
+            raise Interrupted
+    monkeypatch.setattr(sft.CheckpointScorer, "on_save", on_save_then_stop)
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b")
+    monkeypatch.setattr(sft.CheckpointScorer, "on_save", real_on_save)
+    resumed = run(tmp_path / "b")
+    assert json.loads((resumed / "train_info.json").read_text())["resumed_from"] == "checkpoint-2"
+    a = json.loads((whole / "checkpoints.json").read_text())
+    b = json.loads((resumed / "checkpoints.json").read_text())
+    drop_time = lambda sc: {step: {m: v for m, v in x.items() if m != "seconds"} for step, x in sc.items()}  # noqa: E731
+    assert a["best_step"] == b["best_step"] and drop_time(a["scores"]) == drop_time(b["scores"])
+    wa = load_file(whole / "model" / "adapter_model.safetensors")
+    wb = load_file(resumed / "model" / "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
