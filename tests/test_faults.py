@@ -125,6 +125,16 @@ def test_a_corrupt_or_missing_data_file_is_caught_with_a_warm_oracle_cache(data_
         load_oracle(data_dir=data_copy, threshold=0.65)
 
 
+def test_a_corrupt_data_file_stops_a_cold_oracle_build(data_copy, artifacts_root):
+    from safecrs_core.oracle import load_oracle
+    from safecrs_core.sources import DataError
+
+    _corrupt(data_copy, "kids_in_mind/KIM_movies.csv")
+    with pytest.raises(DataError, match="sha256 mismatch for .*KIM_movies.csv"):
+        load_oracle(data_dir=data_copy, threshold=0.61)  # a fresh artifacts root: nothing cached
+    assert not (artifacts_root / "oracle").exists() or not any(pl.is_done(p) for p in (artifacts_root / "oracle").iterdir())
+
+
 # ---- the command line ------------------------------------------------------------------------
 
 def _cli(*args, env=None):
