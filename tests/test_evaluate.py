@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from safecrs_core import evaluate as E
-from safecrs_core.pipeline import mark_done
+from safecrs_core.pipeline import file_records, mark_done
 from conftest import ref as _ref
 
 TURNS = [
@@ -99,7 +99,8 @@ def test_trained_label_names_variants_and_ablations():
 def _fake_stage(root, stage, key, params, inputs, finished):
     d = root / stage / key
     d.mkdir(parents=True)
-    mark_done(d, {"stage": stage, "key": key, "params": params, "inputs": inputs, "finished": finished})
+    mark_done(d, {"stage": stage, "key": key, "params": params, "inputs": inputs, "finished": finished,
+                  "files": file_records(d)})
     return d
 
 

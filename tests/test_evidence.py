@@ -304,7 +304,8 @@ def test_trained_stages_with_evidence_are_labelled_and_left_out_unless_asked(wor
                               ("b0", {"mode": "gdpo", "evidence": dict(EVIDENCE_DEFAULTS, n=10)}, "2026-02-01")):
         d = artifacts_root / "gdpo" / key
         d.mkdir(parents=True)
-        mark_done(d, {"stage": "gdpo", "key": key, "params": params, "inputs": [f"rows:{fp}"], "finished": when})
+        mark_done(d, {"stage": "gdpo", "key": key, "params": params, "inputs": [f"rows:{fp}"], "finished": when,
+                      "files": []})
     notes = []
     assert [s.name for s in E.trained_systems({"train": rows}, log=notes.append)] == ["Safe-GDPO"]
     assert any("evidence" in n for n in notes)
