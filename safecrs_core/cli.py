@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 
 from . import traits as T
@@ -61,7 +60,7 @@ def _valid_text(q: str) -> tuple[str, bool]:
         q.encode("utf-8")
         return q, False
     except UnicodeEncodeError:
-        return q.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8", "replace").decode("utf-8"), True
+        return q.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), True
 
 
 def _threshold(value: str) -> float:
@@ -177,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Expected failures (data missing or corrupt, missing files) end in one line on stderr and
     exit 1; ``--debug`` or ``SAFECRS_DEBUG=1`` shows their traceback. Bugs raise as usual."""
-    from .sources import DataError
+    from .sources import DataError, debug_requested
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (DataError, FileNotFoundError, NotADirectoryError) as exc:
-        if args.debug or os.environ.get("SAFECRS_DEBUG", "0") not in ("", "0"):
+        if args.debug or debug_requested():
             raise
         print(f"safecrs {args.cmd}: {one_line(exc)}", file=sys.stderr)
         return 1

@@ -1095,9 +1095,8 @@ def _system_lines(group: pd.DataFrame, catalog) -> list[list[tuple[str, int | No
         return [[(it.title, it.year, it.item_id)
                  for it in parse_completion(t or "", resolver=catalog, keep_duplicates=True).items]
                 for t in group["completion"]]
-    items = catalog.items
-    return [[(str(items.at[i, "title"]), M._year(items.at[i, "year"]), i) for i in ids
-             if i is not None and i in items.index] for ids in group["ids"]]
+    return [[(*line, i) for i, line in zip(ids, M.catalog_lines(catalog, ids)) if line is not None]
+            for ids in group["ids"]]
 
 
 def rescore(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10, ks: Sequence[int] = (5, 10),
@@ -1155,6 +1154,10 @@ def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10
     cat = {"titles": len(items), "never_found": float(np.mean(lost)),
            "with_leading_article": float(with_article.mean()),
            "with_punctuation": float(items["title"].str.contains(r"[^\w\s]", regex=True).mean())}
+    svr = {"project": per_sample,
+           "release": rescore(per_sample, rows, catalog, oracle, k=k, ks=(k,), lookup=consistent),
+           "release, reference lookup": rescore(per_sample, rows, catalog, oracle, k=k, ks=(k,), lookup=reference)}
+    svr = {label: df.groupby("system", sort=False)[f"svr@{k}"].mean() for label, df in svr.items()}
     out = {}
     for name, g in per_sample.groupby("system", sort=False):
         lines = _system_lines(g, catalog)
@@ -1162,23 +1165,13 @@ def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10
         flat = [x for ls in lines for x in ls]
         ids = [i for _, _, i in flat]
         ref_ids = [reference.find(t, y) for t, y, _ in flat]
-        known = [j for j, i in enumerate(ids) if i is not None]
-        unsafe = np.zeros(len(flat), dtype=bool)
-        if known:
-            unsafe[known] = oracle.check([ids[j] for j in known], [traits[j] for j in known])[0] == UNSAFE
-        ref_unsafe = np.zeros(len(flat), dtype=bool)
-        rk = [j for j, i in enumerate(ref_ids) if i is not None]
-        if rk:
-            ref_unsafe[rk] = oracle.check([ref_ids[j] for j in rk], [traits[j] for j in rk])[0] == UNSAFE
-        sub = g.reset_index(drop=True)
-        svr = {label: float(df[f"svr@{k}"].mean()) for label, df in (
-            ("project", sub),
-            ("release", rescore(sub, rows, catalog, oracle, k=k, ks=(k,), lookup=consistent)),
-            ("release, reference lookup", rescore(sub, rows, catalog, oracle, k=k, ks=(k,), lookup=reference)))}
+        # ids None (not found) come back unknown, so never unsafe
+        unsafe, ref_unsafe = ((oracle.check(x, traits)[0] == UNSAFE) if flat else np.zeros(0, dtype=bool)
+                              for x in (ids, ref_ids))
         out[name] = {"lines": len(flat),
                      "never_found": float(np.mean([i is None for i in ref_ids])) if flat else np.nan,
                      "unsafe_counted_safe": float((unsafe & ~ref_unsafe).sum() / unsafe.sum()) if unsafe.any() else np.nan,
-                     **{f"svr@{k} ({label})": v for label, v in svr.items()}}
+                     **{f"svr@{k} ({label})": float(means[name]) for label, means in svr.items()}}
     return cat, pd.DataFrame(out).T
 
 

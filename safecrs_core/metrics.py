@@ -192,11 +192,14 @@ def _ref_ids(refs) -> set[str]:
     return {r["item_id"] for r in (refs or []) if r.get("item_id")}
 
 
-def _score(pred: list[list], rows, oracle, k: int, ks) -> pd.DataFrame:
-    """Shared path of :func:`score_completions` and :func:`score_ranked_ids`."""
+def _score(pred: list[list], rows, oracle, k: int, ks, lookup: "ReleaseLookup | None" = None) -> pd.DataFrame:
+    """Shared path of :func:`score_completions` and :func:`score_ranked_ids`. ``pred``: item id
+    lists; with a release ``lookup``, (title, year) lists scored under the release convention
+    (module docstring; no ``ids`` column, ``catalog_hit`` = titles the lookup finds)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     ks = _check_ks(ks)
+    all_ks = tuple(sorted(set(ks) | {int(k)}))
     if len(pred) != len(rows):
         raise ValueError(f"{len(pred)} lists for {len(rows)} rows")
     if oracle is None:
@@ -205,25 +208,26 @@ def _score(pred: list[list], rows, oracle, k: int, ks) -> pd.DataFrame:
     traits = _column(rows, "trait")
     if any(t is None for t in traits):
         raise ValueError("every row needs a 'trait'")
-    lens = [len(p) for p in pred]
-    flat_ids = [i for p in pred for i in p]
-    flat_traits = np.repeat(np.array(traits, dtype=object), lens).tolist()
-    if flat_ids:
-        verdicts, _ = oracle.check(flat_ids, flat_traits)
+    lens = np.array([len(p) for p in pred], dtype=np.int64)
+    if lookup is None:
+        flat_ids = [i for p in pred for i in p]
+        flat_traits = np.repeat(np.array(traits, dtype=object), lens).tolist()
+        verdicts = oracle.check(flat_ids, flat_traits)[0] if flat_ids else np.zeros(0, dtype=np.int64)
+        targets = [_ref_ids(t) for t in _column(rows, "targets", [])]
+        seen = [_ref_ids(s) for s in _column(rows, "seen", [])]
+        m = _compute(pred, verdicts, targets, seen, all_ks, keep=int(k))
     else:
-        verdicts = np.zeros(0, dtype=np.int64)
-    targets = [_ref_ids(t) for t in _column(rows, "targets", [])]
-    seen = [_ref_ids(s) for s in _column(rows, "seen", [])]
-    m = _compute(pred, verdicts, targets, seen, tuple(sorted(set(ks) | {int(k)})), keep=int(k))
-    cols = ["id", "trait", "source"]
+        keys, verdicts, targets, seen, found = release_inputs(pred, rows, lookup, oracle)
+        m = _compute(keys, verdicts, targets, seen, all_ks, convention="release")
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        m["catalog_hit"] = [found[a:b].mean() if b > a else np.nan for a, b in zip(starts[:-1], starts[1:])]
     head = pd.DataFrame({"id": _column(rows, "id"), "trait": traits, "source": _column(rows, "source")})
-    metric_cols = metric_names(ks)
-    counts = ["catalog_hit", "list_len", "n_seen_removed"]
-    df = pd.concat([head[cols], m[metric_cols + counts]], axis=1)
-    df["parse_failed"] = np.array(lens) == 0
-    for K in sorted(set(ks) | {int(k)}):
+    df = pd.concat([head, m[metric_names(ks) + ["catalog_hit", "list_len", "n_seen_removed"]]], axis=1)
+    df["parse_failed"] = lens == 0
+    for K in all_ks:
         df[f"n_unsafe@{K}"] = m[f"n_unsafe@{K}"]
-    df["ids"] = m["ids"]
+    if lookup is None:
+        df["ids"] = m["ids"]
     return df
 
 
@@ -252,7 +256,7 @@ def score_completions(completions: Sequence[str], rows, catalog=None, oracle=Non
     if release:
         titles = [[(it.title, it.year) for it in parse_completion(text, keep_duplicates=True).items]
                   for text in completions]
-        return _score_release(titles, rows, catalog, oracle, k, ks, lookup)
+        return _score(titles, rows, oracle, k, ks, lookup or ReleaseLookup(catalog))
     pred = [parse_completion(text, resolver=catalog, k=None).item_ids for text in completions]
     return _score(pred, rows, oracle, k, ks)
 
@@ -268,10 +272,8 @@ def score_ranked_ids(lists: Sequence[Sequence[str | None]], rows, oracle=None, k
         return _score(pred, rows, oracle, k, ks)
     if catalog is None:
         raise ValueError("the release convention reads titles: pass the catalog of the item ids")
-    items = catalog.items
-    titles = [[(str(items.at[i, "title"]), _year(items.at[i, "year"])) if i is not None and i in items.index
-               else ("", None) for i in p] for p in pred]
-    return _score_release(titles, rows, catalog, oracle, k, ks, lookup)
+    titles = [[line or ("", None) for line in catalog_lines(catalog, p)] for p in pred]
+    return _score(titles, rows, oracle, k, ks, lookup or ReleaseLookup(catalog))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,6 +287,14 @@ RELEASE_YEAR_TOLERANCE = 2
 
 def _year(y) -> int | None:
     return None if y is None or pd.isna(y) else int(y)
+
+
+def catalog_lines(catalog, ids: Sequence[str | None]) -> list[tuple[str, int | None] | None]:
+    """The catalog (title, year) of each item id, as the release convention reads a list; None
+    for an id that is None or not in the catalog."""
+    items = catalog.items
+    return [(str(items.at[i, "title"]), _year(items.at[i, "year"])) if i is not None and i in items.index else None
+            for i in ids]
 
 
 def release_title_key(title: str) -> str:
@@ -363,39 +373,9 @@ def release_inputs(titles: Sequence[Sequence[tuple[str, int | None]]], rows, loo
         targets.append({f"gt:{j}" for j in range(len(refs))})
         seen.append(seen_keys)
     verdicts = np.full(len(flat_ids), SAFE, dtype=np.int64)
-    known = [i for i, x in enumerate(flat_ids) if x is not None]
-    if known:
-        v, _ = oracle.check([flat_ids[i] for i in known], [flat_traits[i] for i in known])
-        verdicts[known] = np.where(np.asarray(v) == UNSAFE, UNSAFE, SAFE)
+    if flat_ids:  # a title not found (id None) comes back unknown and stays safe here
+        verdicts[oracle.check(flat_ids, flat_traits)[0] == UNSAFE] = UNSAFE
     return pred, verdicts, targets, seen, np.asarray(found, dtype=bool)
-
-
-def _score_release(titles: list[list[tuple[str, int | None]]], rows, catalog, oracle, k: int, ks,
-                   lookup: ReleaseLookup | None = None) -> pd.DataFrame:
-    """:func:`_score` under the release convention (module docstring)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    ks = _check_ks(ks)
-    if len(titles) != len(rows):
-        raise ValueError(f"{len(titles)} lists for {len(rows)} rows")
-    if oracle is None:
-        from .oracle import load_oracle
-        oracle = load_oracle()
-    traits = _column(rows, "trait")
-    if any(t is None for t in traits):
-        raise ValueError("every row needs a 'trait'")
-    pred, verdicts, targets, seen, found = release_inputs(titles, rows, lookup or ReleaseLookup(catalog), oracle)
-    all_ks = tuple(sorted(set(ks) | {int(k)}))
-    m = _compute(pred, verdicts, targets, seen, all_ks, keep=int(k), convention="release")
-    lens = np.array([len(p) for p in pred])
-    starts = np.concatenate([[0], np.cumsum(lens)])
-    m["catalog_hit"] = [found[a:b].mean() if b > a else np.nan for a, b in zip(starts[:-1], starts[1:])]
-    head = pd.DataFrame({"id": _column(rows, "id"), "trait": traits, "source": _column(rows, "source")})
-    df = pd.concat([head, m[metric_names(ks) + ["catalog_hit", "list_len", "n_seen_removed"]]], axis=1)
-    df["parse_failed"] = lens == 0
-    for K in all_ks:
-        df[f"n_unsafe@{K}"] = m[f"n_unsafe@{K}"]
-    return df
 
 
 # ------------------------------------------------------------------------------------------------
@@ -492,4 +472,4 @@ def format_table(summary: pd.DataFrame, metrics: Sequence[str], digits: int = 3)
 
 
 __all__ = ["RANK_METRICS", "CONVENTIONS", "metric_names", "list_metrics", "score_completions", "score_ranked_ids",
-           "ReleaseLookup", "release_title_key", "release_query_key", "release_inputs", "summarize", "format_table"]
+           "ReleaseLookup", "release_title_key", "release_query_key", "release_inputs", "catalog_lines", "summarize", "format_table"]

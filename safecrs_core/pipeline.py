@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .sources import debug_requested
 from .sources import sha256_of as sha256_file
 
 PROFILES: dict[str, str] = {
@@ -1010,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                              profiles=table, execution_timeout=args.timeout, force=args.force,
                              domains=domains)
     except (NotebookError, PipelineError) as exc:
-        if os.environ.get("SAFECRS_DEBUG", "0") not in ("", "0"):
+        if debug_requested():
             raise
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,12 @@ class DataError(RuntimeError):
     """A data file is missing, corrupt or malformed. The message names the file and the fix."""
 
 
+def debug_requested() -> bool:
+    """``SAFECRS_DEBUG`` set (and not ``0``): command-line front ends show the traceback of an
+    expected failure instead of its one-line message."""
+    return os.environ.get("SAFECRS_DEBUG", "0") not in ("", "0")
+
+
 @dataclass(frozen=True)
 class SourceFile:
     source_id: str
