@@ -177,16 +177,19 @@ class Interrupted(RuntimeError):
     pass
 
 
-def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_root, monkeypatch):
-    from safecrs_core.pipeline import is_done, run_stage
-    ds, stats = world["ds"], world["stats"]
+def _benchmark_stage(world):
+    """The fixture benchmark as a completed stage under the current artifacts root."""
+    from safecrs_core.pipeline import run_stage
 
     def save(tmp):
-        ds.save_to_disk(str(tmp / "dataset"))
-        (tmp / "stats.json").write_text(json.dumps(stats))
-    bench = run_stage("benchmark", {"test": "sft"}, [], save, log=None)
-    cfg = sft.SafeSFTConfig(**TINY, max_steps=4, save_steps=2)
+        world["ds"].save_to_disk(str(tmp / "dataset"))
+        (tmp / "stats.json").write_text(json.dumps(world["stats"]))
+    return run_stage("benchmark", {"test": "sft"}, [], save, log=None)
 
+
+def _stop_after_checkpoint_2(monkeypatch):
+    """Make training raise :class:`Interrupted` once checkpoint 2 is saved and scored; returns
+    the real ``on_save`` to put back."""
     real_on_save = sft.CheckpointScorer.on_save
 
     def on_save_then_stop(self, args, state, control, **kw):
@@ -194,6 +197,15 @@ def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_
         if state.global_step == 2:
             raise Interrupted
     monkeypatch.setattr(sft.CheckpointScorer, "on_save", on_save_then_stop)
+    return real_on_save
+
+
+def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_root, monkeypatch):
+    from safecrs_core.pipeline import is_done
+    bench = _benchmark_stage(world)
+    cfg = sft.SafeSFTConfig(**TINY, max_steps=4, save_steps=2)
+
+    real_on_save = _stop_after_checkpoint_2(monkeypatch)
     with pytest.raises(Interrupted):
         sft.train_sft(cfg, bench, progress=False, log=None)
     work = next((artifacts_root / "sft").glob(f".*{sft.RESUME_SUFFIX}"))
@@ -223,27 +235,14 @@ def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_
 def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(world, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from safecrs_core.pipeline import run_stage
-    ds, stats = world["ds"], world["stats"]
     cfg = sft.SafeSFTConfig(**TINY, max_steps=4, save_steps=2)
 
     def run(root):
         monkeypatch.setenv("SAFECRS_ARTIFACTS", str(root))
-
-        def save(tmp):
-            ds.save_to_disk(str(tmp / "dataset"))
-            (tmp / "stats.json").write_text(json.dumps(stats))
-        bench = run_stage("benchmark", {"test": "sft"}, [], save, log=None)
-        return sft.train_sft(cfg, bench, progress=False, log=None)
+        return sft.train_sft(cfg, _benchmark_stage(world), progress=False, log=None)
 
     whole = run(tmp_path / "a")
-    real_on_save = sft.CheckpointScorer.on_save
-
-    def on_save_then_stop(self, args, state, control, **kw):
-        real_on_save(self, args, state, control, **kw)
-        if state.global_step == 2:
-            raise Interrupted
-    monkeypatch.setattr(sft.CheckpointScorer, "on_save", on_save_then_stop)
+    real_on_save = _stop_after_checkpoint_2(monkeypatch)
     with pytest.raises(Interrupted):
         run(tmp_path / "b")
     monkeypatch.setattr(sft.CheckpointScorer, "on_save", real_on_save)
