@@ -256,7 +256,7 @@ CANDIDATES_FORMAT = 1  # part of the cache key of candidate prompts: change it w
 CANDIDATE_DEFAULTS = {"n": 20, "source": "neighbours"}
 CANDIDATE_SOURCES = ("neighbours",)
 # options that key a setting only when switched on (so settings without them keep their keys)
-CANDIDATE_OPTIONS = {"genres": False}
+CANDIDATE_OPTIONS = {"genres": False, "train_folds": 0}
 CANDIDATE_GENRES = 5  # the most genres shown after a candidate
 
 
@@ -265,15 +265,21 @@ def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     :data:`CANDIDATE_DEFAULTS`: ``n`` candidates per prompt from ``source`` (``"neighbours"``:
     :meth:`EvidencePrompts.from_neighbours`). ``genres`` (default False): each candidate line
     also shows the item's catalog genres (``"Saw (2004): horror, mystery, thriller"``), item
-    metadata any recommender holds, not an oracle verdict; present only when True. None stays
-    None."""
+    metadata any recommender holds, not an oracle verdict; present only when True.
+    ``train_folds`` (default 0, off; else an integer >= 2): a **training** row's candidates come
+    from neighbours built without its fold of the train split, so its own ground truth does not
+    put itself among its candidates (validation and test rows, never part of the neighbours,
+    are unaffected); present only when on. None stays None."""
     out = _with_defaults(settings, {**CANDIDATE_DEFAULTS, **CANDIDATE_OPTIONS}, "candidate")
     if out is None:
         return None
     for name, off in CANDIDATE_OPTIONS.items():
-        if not isinstance(out[name], bool):
-            raise ValueError(f"candidate setting {name} must be true or false, got {out[name]!r}")
-        if out[name] == off:
+        v = out[name]
+        if isinstance(off, bool) and not isinstance(v, bool):
+            raise ValueError(f"candidate setting {name} must be true or false, got {v!r}")
+        if not isinstance(off, bool) and (isinstance(v, bool) or not isinstance(v, int) or v < 0 or v == 1):
+            raise ValueError(f"candidate setting {name} must be 0 (off) or an integer >= 2, got {v!r}")
+        if v == off:
             del out[name]
     if isinstance(out["n"], bool) or not isinstance(out["n"], int) or out["n"] < 1:
         raise ValueError(f"candidate setting n must be an integer >= 1, got {out['n']!r}")
@@ -353,32 +359,46 @@ class EvidencePrompts:
     @classmethod
     def from_neighbours(cls, ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
                         source: str = CANDIDATE_DEFAULTS["source"], genres: bool = False,
-                        domain: str | None = None, data_dir=None) -> "EvidencePrompts":
+                        train_folds: int = 0, domain: str | None = None, data_dir=None) -> "EvidencePrompts":
         """**Candidates in context** without oracle verdicts (``verdicts=False``): each row's
         ``n`` candidates are the :class:`~safecrs_core.sft.Neighbours` of the items the user
         mentioned (``seen``), built from the benchmark's **train** split and co-rating data only,
         then the train split's most frequent targets and popular items. Validation and test
         targets never enter. Needs only each row's ``seen`` items. ``genres``: each candidate line
-        shows the item's catalog genres (:func:`candidate_settings`)."""
+        shows the item's catalog genres; ``train_folds``: a training row's candidates come from
+        neighbours built without its fold (the row at position ``j`` of the train split is in fold
+        ``j % train_folds``), as a test row's come from neighbours that never saw it
+        (:func:`candidate_settings`)."""
         from .catalog import load_catalog, resolve_domain
         from .evaluate import rows_fingerprint
         from .sft import Neighbours, _item_ids
 
-        settings = candidate_settings({"n": n, "source": source, "genres": genres})
+        settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds})
         domain = resolve_domain(domain, ("catalog", catalog))
         if catalog is None:
             catalog = load_catalog(domain, data_dir=data_dir)
         train = ds["train"]
         built: dict[str, Any] = {}
+        from .metrics import _column
+        train_ids = _column(train, "id")
+        fold_of = {r_id: j % train_folds for j, r_id in enumerate(train_ids)} if train_folds else {}
+
+        def neighbours(fold):
+            if fold not in built:
+                if fold is None:
+                    built[None] = Neighbours.from_benchmark(train, catalog, data_dir=data_dir, domain=domain)
+                else:
+                    rest = [r for r, r_id in zip(train, train_ids) if fold_of[r_id] != fold]
+                    built[fold] = Neighbours.from_benchmark(rest, catalog, data_dir=data_dir, domain=domain,
+                                                            base=neighbours(None))
+            return built[fold]
 
         def candidates(rows, n):
-            if "nb" not in built:
-                built["nb"] = Neighbours.from_benchmark(train, catalog, data_dir=data_dir, domain=domain)
-            from .metrics import _column
-            return [[i for i, _ in built["nb"].candidates([], sorted(set(_item_ids(seen or []))), n)]
-                    for seen in _column(rows, "seen")]
+            return [[i for i, _ in neighbours(fold_of.get(r_id)).candidates([], sorted(set(_item_ids(seen or []))), n)]
+                    for r_id, seen in zip(_column(rows, "id"), _column(rows, "seen"))]
 
-        ref = f"neighbours(train={rows_fingerprint(train)},domain={domain})"
+        folds = f",train_folds={train_folds}" if train_folds else ""  # keys only when on
+        ref = f"neighbours(train={rows_fingerprint(train)},domain={domain}{folds})"
         return cls(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres)
 
     def params(self) -> dict:

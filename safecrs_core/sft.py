@@ -422,16 +422,21 @@ class Neighbours:
     @classmethod
     def from_benchmark(cls, train_rows, catalog=None, data_dir=None, min_rating: float = 4.0,
                        shrink: float = 2.0, pop_exponent: float = 0.75, conv_weight: float = 2.0,
-                       seen_weight: float = 0.5, domain: str | None = None) -> "Neighbours":
+                       seen_weight: float = 0.5, domain: str | None = None,
+                       base: "Neighbours | None" = None) -> "Neighbours":
         """MovieLens co-rating (games: the catalog baskets of :func:`game_baskets`;
         ``min_rating`` unused) plus co-mention in ``train_rows`` (the benchmark's training split);
         fallback: the training ground truth by frequency, then the catalog's most popular items.
-        ``domain``: the catalog's domain when None (movies without a catalog)."""
+        ``domain``: the catalog's domain when None (movies without a catalog). ``base``: reuse
+        that instance's co-rating (games: catalog) signal, built with the same settings, instead
+        of building it again (only ``train_rows`` differ)."""
         domain = resolve_domain(domain, ("catalog", catalog))
         if catalog is None:
             from .catalog import load_catalog
             catalog = load_catalog(domain, data_dir=data_dir)
-        if domain == "movies":
+        if base is not None:
+            ml = base.signals[0][0]
+        elif domain == "movies":
             ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
         else:
             ml = SparseCoOccurrence(game_baskets(catalog), shrink, pop_exponent, name="catalog")

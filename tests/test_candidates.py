@@ -76,6 +76,30 @@ def test_neighbour_candidates_come_from_seen_items_and_train_data_only(movies_wo
     assert other.candidates_ref != prompts.candidates_ref
 
 
+def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movies_world):
+    cat, _, top = movies_world
+    assert candidate_settings({"train_folds": 0}) == CANDIDATE_DEFAULTS  # off: the same settings (and keys)
+    assert candidate_settings({"train_folds": 4}) == {**CANDIDATE_DEFAULTS, "train_folds": 4}
+    for bad in (1, -2, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="train_folds must be 0"):
+            candidate_settings({"train_folds": bad})
+    # each training conversation mentions one film and answers with a rare one: co-mention
+    # within the train split would put that answer among its own candidates
+    train = [{"id": f"t{i}", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[i])],
+              "targets": [ref(top[300 + i])], "removed_targets": []} for i in range(20)]
+    leaky = EvidencePrompts.from_neighbours({"train": train}, cat, n=15)
+    folded = EvidencePrompts.from_neighbours({"train": train}, cat, n=15, train_folds=4)
+    assert folded.settings == {**CANDIDATE_DEFAULTS, "n": 15, "train_folds": 4}
+    assert folded.candidates_ref != leaky.candidates_ref  # it keys the prompts' caches
+    own = [r["targets"][0]["item_id"] for r in train]
+    hits_leaky = sum(t in c for t, c in zip(own, leaky.ids(train)))
+    hits_folded = sum(t in c for t, c in zip(own, folded.ids(train)))
+    assert hits_leaky == len(train) and hits_folded == 0
+    # rows outside the train split get the same candidates either way
+    row = {"id": "x", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[3])], "targets": [], "removed_targets": []}
+    assert folded.ids([row]) == leaky.ids([row])
+
+
 def test_sft_targets_from_candidates_plain_and_safe(movies_world):
     from safecrs_core.oracle import UNSAFE
     from safecrs_core.sft import build_targets
