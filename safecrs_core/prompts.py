@@ -288,6 +288,20 @@ def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     return out
 
 
+def _folds(row_ids, groups, n_folds: int) -> dict:
+    """``{row id: fold}``: the rows of one dialog group (the turns of one conversation, which
+    share items) in one fold, groups dealt to the ``n_folds`` folds in order of first appearance;
+    a row without a group is a group of its own. Empty when ``n_folds`` is 0."""
+    if not n_folds:
+        return {}
+    order: dict = {}
+    out = {}
+    for r_id, g in zip(row_ids, groups):
+        key = ("group", g) if g is not None else ("row", r_id)
+        out[r_id] = order.setdefault(key, len(order)) % n_folds
+    return out
+
+
 @dataclass
 class EvidencePrompts:
     """Candidates with oracle evidence for each benchmark row (the module docstring).
@@ -366,8 +380,8 @@ class EvidencePrompts:
         then the train split's most frequent targets and popular items. Validation and test
         targets never enter. Needs only each row's ``seen`` items. ``genres``: each candidate line
         shows the item's catalog genres; ``train_folds``: a training row's candidates come from
-        neighbours built without its fold (the row at position ``j`` of the train split is in fold
-        ``j % train_folds``), as a test row's come from neighbours that never saw it
+        neighbours built without its fold (folds of whole dialog groups, :func:`_folds`), as a
+        test row's come from neighbours that never saw it
         (:func:`candidate_settings`)."""
         from .catalog import load_catalog, resolve_domain
         from .evaluate import rows_fingerprint
@@ -381,7 +395,7 @@ class EvidencePrompts:
         built: dict[str, Any] = {}
         from .metrics import _column
         train_ids = _column(train, "id")
-        fold_of = {r_id: j % train_folds for j, r_id in enumerate(train_ids)} if train_folds else {}
+        fold_of = _folds(train_ids, _column(train, "dialog_group"), train_folds)
 
         def neighbours(fold):
             if fold not in built:
@@ -397,7 +411,7 @@ class EvidencePrompts:
             return [[i for i, _ in neighbours(fold_of.get(r_id)).candidates([], sorted(set(_item_ids(seen or []))), n)]
                     for r_id, seen in zip(_column(rows, "id"), _column(rows, "seen"))]
 
-        folds = f",train_folds={train_folds}" if train_folds else ""  # keys only when on
+        folds = f",train_group_folds={train_folds}" if train_folds else ""  # keys only when on
         ref = f"neighbours(train={rows_fingerprint(train)},domain={domain}{folds})"
         return cls(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres)
 

@@ -95,6 +95,21 @@ def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movi
     hits_leaky = sum(t in c for t, c in zip(own, leaky.ids(train)))
     hits_folded = sum(t in c for t, c in zip(own, folded.ids(train)))
     assert hits_leaky == len(train) and hits_folded == 0
+    # the turns of one conversation (a dialog group) share items: they share a fold, so a
+    # sibling's answers do not leak in either
+    groups = [dict(r, dialog_group=f"g{i // 2}", seen=[ref(top[i // 2])]) for i, r in enumerate(train)]
+    sibling = {f"t{i}": own[i ^ 1] for i in range(len(train))}  # the other turn's answer
+
+    def sibling_hits(rows):
+        p = EvidencePrompts.from_neighbours({"train": rows}, cat, n=15, train_folds=4)
+        return sum(sibling[r["id"]] in c or r["targets"][0]["item_id"] in c for r, c in zip(rows, p.ids(rows)))
+
+    assert sibling_hits(groups) == 0
+    assert sibling_hits([dict(r, dialog_group=None) for r in groups]) > 0  # folds of single rows would leak
+    from safecrs_core.prompts import _folds
+    folds = _folds([r["id"] for r in groups], [r["dialog_group"] for r in groups], 4)
+    assert all(folds[f"t{2 * g}"] == folds[f"t{2 * g + 1}"] == g % 4 for g in range(10))
+    assert _folds(["a", "b"], [None, None], 0) == {}
     # rows outside the train split get the same candidates either way
     row = {"id": "x", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[3])], "targets": [], "removed_targets": []}
     assert folded.ids([row]) == leaky.ids([row])
