@@ -23,7 +23,7 @@
 # 20 candidate films: the **neighbours** of the films the user mentioned, i.e. films that the
 # same MovieLens users rated 4 stars or more (item-item co-rating in `ml-latest-small`) and films
 # mentioned together in SafeRec's *training* conversations, scored by a cosine with a popularity
-# penalty (`safecrs_core.sft.Neighbours`). Nothing of the validation or test targets enters. The
+# penalty (`safecrs_core.candidates.Neighbours`). Nothing of the validation or test targets enters. The
 # prompt carries **no oracle verdicts**: which candidates are unsafe for the user must be learned.
 # The target list is:
 #

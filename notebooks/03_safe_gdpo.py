@@ -66,6 +66,7 @@ from safecrs_core.pipeline import shown_path
 from safecrs_core import gdpo as G
 from safecrs_core import plots, sft
 from safecrs_core.benchmark import benchmark_for_profile
+from safecrs_core.candidates import context_prompts
 from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
 from safecrs_core.rewards import RankRewards
@@ -126,7 +127,7 @@ params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_bat
                       lambda_count=lambda_count, max_completion_length=max_completion_length,
                       max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
                       n_train=n_train, seed=seed, domain=domain, grounding=grounding, candidates=candidates)
-prompts = sft.context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)
+prompts = context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)
 params
 
 # %%

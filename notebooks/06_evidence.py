@@ -76,7 +76,8 @@ from safecrs_core.benchmark import benchmark_for_profile
 from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
 from safecrs_core.pipeline import notebook_values
-from safecrs_core.prompts import EvidencePrompts, build_messages
+from safecrs_core.candidates import evidence_prompts
+from safecrs_core.prompts import build_messages
 
 if torch_threads:
     torch.set_num_threads(torch_threads)
@@ -90,7 +91,7 @@ evidence = {"n": evidence_n, "n_popular": n_popular, "context_turns": context_tu
 
 # %%
 rows = E.sample_rows(ds["test"], n_test, seed)
-prompts = EvidencePrompts.from_benchmark(ds, catalog, oracle, **evidence, log=None)
+prompts = evidence_prompts(ds, catalog, oracle, **evidence, log=None)
 example = [rows[0]]
 print(build_messages(example[0]["turns"], k=k, **prompts.kwargs(example)[0])[0]["content"])
 

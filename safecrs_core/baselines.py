@@ -53,8 +53,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .metrics import _column  # rows: a Hugging Face Dataset or a list of dicts
-from .metrics import _ref_ids as _ids  # item ids of a list of item refs (a set)
+from .rows import column, ref_ids  # rows: a Hugging Face Dataset or a list of dicts
 from .oracle import UNSAFE
 
 ENCODER = "all-MiniLM-L6-v2"
@@ -86,8 +85,8 @@ def top_k(scores: np.ndarray, pool_ids: Sequence[str], rows, k: int = 10, oracle
     if scores.shape[-1] != len(pool_ids) or (not shared and scores.shape[0] != n):
         raise ValueError(f"scores of shape {scores.shape} for {n} rows and {len(pool_ids)} pool items")
     where = {it: j for j, it in enumerate(pool_ids)}
-    seen = [[where[i] for i in _ids(s) if i in where] for s in _column(rows, "seen", [])]
-    traits = _column(rows, "trait")
+    seen = [[where[i] for i in ref_ids(s) if i in where] for s in column(rows, "seen", [])]
+    traits = column(rows, "trait")
     unsafe = None
     if oracle is not None:
         if any(t is None for t in traits):
@@ -119,7 +118,7 @@ def top_k(scores: np.ndarray, pool_ids: Sequence[str], rows, k: int = 10, oracle
 
 def target_counts(train_rows) -> pd.Series:
     """In how many of ``train_rows`` each item is a ground-truth target (index item_id)."""
-    ids = [i for t in _column(train_rows, "targets", []) for i in sorted(_ids(t))]
+    ids = [i for t in column(train_rows, "targets", []) for i in sorted(ref_ids(t))]
     return pd.Series(ids, dtype=object).value_counts() if ids else pd.Series(dtype="int64")
 
 
@@ -220,10 +219,10 @@ def game_item_text(catalog, item_id: str) -> str:
     catalog's genres, the first :data:`GAME_PLATFORMS` platforms by the names users write
     (``data/games.json``, ``platform_display``: ``"Xbox 360"``, ``"DS"``) and the developer and
     publisher where known (one name once). Parts the catalog lacks are left out."""
-    from .catalog import _games_data
+    from .catalog import games_data
 
     row = catalog.items.loc[item_id]
-    shown = _games_data().get("platform_display", {})
+    shown = games_data().get("platform_display", {})
     parts = [catalog.display(item_id)]
     genres = _names(row.get("genres"))
     platforms = list(dict.fromkeys(shown.get(p, p) for p in _names(row.get("platforms"))))[:GAME_PLATFORMS]
@@ -246,8 +245,8 @@ def benchmark_items(ds) -> list[str]:
     items = set()
     for split in ds.values() if hasattr(ds, "values") else [ds]:
         for col in ("targets", "seen", "removed_targets"):
-            for refs in _column(split, col, []):
-                items.update(_ids(refs))
+            for refs in column(split, col, []):
+                items.update(ref_ids(refs))
     return sorted(items)
 
 
@@ -296,8 +295,8 @@ def item_embeddings(pool_ids: Sequence[str], catalog, progress: bool = True, log
 
 def query_embeddings(rows, context_turns: int = 4, progress: bool = True, log=print) -> np.ndarray:
     """Cached embeddings of :func:`conversation_text` for every row (in row order)."""
-    texts = [conversation_text(t, context_turns) for t in _column(rows, "turns")]
-    keys = [str(i) for i in _column(rows, "id")]
+    texts = [conversation_text(t, context_turns) for t in column(rows, "turns")]
+    keys = [str(i) for i in column(rows, "id")]
     _, emb = _embedding_stage("query_embeddings", texts, keys,
                               {"text_version": QUERY_TEXT_VERSION, "context_turns": context_turns},
                               progress, log)

@@ -659,7 +659,9 @@ _ROMAN_TOKEN_RE = re.compile(r"\b(" + "|".join(sorted((k.upper() for k in _ROMAN
 
 
 @lru_cache(maxsize=1)
-def _games_data() -> dict:
+def games_data() -> dict:
+    """The package's game domain table (``data/games.json``: trait mapping, request templates,
+    ...), read once per process."""
     path = Path(__file__).parent / "data" / "games.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -671,7 +673,7 @@ def _games_data() -> dict:
 def platform_aliases() -> dict[str, str]:
     """Platform name key (:func:`normalize_title`) -> platform code (``data/games.json``)."""
     out: dict[str, str] = {}
-    for code, names in _games_data()["platforms"].items():
+    for code, names in games_data()["platforms"].items():
         for name in [code, *names]:
             key = normalize_title(name)
             if out.get(key, code) != code:
@@ -799,7 +801,7 @@ ESRB_RATING_COLUMN = "esrb_rating"
 
 def _read_esrb(root) -> pd.DataFrame:
     f = GAME_FILES["esrb"]
-    desc = list(_games_data()["esrb_descriptors"])
+    desc = list(games_data()["esrb_descriptors"])
     df = _read_csv(f, root, ["title", "console", *desc, ESRB_RATING_COLUMN], dtype={"title": str, ESRB_RATING_COLUMN: str})
     for col in ["console", *desc]:
         vals = pd.to_numeric(df[col], errors="coerce")
@@ -900,7 +902,7 @@ def _game_sources(root: str, exclude: tuple[str, ...]) -> GameSources:
     for src in GAME_SOURCES:
         if src in exclude:  # an empty table with the columns the oracle and the generator read
             cols = ["source", "title", "year", "platform", "platforms", "genres", "publisher", "developer", "sales",
-                    "rating", "row", "item_id", *_games_data()["esrb_descriptors"]]
+                    "rating", "row", "item_id", *games_data()["esrb_descriptors"]]
             frames[src] = pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
             continue
         df = readers[src](root)
@@ -1095,7 +1097,7 @@ def evaluate_game_resolver(data_dir: str | os.PathLike | None = None, n: int = 1
     cat = gs.catalog
     vg = gs.vgsales[gs.vgsales["year"].notna()]
     vg = vg.sample(n=min(n, len(vg)), random_state=seed)
-    names = _games_data()["platforms"]
+    names = games_data()["platforms"]
     long_name = {code: max((x for x in v if not re.search(r"[-\u2013\u2014]", x)), key=len) for code, v in names.items()}
     rows = []
     for form in GAME_QUERY_FORMS:

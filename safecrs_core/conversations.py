@@ -981,13 +981,13 @@ def load_safegame(data_dir: PathLike = None, n: int = SAFEGAME_SIZE, seed: int =
     a request left without a target is drawn again. Deterministic for ``seed``."""
     import numpy as np
 
-    from .catalog import _games_data, game_sources
+    from .catalog import games_data, game_sources
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     gs = game_sources(data_dir)
     cat = gs.catalog
-    spec = _games_data()
+    spec = games_data()
     req = spec["requests"]
     display = spec["platform_display"]
     groups = _game_groups(cat, gs.vgsales)

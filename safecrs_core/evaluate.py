@@ -34,7 +34,6 @@ Results (:func:`evaluate_systems`)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -46,8 +45,9 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .metrics import _column  # rows: a Hugging Face Dataset or a list of dicts
+from .rows import column, ref_ids, rows_fingerprint  # rows: a Hugging Face Dataset or a list of dicts
 from .catalog import resolve_domain
+from .oracle import load_world
 from .prompts import SOLUTION_CLOSE
 
 KINDS = ("baseline", "llm")
@@ -61,24 +61,6 @@ def main_metrics(k: int = 10) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Rows
-
-
-def _ref_ids(refs) -> list[str]:
-    return sorted(M._ref_ids(refs))
-
-
-def rows_fingerprint(rows) -> str:
-    """sha256 (16 hex digits) over the fields evaluation reads from each row (``id``, ``turns``,
-    ``trait``, target and seen item ids), in row order. Training stages (Safe-GDPO) record it as
-    their ``rows:<fingerprint>`` input, which is how evaluation finds them."""
-    h = hashlib.sha256()
-    cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
-    for i in range(len(rows)):
-        rec = {"id": cols["id"][i], "turns": cols["turns"][i], "trait": cols["trait"][i],
-               "targets": _ref_ids(cols["targets"][i]), "seen": _ref_ids(cols["seen"][i])}
-        h.update(json.dumps(rec, sort_keys=True, default=str).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
 
 
 def sample_rows(rows, n: int | None, seed: int = 0):
@@ -182,7 +164,7 @@ class System:
         ``prompt`` and, for evidence systems, the row's candidates and evidence)."""
         from .prompts import build_messages
 
-        turns = _column(rows, "turns")
+        turns = column(rows, "turns")
         extra = self.evidence.kwargs(rows) if self.evidence is not None else [{}] * len(turns)
         return [build_messages(t, k=k, **dict(self.prompt), **x) for t, x in zip(turns, extra)]
 
@@ -225,12 +207,7 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
     from . import baselines as B
 
     domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
-    if catalog is None:
-        from .catalog import load_catalog
-        catalog = load_catalog(domain)
-    if oracle is None:
-        from .oracle import load_oracle
-        oracle = load_oracle(domain=domain)
+    catalog, oracle = load_world(domain, catalog, oracle)
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
@@ -302,7 +279,7 @@ def evidence_system(system: System, evidence, name: str | None = None) -> System
 
 def candidates_system(system: System, prompts) -> System:
     """``system`` (an LLM) prompted with **candidates in context** and no oracle verdicts
-    (``prompts``: :func:`~safecrs_core.sft.context_prompts`): the same name, keyed apart by the
+    (``prompts``: :func:`~safecrs_core.candidates.context_prompts`): the same name, keyed apart by the
     candidate source. The main LLM rows use it when they were trained with candidates."""
     import dataclasses
 
@@ -325,9 +302,8 @@ def candidate_baselines(prompts, oracle, k_pool: int | None = None) -> list[Syst
         return [ids[:k] for ids in prompts.ids(rows)]
 
     def filtered(rows, k):
-        from .metrics import _column
         out = []
-        for ids, trait in zip(prompts.ids(rows), _column(rows, "trait")):
+        for ids, trait in zip(prompts.ids(rows), column(rows, "trait")):
             verdicts, _ = oracle.check(ids, trait) if ids else ([], [])
             out.append([i for i, v in zip(ids, verdicts) if int(v) != UNSAFE][:k])
         return out
@@ -380,32 +356,20 @@ def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path
 
 
 # How a completed training stage is named in the tables, from its DONE.json manifest.
-def _truthy(params: Mapping, *names: str) -> bool:
-    return any(bool(params.get(n)) for n in names)
-
-
 def trained_label(manifest: Mapping[str, Any]) -> str:
     """Display name of a training stage: ``SFT`` / ``Safe-SFT`` for ``sft`` stages (Safe-SFT when
-    its parameters switch on safety reasoning), ``Safe-GDPO`` for ``gdpo`` stages, with the
-    ablation named (``GRPO``, ``sequence-level``, ``no safety reward``, ``no count reward``) and
+    its ``variant`` is ``safe``), ``Safe-GDPO`` for ``gdpo`` stages, with the ablation named
+    (:data:`~safecrs_core.gdpo.ABLATION_LABELS`: ``GRPO``, ``sequence-level``, ``no safety
+    reward``, ``no count reward``) and
     ``from the base model`` when it did not start from an SFT stage; ``+ evidence`` after the
     name when it was trained with evidence prompts (an ``evidence`` parameter)."""
     stage, params = manifest.get("stage"), manifest.get("params", {}) or {}
     ev = " + evidence" if params.get("evidence") else ""
     if stage == "sft":
-        safe = _truthy(params, "safe", "safety", "reasoning", "safety_reasoning", "with_reasoning")
-        variant = str(params.get("variant", "")).lower()
-        return ("Safe-SFT" if safe or variant.startswith("safe") else "SFT") + ev
+        return ("Safe-SFT" if params.get("variant") == "safe" else "SFT") + ev
     if stage == "gdpo":
-        parts = []
-        if params.get("mode", "gdpo") == "grpo":
-            parts.append("GRPO")
-        if params.get("level", "rank") == "sequence":
-            parts.append("sequence-level")
-        if params.get("use_safety") is False:
-            parts.append("no safety reward")
-        if params.get("use_count") is False:
-            parts.append("no count reward")
+        from .gdpo import ABLATION_LABELS, ablations_of
+        parts = [ABLATION_LABELS[a] for a in ablations_of(params)]
         if any(str(i).startswith("model:") for i in manifest.get("inputs", []) or []):
             parts.append("from the base model")
         return "Safe-GDPO" + ev + (f" ({', '.join(parts)})" if parts else "")
@@ -436,7 +400,7 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
 
     Stages trained with candidates in context (a ``candidates`` parameter) keep their label and
     are prompted with the same candidates: ``candidates(settings)`` returns the prompts
-    (:func:`~safecrs_core.sft.context_prompts`); without it they are left out (with a note).
+    (:func:`~safecrs_core.candidates.context_prompts`); without it they are left out (with a note).
 
     ``domain``: the prompts' domain (:func:`stage_system`); None: each stage's own ``domain``
     parameter, else movies. A stage whose ``domain`` parameter names another domain is left out
@@ -542,6 +506,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     model is prompted with these candidates in context (no oracle verdicts), the candidate source
     joins the baselines (:func:`candidate_baselines`), and trained stages with a ``candidates``
     parameter are prompted with their own candidates (without it they are left out)."""
+    from .candidates import evidence_prompts
     from .pipeline import check_profile
     from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
@@ -553,16 +518,11 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
 
     def evidence_for(settings: Mapping[str, Any]) -> EvidencePrompts:
         nonlocal catalog, oracle
-        if catalog is None:
-            from .catalog import load_catalog
-            catalog = load_catalog(domain)
-        if oracle is None:
-            from .oracle import load_oracle
-            oracle = load_oracle(domain=domain)
+        catalog, oracle = load_world(domain, catalog, oracle)
         full = evidence_settings(settings)
         key = json.dumps(full, sort_keys=True)
         if key not in built:
-            built[key] = EvidencePrompts.from_benchmark(ds, catalog, oracle, **full, progress=progress, log=log)
+            built[key] = evidence_prompts(ds, catalog, oracle, **full, progress=progress, log=log)
         return built[key]
 
     built_cands: dict[str, Any] = {}
@@ -570,7 +530,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     def candidates_for(settings: Mapping[str, Any]):
         nonlocal catalog
         from .prompts import candidate_settings
-        from .sft import context_prompts
+        from .candidates import context_prompts
         if catalog is None:
             from .catalog import load_catalog
             catalog = load_catalog(domain)
@@ -686,7 +646,7 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
                 cost["prompt_tokens"][i] = int(n)
                 cost["seconds"][i] = round(b["seconds"] / len(b["rows"]), 4)
         (tmp / "completions.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0))
-        (tmp / "ids.json").write_text(json.dumps([str(i) for i in _column(rows, "id")]))
+        (tmp / "ids.json").write_text(json.dumps([str(i) for i in column(rows, "id")]))
         (tmp / "cost.json").write_text(json.dumps(cost))
         if system.evidence is not None:
             (tmp / "prompts.json").write_text(json.dumps(prompts, ensure_ascii=False, indent=0))
@@ -1067,7 +1027,7 @@ def example_lists(per_sample: pd.DataFrame, row: Mapping, catalog, oracle, k: in
     from .oracle import UNKNOWN, UNSAFE
 
     sub = per_sample[per_sample["id"] == row["id"]]
-    targets = set(_ref_ids(row.get("targets")))
+    targets = ref_ids(row.get("targets"))
     cols = {}
     for name, ids in zip(sub["system"], sub["ids"]):
         ids = list(ids)[:k]
@@ -1149,7 +1109,7 @@ def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10
     consistent = M.ReleaseLookup(catalog)
     reference = M.ReleaseLookup(catalog, query=M.release_query_key)
     items = catalog.items
-    lost = [reference.find(t, M._year(y)) is None for t, y in zip(items["title"], items["year"])]
+    lost = [reference.find(t, M.year_or_none(y)) is None for t, y in zip(items["title"], items["year"])]
     with_article = items["title"].str.match(r"(?i)^(?:the|a|an)\s")
     cat = {"titles": len(items), "never_found": float(np.mean(lost)),
            "with_leading_article": float(with_article.mean()),
@@ -1164,12 +1124,12 @@ def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10
         traits = [t for t, ls in zip(g["trait"], lines) for _ in ls]
         flat = [x for ls in lines for x in ls]
         ids = [i for _, _, i in flat]
-        ref_ids = [reference.find(t, y) for t, y, _ in flat]
+        found_ids = [reference.find(t, y) for t, y, _ in flat]
         # ids None (not found) come back unknown, so never unsafe
         unsafe, ref_unsafe = ((oracle.check(x, traits)[0] == UNSAFE) if flat else np.zeros(0, dtype=bool)
-                              for x in (ids, ref_ids))
+                              for x in (ids, found_ids))
         out[name] = {"lines": len(flat),
-                     "never_found": float(np.mean([i is None for i in ref_ids])) if flat else np.nan,
+                     "never_found": float(np.mean([i is None for i in found_ids])) if flat else np.nan,
                      "unsafe_counted_safe": float((unsafe & ~ref_unsafe).sum() / unsafe.sum()) if unsafe.any() else np.nan,
                      **{f"svr@{k} ({label})": float(means[name]) for label, means in svr.items()}}
     return cat, pd.DataFrame(out).T
@@ -1196,5 +1156,5 @@ __all__ = ["find_results", "results_label", "baselines_stage", "baselines_label"
            "trained_label", "available_systems", "generation_stage", "generations", "generation_cost", "cost_table",
            "run_system", "results_stage", "evaluate_systems", "load_results",
            "Results", "summarize_systems", "results_markdown", "publish_table", "evidence_table",
-           "rows_fingerprint", "sample_rows",
+           "sample_rows",
            "main_metrics", "rescore", "convention_table", "lookup_audit"]

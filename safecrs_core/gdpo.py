@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -64,9 +63,9 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from .catalog import resolve_domain
-from .evaluate import rows_fingerprint  # noqa: F401  (one fingerprint of SafeRec rows)
-from .metrics import _column
-from .rewards import RankRewards, ref_ids
+from .models import LORA_TARGETS, lora_config
+from .rewards import RankRewards
+from .rows import column, ref_ids, rows_fingerprint
 
 MODES = ("gdpo", "grpo")
 LEVELS = ("rank", "sequence")
@@ -374,7 +373,7 @@ class GDPOParams:
 
     ``candidates`` (None: off): candidates in context without oracle verdicts, a dict of
     :func:`~safecrs_core.prompts.candidate_settings` (``n``, ``source``); :func:`train_gdpo`
-    then needs the matching prompts (:func:`~safecrs_core.sft.context_prompts`), and grounding
+    then needs the matching prompts (:func:`~safecrs_core.candidates.context_prompts`), and grounding
     in ``"candidates"`` mode samples only each row's candidates. It keys the stage only when set.
     """
 
@@ -407,7 +406,7 @@ class GDPOParams:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_target_modules: tuple[str, ...] = LORA_TARGETS
     n_train: int | None = None
     seed: int = 0
     save_steps: int = 25
@@ -491,9 +490,7 @@ class GDPOParams:
     def peft_config(self):
         if not self.lora:
             return None
-        from peft import LoraConfig
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=list(self.lora_target_modules), task_type="CAUSAL_LM")
+        return lora_config(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
 
 @contextlib.contextmanager
@@ -544,7 +541,7 @@ def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = Non
     order = list(range(size))
     if n is not None and n < size:
         order = sorted(np.random.default_rng(seed).choice(size, n, replace=False).tolist())
-    cols = {c: _column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
+    cols = {c: column(rows, c) for c in ("id", "turns", "trait", "targets", "seen")}
     if any(t is None for t in cols["trait"]) or any(t is None for t in cols["turns"]):
         raise ValueError("every row needs 'turns' and 'trait'")
     extra = [{}] * len(order)
@@ -603,8 +600,8 @@ def _check_evidence(params: GDPOParams, evidence) -> None:
                              "GDPOParams(evidence={...}) so that they key the stage")
         return
     if evidence is None:
-        hint = ("sft.context_prompts(params.candidates, ds, catalog)" if name == "candidates" else
-                "EvidencePrompts.from_benchmark(ds, catalog, oracle, **params.evidence)")
+        hint = ("candidates.context_prompts(params.candidates, ds, catalog)" if name == "candidates" else
+                "candidates.evidence_prompts(ds, catalog, oracle, **params.evidence)")
         raise ValueError(f"params.{name} is set: pass evidence={hint}")
     got = getattr(evidence, "settings", None)
     if got != wanted or getattr(evidence, "verdicts", True) != (name == "evidence"):
@@ -650,12 +647,12 @@ def _load_base(model_or_stage) -> tuple[Any, Any, dict]:
 
 def _base_input(model_or_stage) -> str:
     from .models import resolve_model_name
-    from .pipeline import _input_id, is_done
+    from .pipeline import input_id, is_done
 
     if isinstance(model_or_stage, (str, os.PathLike)) and Path(model_or_stage).is_dir():
         if not is_done(model_or_stage):
             raise ValueError(f"{model_or_stage} is not a completed stage folder (no DONE.json)")
-        return _input_id(Path(model_or_stage))
+        return input_id(Path(model_or_stage))
     if isinstance(model_or_stage, str):
         return f"model:{resolve_model_name(model_or_stage)}"
     raise TypeError("model_or_stage must be a model name or a completed stage folder")
@@ -675,7 +672,7 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     removed when the stage completes (unless ``keep_checkpoints``). ``callbacks``: extra
     transformers ``TrainerCallback`` objects (progress display); they do not key the stage.
     ``evidence``: with ``params.evidence`` set, the matching
-    :class:`~safecrs_core.prompts.EvidencePrompts` (``EvidencePrompts.from_benchmark(ds, catalog,
+    :class:`~safecrs_core.prompts.EvidencePrompts` (``candidates.evidence_prompts(ds, catalog,
     oracle, **params.evidence)``); its candidate source is then an input of the stage.
     ``catalog``/``oracle`` default to those of ``params.domain``."""
     from .pipeline import run_stage, stage_dir, stage_key
@@ -759,6 +756,16 @@ ABLATIONS = {
     "no_safety": {"use_safety": False},
     "no_count": {"use_count": False},
 }
+ABLATION_LABELS = {"grpo": "GRPO", "sequence": "sequence-level", "no_safety": "no safety reward",
+                   "no_count": "no count reward"}  # how the tables name them
+
+
+def ablations_of(params: Mapping[str, Any]) -> list[str]:
+    """The :data:`ABLATIONS` a stage's ``params`` (its manifest's) switch on, in their order;
+    a parameter a manifest lacks has its :class:`GDPOParams` default."""
+    defaults = GDPOParams()
+    return [name for name, change in ABLATIONS.items()
+            if all(params.get(key, getattr(defaults, key)) == value for key, value in change.items())]
 
 
 def ablation_params(params: GDPOParams, names: Sequence[str] = tuple(ABLATIONS)) -> dict[str, GDPOParams]:

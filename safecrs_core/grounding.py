@@ -58,7 +58,7 @@ def universe_items(catalog, train_rows, n_popular: int = 5000) -> list[str]:
     catalog items with a known year plus the items of ``train_rows`` (the train split only),
     restricted to items whose display title resolves back to themselves; sorted by popularity
     (ties by id)."""
-    from .metrics import _column, _ref_ids
+    from .rows import column, ref_ids
     from .prompts import parse_completion
 
     if isinstance(n_popular, bool) or not isinstance(n_popular, int) or n_popular < 0:
@@ -69,8 +69,8 @@ def universe_items(catalog, train_rows, n_popular: int = 5000) -> list[str]:
     top = dated.sort_values(ascending=False, kind="stable").head(n_popular).index.tolist() if n_popular else []
     train = set()
     for col in ("targets", "seen", "removed_targets"):
-        for refs in _column(train_rows, col, []):
-            train.update(_ref_ids(refs))
+        for refs in column(train_rows, col, []):
+            train.update(ref_ids(refs))
     ids = sorted((set(top) | train) & set(items.index))
     displays = [catalog.display(i) for i in ids]
     keep = []
@@ -487,9 +487,9 @@ class GroundedDecoder:
     def processor(self, rows: Sequence[Mapping]) -> GroundedLogitsProcessor:
         """The processor for a batch of ``rows`` (dicts with ``seen``; in candidates mode what
         ``candidates`` needs), in batch order."""
-        from .metrics import _ref_ids
+        from .rows import ref_ids
 
-        blocked = [[self.catalog.display(i) for i in sorted(_ref_ids(r.get("seen"))) if i in self.catalog]
+        blocked = [[self.catalog.display(i) for i in sorted(ref_ids(r.get("seen"))) if i in self.catalog]
                    for r in rows]
         return GroundedLogitsProcessor(self.tokenizer, self.tries(rows), blocked, min_items=self.settings.min_items,
                                        max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens,

@@ -26,7 +26,6 @@ Tokenizers are returned with a pad token distinct from eos when the vocabulary h
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -38,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .pipeline import DONE_FILE, is_done, mark_done, read_manifest, repo_root
+from .pipeline import is_done, read_manifest, repo_root
 from .pipeline import build_atomically, file_records, sha256_file
 
 CACHE_ENV = "SAFECRS_MODEL_CACHE"
@@ -282,6 +281,16 @@ def _tiny_model(tok):
         model = LlamaForCausalLM(cfg)
     model.config._name_or_path = TINY
     return model
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every linear layer
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: Sequence[str] = LORA_TARGETS):
+    """The peft ``LoraConfig`` of a causal LM adapter (Safe-SFT and Safe-GDPO build theirs here)."""
+    from peft import LoraConfig
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      bias="none", task_type="CAUSAL_LM")
 
 
 def default_device() -> str:

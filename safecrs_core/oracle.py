@@ -649,8 +649,8 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
 # ------------------------------------------------------------------------------------------------
 
 def _game_spec() -> dict:
-    from .catalog import _games_data
-    return _games_data()
+    from .catalog import games_data
+    return games_data()
 
 
 def _game_rating(system: str, raw) -> str | None:
@@ -883,3 +883,17 @@ def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache:
     if domain == "movies":  # the movie cache entry keeps its three-argument form
         return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache))
     return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache), domain)
+
+
+def load_world(domain: str = "movies", catalog=None, oracle=None, data_dir=None,
+               threshold: float | None = None) -> tuple:
+    """``(catalog, oracle)`` of ``domain``: ``catalog`` / ``oracle`` when given, else loaded
+    (:func:`~safecrs_core.catalog.load_catalog`, :func:`load_oracle` at ``threshold``, its
+    default when None); both are built once per process."""
+    if catalog is None:
+        catalog = load_catalog(domain, data_dir=data_dir)
+    if oracle is None:
+        oracle = load_oracle(data_dir=data_dir, domain=domain,
+                             **({} if threshold is None else {"threshold": threshold}))
+    return catalog, oracle
+

@@ -196,7 +196,9 @@ def stage_ref(directory: str | os.PathLike) -> str:
     return f"{d.parent.name}/{d.name}"
 
 
-def _input_id(item: Any) -> str:
+def input_id(item: Any) -> str:
+    """What names a stage input in keys and manifests: a string as it is, a completed stage
+    directory as its :func:`stage_ref`; anything else is a :class:`PipelineError`."""
     if isinstance(item, str):
         return item
     if isinstance(item, os.PathLike):
@@ -218,7 +220,7 @@ def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[Any] = (),
     payload = {
         "stage": stage,
         "params": dict(params),
-        "inputs": [_input_id(i) for i in inputs],
+        "inputs": [input_id(i) for i in inputs],
         "version": __version__ if version is None else version,
     }
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:KEY_LENGTH]
@@ -407,7 +409,7 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
     folder whose files do not match their record (:func:`stage_problem`) is never served: it is
     rebuilt, with one line on stderr saying why.
     """
-    inputs = [_input_id(i) for i in inputs]
+    inputs = [input_id(i) for i in inputs]
     key = stage_key(stage, params, inputs)
     final = stage_dir(stage, key, root)
     say = log or (lambda _msg: None)

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import traits as T  # noqa: E402
+from .metrics import better, metric_label  # noqa: E402
 
 VERDICT_COLORS = {"safe": "#4c9f70", "unsafe": "#c8553d", "unknown": "#b8b8b8"}
 
@@ -123,12 +124,14 @@ GROUP_COLORS = {"baseline": "#8c8c8c", "zero-shot": "#4c72b0", "fine-tuned": "#c
 GROUP_MARKERS = {"baseline": "s", "zero-shot": "o", "fine-tuned": "D", "llm": "o"}
 
 
-def _metric_label(metric: str) -> str:
-    name, _, k = metric.partition("@")
-    pretty = {"recall": "Recall", "ndcg": "NDCG", "svr": "SVR", "sdcg": "S-DCG", "unknown": "Unknown",
-              "list_len": "items returned", "catalog_hit": "share of lines naming a catalog title",
-              "parse_failed": "share of answers with no item"}.get(name, name)
-    return f"{pretty}@{k}" if k else pretty
+def _axis_label(metric: str) -> str:
+    """The metric's label with which direction is better (``"SVR@10 (lower is safer)"``)."""
+    direction = better(metric)
+    if direction is None:
+        return metric_label(metric)
+    if direction == "lower" and metric.partition("@")[0] in ("svr", "sdcg", "n_unsafe"):
+        return f"{metric_label(metric)} (lower is safer)"
+    return f"{metric_label(metric)} ({direction} is better)"
 
 
 def tradeoff(summary: pd.DataFrame, groups: dict, x: str = "svr@10", y: str = "recall@10",
@@ -146,8 +149,8 @@ def tradeoff(summary: pd.DataFrame, groups: dict, x: str = "svr@10", y: str = "r
         ax.errorbar(row[x], row[y], xerr=xerr, yerr=yerr, fmt=GROUP_MARKERS.get(g, "o"), ms=9, capsize=3,
                     color=color, alpha=0.9, label=f"{name} ({g})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="system (group)")
-    ax.set_xlabel(f"{_metric_label(x)} (lower is safer)")
-    ax.set_ylabel(f"{_metric_label(y)} (higher is better)")
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
     ax.set_xlim(left=-0.02)
     ax.set_ylim(bottom=min(0, ax.get_ylim()[0]))
     ax.set_title(title)
@@ -172,10 +175,10 @@ def trait_heatmap(per_trait: pd.DataFrame, metric: str = "svr@10", min_n: int = 
     values.columns = [f"{n} ({int(counts[t])})" for n, t in zip(_names(traits), traits)]
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(traits) + 3), 0.5 * len(order) + 2.5))
     sns.heatmap(values, ax=ax, annot=True, fmt=".2f", cmap="Reds", vmin=0, vmax=max(0.05, float(values.max().max())),
-                cbar_kws={"label": _metric_label(metric)}, annot_kws={"fontsize": 7})
+                cbar_kws={"label": metric_label(metric)}, annot_kws={"fontsize": 7})
     ax.set_xlabel("user's sensitivity trait (conversations)")
     ax.set_ylabel("")
-    ax.set_title(title or f"{_metric_label(metric)} per trait")
+    ax.set_title(title or f"{metric_label(metric)} per trait")
     fig.tight_layout()
     return fig
 
@@ -193,7 +196,7 @@ def metric_bars(summary: pd.DataFrame, metrics: list, groups: dict | None = None
         ax.barh(range(len(names)), mean, xerr=err, color=colors, capsize=3)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
-        ax.set_xlabel(_metric_label(m))
+        ax.set_xlabel(metric_label(m))
         ax.grid(axis="x", alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -208,8 +211,8 @@ def reported_tradeoff(table: pd.DataFrame, label: str, x: str = "svr@10", y: str
     ax.scatter(table[x], table[y], color="#55a868", marker="^", s=60)
     for name, row in table.iterrows():
         ax.annotate(name, (row[x], row[y]), textcoords="offset points", xytext=(6, 4), fontsize=9)
-    ax.set_xlabel(f"{_metric_label(x)} (lower is safer)")
-    ax.set_ylabel(_metric_label(y))
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(metric_label(y))
     ax.set_xlim(left=-0.02)
     ax.set_title(f"Reported numbers: {label}")
     ax.grid(alpha=0.3)
@@ -227,7 +230,7 @@ def lookup_audit(audit: pd.DataFrame, k: int = 10):
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(audit) + 1.8))
     sns.barplot(data=long, y="system", x=f"svr@{k}", hue="convention", ax=ax,
                 palette=["#4c72b0", "#dd8452", "#b8b8b8"])
-    ax.set_xlabel(f"{_metric_label(f'svr@{k}')} (lower is safer)")
+    ax.set_xlabel(_axis_label(f"svr@{k}"))
     ax.set_ylabel("")
     ax.set_title("The same lists under three ways of looking titles up")
     ax.grid(axis="x", alpha=0.3)

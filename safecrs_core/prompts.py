@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .catalog import normalize_title
+from .rows import column
 
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 SOLUTION_OPEN, SOLUTION_CLOSE = "<solution>", "</solution>"
@@ -239,7 +240,7 @@ def _with_defaults(settings: Mapping[str, Any] | None, defaults: Mapping[str, An
 
 def evidence_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated evidence settings with the defaults of :data:`EVIDENCE_DEFAULTS` filled in (the
-    keyword arguments of :meth:`EvidencePrompts.from_benchmark` that key training configs):
+    keyword arguments of :func:`~safecrs_core.candidates.evidence_prompts` that key training configs):
     ``n`` candidates, ``n_popular`` popular items in the retrieval pool, ``context_turns`` the
     retriever embeds, ``max_tags`` phrases per candidate. None stays None."""
     out = _with_defaults(settings, EVIDENCE_DEFAULTS, "evidence")
@@ -263,7 +264,7 @@ CANDIDATE_GENRES = 5  # the most genres shown after a candidate
 def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated settings of **candidates in context** (no oracle verdicts) with the defaults of
     :data:`CANDIDATE_DEFAULTS`: ``n`` candidates per prompt from ``source`` (``"neighbours"``:
-    :meth:`EvidencePrompts.from_neighbours`). ``genres`` (default False): each candidate line
+    :func:`~safecrs_core.candidates.neighbour_prompts`). ``genres`` (default False): each candidate line
     also shows the item's catalog genres (``"Saw (2004): horror, mystery, thriller"``), item
     metadata any recommender holds, not an oracle verdict; present only when True.
     ``train_folds`` (default 0, off; else an integer >= 2): a **training** row's candidates come
@@ -288,20 +289,6 @@ def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     return out
 
 
-def _folds(row_ids, groups, n_folds: int) -> dict:
-    """``{row id: fold}``: the rows of one dialog group (the turns of one conversation, which
-    share items) in one fold, groups dealt to the ``n_folds`` folds in order of first appearance;
-    a row without a group is a group of its own. Empty when ``n_folds`` is 0."""
-    if not n_folds:
-        return {}
-    order: dict = {}
-    out = {}
-    for r_id, g in zip(row_ids, groups):
-        key = ("group", g) if g is not None else ("row", r_id)
-        out[r_id] = order.setdefault(key, len(order)) % n_folds
-    return out
-
-
 @dataclass
 class EvidencePrompts:
     """Candidates with oracle evidence for each benchmark row (the module docstring).
@@ -310,7 +297,7 @@ class EvidencePrompts:
     :class:`~safecrs_core.baselines.Retrieval`'s ``recommend``); ``candidates_ref``: what
     identifies that source (it keys every cache of these prompts). ``catalog`` names the items,
     ``oracle`` judges them for each row's ``trait``. ``n`` candidates per row with at most
-    ``max_tags`` evidence phrases each. :meth:`from_benchmark` builds the retrieval source.
+    ``max_tags`` evidence phrases each. :func:`~safecrs_core.candidates.evidence_prompts` builds the retrieval source.
     ``settings``: the :func:`evidence_settings` it was built with (None otherwise)."""
 
     candidates: Callable[[Any, int], list[list[str]]] = field(repr=False)
@@ -336,84 +323,6 @@ class EvidencePrompts:
         for obj, what, attr in checks:
             if not hasattr(obj, attr):
                 raise TypeError(f"{what} must have a .{attr}() method, got {type(obj).__name__}")
-
-    @classmethod
-    def from_benchmark(cls, ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULTS["n"],
-                       n_popular: int = EVIDENCE_DEFAULTS["n_popular"],
-                       context_turns: int = EVIDENCE_DEFAULTS["context_turns"],
-                       max_tags: int = EVIDENCE_DEFAULTS["max_tags"], progress: bool = True,
-                       log: Callable[[str], Any] | None = print) -> "EvidencePrompts":
-        """Candidates from the embedding-retrieval baseline over the pool of the benchmark ``ds``
-        (:func:`~safecrs_core.baselines.retrieval_pool` with ``n_popular``; the unfiltered
-        :class:`~safecrs_core.baselines.Retrieval` with ``context_turns``, its embeddings cached
-        as for the baseline). The encoder is loaded only when candidates are first asked for."""
-        from . import baselines as B
-
-        settings = evidence_settings({"n": n, "n_popular": n_popular, "context_turns": context_turns,
-                                      "max_tags": max_tags})
-        if catalog is None:
-            from .catalog import load_catalog
-            catalog = load_catalog()
-        if oracle is None:
-            from .oracle import load_oracle
-            oracle = load_oracle()
-        pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
-        built: dict[str, Any] = {}
-
-        def candidates(rows, n):
-            if "retrieval" not in built:
-                built["retrieval"] = B.Retrieval(pool, catalog, context_turns=context_turns, progress=progress,
-                                                 log=log or (lambda _m: None))
-            return built["retrieval"].recommend(rows, n)
-
-        domain = getattr(catalog, "domain", "movies")  # game refs name their domain, movie refs as before
-        return cls(candidates, B.retrieval_ref(pool, context_turns, domain), catalog, oracle, n=n, max_tags=max_tags,
-                   settings=settings)
-
-    @classmethod
-    def from_neighbours(cls, ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
-                        source: str = CANDIDATE_DEFAULTS["source"], genres: bool = False,
-                        train_folds: int = 0, domain: str | None = None, data_dir=None) -> "EvidencePrompts":
-        """**Candidates in context** without oracle verdicts (``verdicts=False``): each row's
-        ``n`` candidates are the :class:`~safecrs_core.sft.Neighbours` of the items the user
-        mentioned (``seen``), built from the benchmark's **train** split and co-rating data only,
-        then the train split's most frequent targets and popular items. Validation and test
-        targets never enter. Needs only each row's ``seen`` items. ``genres``: each candidate line
-        shows the item's catalog genres; ``train_folds``: a training row's candidates come from
-        neighbours built without its fold (folds of whole dialog groups, :func:`_folds`), as a
-        test row's come from neighbours that never saw it
-        (:func:`candidate_settings`)."""
-        from .catalog import load_catalog, resolve_domain
-        from .evaluate import rows_fingerprint
-        from .sft import Neighbours, _item_ids
-
-        settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds})
-        domain = resolve_domain(domain, ("catalog", catalog))
-        if catalog is None:
-            catalog = load_catalog(domain, data_dir=data_dir)
-        train = ds["train"]
-        built: dict[str, Any] = {}
-        from .metrics import _column
-        train_ids = _column(train, "id")
-        fold_of = _folds(train_ids, _column(train, "dialog_group"), train_folds)
-
-        def neighbours(fold):
-            if fold not in built:
-                if fold is None:
-                    built[None] = Neighbours.from_benchmark(train, catalog, data_dir=data_dir, domain=domain)
-                else:
-                    rest = [r for r, r_id in zip(train, train_ids) if fold_of[r_id] != fold]
-                    built[fold] = Neighbours.from_benchmark(rest, catalog, data_dir=data_dir, domain=domain,
-                                                            base=neighbours(None))
-            return built[fold]
-
-        def candidates(rows, n):
-            return [[i for i, _ in neighbours(fold_of.get(r_id)).candidates([], sorted(set(_item_ids(seen or []))), n)]
-                    for r_id, seen in zip(_column(rows, "id"), _column(rows, "seen"))]
-
-        folds = f",train_group_folds={train_folds}" if train_folds else ""  # keys only when on
-        ref = f"neighbours(train={rows_fingerprint(train)},domain={domain}{folds})"
-        return cls(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres)
 
     def params(self) -> dict:
         """What keys the prompts (the candidate source, ``n``, the evidence format and the oracle
@@ -451,7 +360,6 @@ class EvidencePrompts:
         """Per row, the ``candidates``, ``evidence`` and ``sensitivity`` arguments of
         :func:`build_messages` (``ids``: the candidate ids, default :meth:`ids`)."""
         from . import traits as T
-        from .metrics import _column
 
         if not self.verdicts:
             ids = self.ids(rows) if ids is None else [list(x) for x in ids]
@@ -462,7 +370,7 @@ class EvidencePrompts:
                 for kw, ids_ in zip(out, ids):
                     kw["evidence"] = [self.genre_line(i) for i in ids_]
             return out
-        traits = _column(rows, "trait")
+        traits = column(rows, "trait")
         if any(t is None for t in traits):
             raise ValueError("evidence prompts need every row's 'trait' (the user's constraint)")
         ids = self.ids(rows) if ids is None else [list(x) for x in ids]

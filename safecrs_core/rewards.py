@@ -47,6 +47,7 @@ import torch
 
 from .oracle import UNKNOWN, UNSAFE
 from .prompts import ParsedList, parse_completion
+from .rows import ref_ids
 
 REWARD_NAMES = ("relevance", "safety", "count")
 ROW_FIELDS = ("id", "trait", "targets", "seen")
@@ -66,21 +67,6 @@ def rank_discount(k: int) -> torch.Tensor:
     """``d[r] = 1 / log2(r + 1)`` for ranks ``r = 1 .. k`` (float32, shape ``(k,)``)."""
     k = _check_k(k)
     return 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64)).float()
-
-
-def ref_ids(refs: Any) -> set[str]:
-    """Item ids of a row's ``targets`` or ``seen``: a list of ``{"item_id": ...}`` dicts or of id
-    strings (None and empty entries are skipped)."""
-    if refs is None:
-        return set()
-    if isinstance(refs, (str, Mapping)):
-        raise TypeError(f"expected a list of item refs, got {type(refs).__name__}")
-    out = set()
-    for r in refs:
-        i = r.get("item_id") if isinstance(r, Mapping) else r
-        if i:
-            out.add(str(i))
-    return out
 
 
 def completion_text(completion: Any) -> str:

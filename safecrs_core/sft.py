@@ -5,7 +5,7 @@ Targets (:func:`build_targets`)
     no teacher here, so the list is built from real data: the conversation's ground-truth items
     first, then neighbours of the conversation's items until the list holds ``k`` items.
 
-    * **Neighbours** (:class:`Neighbours`) score a candidate ``j`` by
+    * **Neighbours** (:class:`~safecrs_core.candidates.Neighbours`) score a candidate ``j`` by
       ``sum_a w_a * (sim_ml(a, j) + conv_weight * sim_conv(a, j))`` over the anchors ``a``: the
       ground-truth items (``w = 1``) and the items the user mentioned (``w = seen_weight``).
       ``sim_ml`` is item-item co-rating in MovieLens (``ml_latest_small/ratings.csv``): two films
@@ -25,7 +25,7 @@ Targets (:func:`build_targets`)
       most popular items, fill the list.
     * **Games** (a benchmark built with ``domain="games"``, :func:`~safecrs_core.benchmark.benchmark_domain`):
       there is no co-rating data, so ``sim_ml`` gives way to ``sim_catalog``, the same similarity
-      over catalog baskets (:func:`game_baskets`: the games of one series, of one developer, of
+      over catalog baskets (:func:`~safecrs_core.candidates.game_baskets`: the games of one series, of one developer, of
       one publisher); ``sim_conv`` and the fallback stay. Prompts, catalog and oracle are the
       games ones throughout (data, training, validation and evaluation).
     * **Safe-SFT** (``variant="safe"``): the prompt is the SafeRec conversation with its phrased
@@ -69,28 +69,28 @@ import os
 import re
 import shutil
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
-from . import sources
 from .catalog import resolve_domain
-from .oracle import UNSAFE
+from .oracle import UNSAFE, load_world
 from .prompts import SOLUTION_CLOSE
+from .candidates import Neighbours, context_prompts
+from .models import lora_config
+from .rows import item_ids
 
 VARIANTS = ("safe", "plain")
 MAX_NAMED_DROPS = 5
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BEST_METRIC = "recall@10"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RESUME_SUFFIX = ".resume"
-FALLBACK_POPULAR = 2000  # most popular catalog items appended to the fallback list
 ORIGINS = ("ground_truth", "neighbour", "fallback", "candidate")  # where a target item came from
 
 
@@ -244,8 +244,8 @@ class SafeSFTConfig:
             return context_prompts(self.candidates, ds, catalog)
         if self.evidence is None:
             return None
-        from .prompts import EvidencePrompts
-        return EvidencePrompts.from_benchmark(ds, catalog, oracle, **self.evidence, progress=progress, log=log)
+        from .candidates import evidence_prompts
+        return evidence_prompts(ds, catalog, oracle, **self.evidence, progress=progress, log=log)
 
     def train_params(self) -> dict:
         return self.to_params()
@@ -265,219 +265,6 @@ def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalo
     from .grounding import decoder_for
     return decoder_for(grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=k,
                        candidates=None if prompts is None else prompts.ids)
-
-
-def context_prompts(candidates: Mapping[str, Any] | None, ds, catalog=None):
-    """Candidate prompts (no oracle verdicts) of the ``candidates`` settings
-    (:func:`~safecrs_core.prompts.candidate_settings`) for the benchmark ``ds``; None when off."""
-    from .prompts import EvidencePrompts, candidate_settings
-    settings = candidate_settings(candidates)
-    if settings is None:
-        return None
-    return EvidencePrompts.from_neighbours(ds, catalog, **settings)
-
-
-# --------------------------------------------------------------------------------------------
-# Neighbours
-
-
-class CoOccurrence:
-    """Item-item similarity of binary baskets (a user's liked films, a conversation's items):
-    ``sim(a, b) = c_ab / (sqrt(n_a) * n_b ** pop_exponent) * c_ab / (c_ab + shrink)`` with ``c_ab``
-    the baskets holding both and ``n_a`` the baskets holding ``a`` (``pop_exponent = 0.5``: cosine)."""
-
-    def __init__(self, baskets: Iterable[Iterable[str]], shrink: float = 2.0, pop_exponent: float = 0.75,
-                 name: str = ""):
-        baskets = [sorted(set(b)) for b in baskets]
-        baskets = [b for b in baskets if b]
-        self.name = name
-        self.shrink = float(shrink)
-        self.pop_exponent = float(pop_exponent)
-        self.items = sorted({i for b in baskets for i in b})
-        self.index = {it: j for j, it in enumerate(self.items)}
-        self._X = self._matrix(baskets)
-        self.counts = np.asarray(self._X.sum(0), dtype=np.float32).ravel()
-        self.n_baskets = len(baskets)
-        self._cache: dict[tuple[str, int], tuple] = {}
-
-    def _matrix(self, baskets: list[list[str]]):
-        """The binary basket x item matrix (dense)."""
-        X = np.zeros((len(baskets), len(self.items)), dtype=np.float32)
-        for r, b in enumerate(baskets):
-            X[r, [self.index[i] for i in b]] = 1.0
-        return X
-
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self.index
-
-    def _co(self, j: int) -> np.ndarray:
-        """Baskets holding item ``j`` and each item (float64, one per item)."""
-        return self._X[self._X[:, j] > 0].sum(0).astype(np.float64)
-
-    def neighbours(self, item_id: str, top: int = 200) -> tuple[tuple[str, float], ...]:
-        """Up to ``top`` ``(item_id, similarity)`` pairs, most similar first (ties: smaller id)."""
-        j = self.index.get(item_id)
-        if j is None:
-            return ()
-        hit = self._cache.get((item_id, top))
-        if hit is not None:
-            return hit
-        co = self._co(j)
-        co[j] = 0.0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sim = co / (np.sqrt(self.counts[j]) * self.counts ** self.pop_exponent) * co / (co + self.shrink)
-        sim = np.nan_to_num(sim)
-        nz = np.flatnonzero(sim > 0)
-        if len(nz) > top:
-            nz = nz[np.argpartition(-sim[nz], top - 1)[:top]]
-        order = nz[np.lexsort((nz, -sim[nz]))]
-        out = tuple((self.items[i], float(sim[i])) for i in order)
-        self._cache[(item_id, top)] = out
-        return out
-
-
-class SparseCoOccurrence(CoOccurrence):
-    """:class:`CoOccurrence` on a sparse basket matrix: the same similarity, for many small
-    baskets over a large catalog (the game catalog's baskets)."""
-
-    def _matrix(self, baskets: list[list[str]]):
-        from scipy import sparse
-
-        rows = np.repeat(np.arange(len(baskets)), [len(b) for b in baskets])
-        cols = np.array([self.index[i] for b in baskets for i in b], dtype=np.int64)
-        X = sparse.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)),
-                              shape=(len(baskets), len(self.items)))
-        self._Xc = X.tocsc()  # item columns: the baskets holding an item
-        return X
-
-    def _co(self, j: int) -> np.ndarray:
-        holding = self._Xc.indices[self._Xc.indptr[j]:self._Xc.indptr[j + 1]]
-        return np.asarray(self._X[holding].sum(0), dtype=np.float64).ravel()
-
-
-def _item_ids(refs) -> list[str]:
-    return [r["item_id"] for r in (refs or []) if r.get("item_id")]
-
-
-def movielens_likes(catalog, min_rating: float = 4.0, data_dir=None) -> list[list[str]]:
-    """Per MovieLens user, the catalog ids of the films rated at least ``min_rating``."""
-    ratings = pd.read_csv(sources.path("ml_latest_small/ratings.csv", data_dir),
-                          usecols=["userId", "movieId", "rating"])
-    ml = catalog.items["ml_movie_id"].dropna()
-    to_item = dict(zip(ml.astype("int64").tolist(), ml.index.tolist()))
-    liked = ratings[ratings["rating"] >= min_rating].copy()
-    liked["item_id"] = liked["movieId"].map(to_item)
-    liked = liked.dropna(subset=["item_id"])
-    return [sorted(g) for _, g in liked.groupby("userId")["item_id"]]
-
-
-def game_baskets(catalog) -> list[list[str]]:
-    """Catalog baskets of the game catalog: the games of one series
-    (:func:`~safecrs_core.conversations.franchise_key` of the title), of one developer and of one
-    publisher; baskets of a single game are left out."""
-    from .conversations import franchise_key
-
-    items = catalog.items
-    groups: dict[str, list[str]] = defaultdict(list)
-    for it, title in items["title"].items():
-        key = franchise_key(str(title))
-        if key:
-            groups[f"series:{key}"].append(it)
-    for col in ("developer", "publisher"):
-        for it, name in items[col].dropna().items():
-            name = str(name).strip().lower()
-            if name:
-                groups[f"{col}:{name}"].append(it)
-    return [sorted(set(groups[k])) for k in sorted(groups) if len(set(groups[k])) >= 2]
-
-
-def _load_world(domain: str, data_dir=None, threshold: float | None = None, catalog=None, oracle=None):
-    """(catalog, oracle) of ``domain``: ``catalog`` / ``oracle`` when given, else loaded (the
-    oracle at ``threshold``, its default when None)."""
-    if catalog is None:
-        from .catalog import load_catalog
-        catalog = load_catalog(domain, data_dir=data_dir)
-    if oracle is None:
-        from .oracle import load_oracle
-        oracle = load_oracle(data_dir=data_dir, domain=domain,
-                             **({} if threshold is None else {"threshold": threshold}))
-    return catalog, oracle
-
-
-class Neighbours:
-    """Candidate items for a conversation; see the module docstring for the score."""
-
-    def __init__(self, catalog, signals: Sequence[tuple[CoOccurrence, float]], fallback: Sequence[str],
-                 seen_weight: float = 0.5, top: int = 200):
-        self.catalog = catalog
-        self.signals = [(s, float(w)) for s, w in signals]
-        self.seen_weight = float(seen_weight)
-        self.top = top
-        items = catalog.items
-        self._valid = frozenset(items.index[items["year"].notna()])
-        pop = items["popularity"].fillna(0.0)
-        self._pop = dict(zip(items.index, pop.to_numpy(dtype=float)))
-        self.fallback = [i for i in fallback if i in self._valid]
-
-    @classmethod
-    def from_benchmark(cls, train_rows, catalog=None, data_dir=None, min_rating: float = 4.0,
-                       shrink: float = 2.0, pop_exponent: float = 0.75, conv_weight: float = 2.0,
-                       seen_weight: float = 0.5, domain: str | None = None,
-                       base: "Neighbours | None" = None) -> "Neighbours":
-        """MovieLens co-rating (games: the catalog baskets of :func:`game_baskets`;
-        ``min_rating`` unused) plus co-mention in ``train_rows`` (the benchmark's training split);
-        fallback: the training ground truth by frequency, then the catalog's most popular items.
-        ``domain``: the catalog's domain when None (movies without a catalog). ``base``: reuse
-        that instance's co-rating (games: catalog) signal, built with the same settings, instead
-        of building it again (only ``train_rows`` differ)."""
-        domain = resolve_domain(domain, ("catalog", catalog))
-        if catalog is None:
-            from .catalog import load_catalog
-            catalog = load_catalog(domain, data_dir=data_dir)
-        if base is not None:
-            ml = base.signals[0][0]
-        elif domain == "movies":
-            ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
-        else:
-            ml = SparseCoOccurrence(game_baskets(catalog), shrink, pop_exponent, name="catalog")
-        convs = [_item_ids(r["seen"]) + _item_ids(r["targets"]) + _item_ids(r["removed_targets"]) for r in train_rows]
-        conv = CoOccurrence(convs, shrink, pop_exponent, name="conversations")
-        freq = Counter(i for r in train_rows for i in _item_ids(r["targets"]) + _item_ids(r["removed_targets"]))
-        fallback = [i for i, _ in sorted(freq.items(), key=lambda x: (-x[1], x[0]))]
-        pop = catalog.items["popularity"].fillna(0.0)
-        by_pop = pd.DataFrame({"p": -pop.to_numpy(), "id": pop.index}).sort_values(["p", "id"], kind="stable")
-        fallback += [i for i in by_pop["id"].head(FALLBACK_POPULAR).tolist() if i not in freq]
-        return cls(catalog, [(ml, 1.0), (conv, conv_weight)], fallback, seen_weight)
-
-    def scores(self, ground_truth: Sequence[str], seen: Sequence[str]) -> dict[str, float]:
-        anchors = [(a, 1.0) for a in dict.fromkeys(ground_truth)]
-        anchors += [(a, self.seen_weight) for a in dict.fromkeys(seen) if a not in set(ground_truth)]
-        out: dict[str, float] = defaultdict(float)
-        for signal, sw in self.signals:
-            if sw == 0:
-                continue
-            for a, aw in anchors:
-                for j, s in signal.neighbours(a, self.top):
-                    out[j] += aw * sw * s
-        return out
-
-    def candidates(self, ground_truth: Sequence[str], seen: Sequence[str], n: int) -> list[tuple[str, str]]:
-        """Up to ``n`` ``(item_id, origin)`` pairs after the ground truth, origin ``"neighbour"``
-        or ``"fallback"``; never a ground-truth or seen item."""
-        skip = set(ground_truth) | set(seen)
-        sc = self.scores(ground_truth, seen)
-        ranked = sorted(((j, s) for j, s in sc.items() if j not in skip and j in self._valid),
-                        key=lambda x: (-round(x[1], 12), -self._pop.get(x[0], 0.0), x[0]))
-        out = [(j, "neighbour") for j, _ in ranked[:n]]
-        if len(out) < n:
-            have = skip | {j for j, _ in out}
-            for j in self.fallback:
-                if len(out) >= n:
-                    break
-                if j not in have:
-                    out.append((j, "fallback"))
-                    have.add(j)
-        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,7 +320,7 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    catalog, oracle = _load_world(domain, catalog=catalog, oracle=oracle)
+    catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
     if evidence is not None and variant != "safe" and getattr(evidence, "verdicts", True):
         raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
     if neighbours is None and evidence is None:
@@ -543,9 +330,9 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
         return _evidence_targets(rows, evidence, k, oracle, catalog, domain, progress, variant)
     out = []
     for row in tqdm(rows, desc=f"targets ({variant})", disable=not progress):
-        seen = _item_ids(row["seen"])
-        kept_gt = [i for i in _item_ids(row["targets"]) if i not in set(seen)]
-        removed_gt = [i for i in _item_ids(row["removed_targets"]) if i not in set(seen)]
+        seen = item_ids(row["seen"])
+        kept_gt = [i for i in item_ids(row["targets"]) if i not in set(seen)]
+        removed_gt = [i for i in item_ids(row["removed_targets"]) if i not in set(seen)]
         gt = list(dict.fromkeys(kept_gt + removed_gt))
         items, origins, dropped = [], [], []
         if variant == "plain":
@@ -605,7 +392,7 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
     for row, cands, kw in tqdm(list(zip(rows, ids, kwargs)), desc=f"targets ({variant}, candidates)",
                                disable=not progress):
         verdicts, risks = oracle.check(cands, row["trait"]) if cands and safe else (np.array([]), np.array([]))
-        gt = set(_item_ids(row["targets"]))
+        gt = set(item_ids(row["targets"]))
         order = [j for j, c in enumerate(cands) if c in gt] + [j for j, c in enumerate(cands) if c not in gt]
         items, origins, dropped = [], [], []
         for j in order:
@@ -679,7 +466,7 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
     def fn(tmp: Path):
         ds, bstats = load_benchmark(bench)
         domain = benchmark_domain(bstats)
-        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
+        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         train = ds["train"]
         nb = Neighbours.from_benchmark(list(train), catalog, data_dir, config.min_rating, config.shrink,
                                        config.pop_exponent, config.conv_weight, config.seen_weight,
@@ -695,7 +482,7 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
             Dataset.from_list(ex).save_to_disk(str(tmp / variant))
             stats[variant] = target_stats(ex, config.k)
         first = nb.signals[0][0]  # movies: "ground_truth_in_movielens"; games: "ground_truth_in_catalog"
-        gt_in_first = [i in first for r in rows for i in _item_ids(r["targets"])]
+        gt_in_first = [i in first for r in rows for i in item_ids(r["targets"])]
         stats[f"ground_truth_in_{first.name}"] = float(np.mean(gt_in_first)) if gt_in_first else 0.0
         atomic_write_json(tmp / "stats.json", stats)
         return {v: stats[v]["examples"] for v in VARIANTS}
@@ -803,7 +590,7 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
         raise ValueError("no rows to evaluate")
     domain = resolve_domain(domain, ("catalog", catalog))
     if domain != "movies":
-        catalog, oracle = _load_world(domain, catalog=catalog, oracle=oracle)
+        catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
     was_training = model.training
     model.eval()
     try:
@@ -851,12 +638,6 @@ def _use_bf16(config: SafeSFTConfig) -> bool:
     if config.bf16 is not None:
         return bool(config.bf16)
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def lora_config(config: SafeSFTConfig):
-    from peft import LoraConfig
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
 
 
 def _checkpoints(output_dir: Path) -> dict[int, Path]:
@@ -978,7 +759,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
-                      peft_config=lora_config(config) if config.lora else None, callbacks=list(callbacks))
+                      peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout) if config.lora else None, callbacks=list(callbacks))
 
 
 def resume_dir(config: SafeSFTConfig, inputs: Sequence[str]) -> Path:
@@ -1035,7 +816,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                              f"({n_drop} too long even without their older turns); raise max_length")
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
-        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
+        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         evidence = None
         if (config.evidence is not None or config.candidates is not None) and rows:
@@ -1197,7 +978,7 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
             m, tok = load_model(str(model))
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
-        catalog, oracle = _load_world(domain, data_dir, bstats["config"]["threshold"])
+        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         from .benchmark import load_benchmark
         prompts = context_prompts(candidates, load_benchmark(bench)[0], catalog)
         decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k, prompts=prompts)  # built before the clock

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     from safecrs_core.grounding import GroundedDecoder, Grounding, universe_items
     from safecrs_core.models import generate, load_model
     from safecrs_core.prompts import build_messages
-    from safecrs_core.sft import context_prompts, fit_prompt
+    from safecrs_core.candidates import context_prompts
+    from safecrs_core.sft import fit_prompt
 
     ds, _, _ = benchmark_for_profile("book")
     catalog = load_catalog()

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ref
 from safecrs_core import evaluate as E
+from safecrs_core.candidates import neighbour_prompts
+from safecrs_core.rows import column
 from safecrs_core.prompts import (CANDIDATE_DEFAULTS, EvidencePrompts, build_messages, candidate_settings,
                                   parse_completion)
 
@@ -55,7 +57,7 @@ def test_neighbour_candidates_come_from_seen_items_and_train_data_only(movies_wo
     cat, _, top = movies_world
     train = [{"id": f"t{i}", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[i])],
               "targets": [ref(top[i + 1])], "removed_targets": []} for i in range(30)]
-    prompts = EvidencePrompts.from_neighbours({"train": train}, cat, n=15)
+    prompts = neighbour_prompts({"train": train}, cat, n=15)
     assert not prompts.verdicts and prompts.params()["verdicts"] is False
     assert prompts.settings == {"n": 15, "source": "neighbours"}
     row = {"id": "x", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[3]), ref(top[40])],
@@ -72,7 +74,7 @@ def test_neighbour_candidates_come_from_seen_items_and_train_data_only(movies_wo
     assert "Recommend only from these candidate movies:" in system
     assert "risk" not in system and "unsafe" not in system
     # a different train split gives a different source reference (it keys every cache)
-    other = EvidencePrompts.from_neighbours({"train": train[:10]}, cat, n=15)
+    other = neighbour_prompts({"train": train[:10]}, cat, n=15)
     assert other.candidates_ref != prompts.candidates_ref
 
 
@@ -87,8 +89,8 @@ def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movi
     # within the train split would put that answer among its own candidates
     train = [{"id": f"t{i}", "turns": TURNS, "trait": "anti_gore", "seen": [ref(top[i])],
               "targets": [ref(top[300 + i])], "removed_targets": []} for i in range(20)]
-    leaky = EvidencePrompts.from_neighbours({"train": train}, cat, n=15)
-    folded = EvidencePrompts.from_neighbours({"train": train}, cat, n=15, train_folds=4)
+    leaky = neighbour_prompts({"train": train}, cat, n=15)
+    folded = neighbour_prompts({"train": train}, cat, n=15, train_folds=4)
     assert folded.settings == {**CANDIDATE_DEFAULTS, "n": 15, "train_folds": 4}
     assert folded.candidates_ref != leaky.candidates_ref  # it keys the prompts' caches
     own = [r["targets"][0]["item_id"] for r in train]
@@ -101,12 +103,12 @@ def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movi
     sibling = {f"t{i}": own[i ^ 1] for i in range(len(train))}  # the other turn's answer
 
     def sibling_hits(rows):
-        p = EvidencePrompts.from_neighbours({"train": rows}, cat, n=15, train_folds=4)
+        p = neighbour_prompts({"train": rows}, cat, n=15, train_folds=4)
         return sum(sibling[r["id"]] in c or r["targets"][0]["item_id"] in c for r, c in zip(rows, p.ids(rows)))
 
     assert sibling_hits(groups) == 0
     assert sibling_hits([dict(r, dialog_group=None) for r in groups]) > 0  # folds of single rows would leak
-    from safecrs_core.prompts import _folds
+    from safecrs_core.candidates import _folds
     folds = _folds([r["id"] for r in groups], [r["dialog_group"] for r in groups], 4)
     assert all(folds[f"t{2 * g}"] == folds[f"t{2 * g + 1}"] == g % 4 for g in range(10))
     assert _folds(["a", "b"], [None, None], 0) == {}
@@ -155,9 +157,8 @@ def test_gdpo_rollouts_in_candidates_mode_stay_in_each_rows_candidates(movies_wo
     per_row = {"c0": top[:6], "c1": top[10:16]}
 
     def source(rows, n):
-        from safecrs_core.metrics import _column
         return [list(per_row["c0" if any(s["item_id"] == top[50] for s in seen) else "c1"])[:n]
-                for seen in _column(rows, "seen")]
+                for seen in column(rows, "seen")]
 
     rows = [{"id": f"c{i}", "turns": TURNS, "trait": "anti_gore", "targets": [ref(top[i])],
              "seen": [ref(top[50 + i])], "removed_targets": []} for i in range(2)]

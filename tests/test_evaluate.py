@@ -2,12 +2,12 @@
 discovery and the reported-numbers file."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from safecrs_core.rows import rows_fingerprint
 from safecrs_core import evaluate as E
 from safecrs_core.pipeline import file_records, mark_done
 from conftest import ref as _ref
@@ -51,22 +51,23 @@ def fixed_baseline(ids, name="Fixed"):
 
 def test_rows_fingerprint_and_sample_rows():
     rows = [{"id": i, "trait": "anti_gore", "turns": TURNS[0], "targets": [_ref("a")], "seen": []} for i in range(10)]
-    fp = E.rows_fingerprint(rows)
-    assert fp == E.rows_fingerprint([dict(r) for r in rows]) and len(fp) == 16
+    fp = rows_fingerprint(rows)
+    assert fp == rows_fingerprint([dict(r) for r in rows]) and len(fp) == 16
     changed = [dict(r) for r in rows]
     changed[3] = {**changed[3], "trait": "kid_safety"}
-    assert E.rows_fingerprint(changed) != fp
+    assert rows_fingerprint(changed) != fp
     sample = E.sample_rows(rows, 4, seed=1)
     assert sample == E.sample_rows(rows, 4, seed=1) and len(sample) == 4
     assert [r["id"] for r in sample] == sorted(r["id"] for r in sample)  # original order kept
     assert E.sample_rows(rows, None) is rows and E.sample_rows(rows, 50) is rows
 
 
-def test_rows_fingerprint_agrees_with_training():
-    gdpo = pytest.importorskip("safecrs_core.gdpo")
-    rows = [{"id": "x", "trait": "anti_gore", "turns": TURNS[1], "targets": [_ref("b"), _ref("a")],
+def test_rows_fingerprint_is_stable():
+    # it keys every generation, results and training stage: this value was computed before the
+    # fingerprint moved to safecrs_core.rows, and must not change without a version bump
+    rows = [{"id": "x", "trait": "anti_gore", "turns": TURNS[1], "targets": [_ref("b"), _ref("a"), {"item_id": None}],
              "seen": [_ref("c")]}]
-    assert E.rows_fingerprint(rows) == gdpo.rows_fingerprint(rows)
+    assert rows_fingerprint(rows) == "ef7e92e27f025e21"
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +86,8 @@ def test_system_checks_its_kind():
 
 def test_trained_label_names_variants_and_ablations():
     assert E.trained_label({"stage": "sft", "params": {}}) == "SFT"
-    assert E.trained_label({"stage": "sft", "params": {"safe": True}}) == "Safe-SFT"
+    assert E.trained_label({"stage": "sft", "params": {"variant": "safe"}}) == "Safe-SFT"
+    assert E.trained_label({"stage": "sft", "params": {"safe": True}}) == "SFT"  # only the variant counts
     assert E.trained_label({"stage": "gdpo", "params": {"mode": "gdpo", "level": "rank"}}) == "Safe-GDPO"
     assert E.trained_label({"stage": "gdpo", "params": {"mode": "grpo", "use_safety": False}}) == \
         "Safe-GDPO (GRPO, no safety reward)"
@@ -94,6 +96,11 @@ def test_trained_label_names_variants_and_ablations():
     assert E.trained_label({"stage": "sft", "params": {"variant": "plain"}}) == "SFT"
     with pytest.raises(ValueError):
         E.trained_label({"stage": "results"})
+    gdpo = pytest.importorskip("safecrs_core.gdpo")
+    base = gdpo.GDPOParams()
+    for name, p in gdpo.ablation_params(base, list(gdpo.ABLATIONS)).items():  # the params each ablation run records
+        assert E.trained_label({"stage": "gdpo", "params": p.to_params()}) == f"Safe-GDPO ({gdpo.ABLATION_LABELS[name]})"
+    assert E.trained_label({"stage": "gdpo", "params": base.to_params()}) == "Safe-GDPO"
 
 
 def _fake_stage(root, stage, key, params, inputs, finished):
@@ -108,7 +115,7 @@ def test_trained_systems_are_found_by_the_training_rows(artifacts_root):
     pytest.importorskip("safecrs_core.gdpo")
     train = [{"id": "t", "trait": "anti_gore", "turns": TURNS[0], "targets": [_ref("a")], "seen": []}]
     ds = {"train": train}
-    fp = E.rows_fingerprint(train)
+    fp = rows_fingerprint(train)
     _fake_stage(artifacts_root, "gdpo", "aaaa", {"mode": "gdpo"}, ["sft/x", f"rows:{fp}"], "2026-01-01T00:00:00")
     newer = _fake_stage(artifacts_root, "gdpo", "bbbb", {"mode": "gdpo"}, ["sft/x", f"rows:{fp}"], "2026-02-01T00:00:00")
     _fake_stage(artifacts_root, "gdpo", "cccc", {"mode": "grpo"}, ["sft/x", "rows:0000"], "2026-03-01T00:00:00")

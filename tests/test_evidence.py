@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from safecrs_core.rows import rows_fingerprint
 from safecrs_core import evaluate as E
 from safecrs_core.prompts import (EVIDENCE_CHARS, EVIDENCE_DEFAULTS, EvidencePrompts, build_messages,
                                   evidence_line, evidence_settings, parse_completion, system_prompt)
@@ -299,7 +300,7 @@ def test_trained_stages_with_evidence_are_labelled_and_left_out_unless_asked(wor
         "Safe-GDPO + evidence (GRPO)"
     assert E.trained_label({"stage": "sft", "params": {"variant": "safe", "evidence": None}}) == "Safe-SFT"
     rows = _rows(top)
-    fp = E.rows_fingerprint(rows)
+    fp = rows_fingerprint(rows)
     for key, params, when in (("a0", {"mode": "gdpo"}, "2026-01-01"),
                               ("b0", {"mode": "gdpo", "evidence": dict(EVIDENCE_DEFAULTS, n=10)}, "2026-02-01")):
         d = artifacts_root / "gdpo" / key

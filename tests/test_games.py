@@ -15,7 +15,7 @@ import pytest
 from safecrs_core import phrasing
 from safecrs_core import traits as T
 from safecrs_core.benchmark import BUILD_VERSION, BenchmarkConfig, benchmark_for_profile, benchmark_inputs, config_for_profile
-from safecrs_core.catalog import _games_data, game_key, load_catalog, split_platform
+from safecrs_core.catalog import games_data, game_key, load_catalog, split_platform
 from safecrs_core.conversations import franchise_key, load_safegame, title_leaks
 from safecrs_core.oracle import SAFE, UNKNOWN, UNSAFE, _check_game_spec, game_scale, load_oracle
 from safecrs_core.pipeline import stage_key
@@ -151,7 +151,7 @@ def test_descriptor_mapping_on_real_games(games, oracle, title, expect):
 
 
 def test_descriptor_table_is_consistent():
-    spec = _games_data()
+    spec = games_data()
     cols = spec["esrb_descriptors"]
     assert len(cols) == 31 and "strong_janguage" in cols  # the published column name, typo included
     _check_game_spec(spec)
@@ -163,7 +163,7 @@ def test_descriptor_table_is_consistent():
 
 def test_unknown_is_never_silently_safe(games, oracle):
     v = oracle.verdicts
-    spec = set(_games_data()["severity_traits"])
+    spec = set(games_data()["severity_traits"])
     for j, t in enumerate(T.TRAIT_IDS):
         if t not in spec:
             assert not (v[:, j] == SAFE).any(), t  # judged by triggers alone
@@ -231,7 +231,7 @@ def test_requests_groups_splits_and_templates(requests):
         split_of[c.meta["dialog_id"]].add(c.split)
     assert all(len(s) == 1 for s in split_of.values())  # a group is in one split
     assert {c.split for c in requests} == {"train", "validation", "test"}
-    req = _games_data()["requests"]
+    req = games_data()["requests"]
     for c in requests:
         entry = req[c.meta["relation"]][c.meta["template"]]
         assert entry["pool"] == ("test" if c.split == "test" else "train")
@@ -305,7 +305,7 @@ def test_games_benchmark_smoke(smoke, oracle, games):
                 rating = T.age_band_rating(r["trait"], "games")
                 tmpl = [phrasing.render(x, r["age"], rating, w) for x in tmpl for w in (False, True)]
             assert r["constraint"] in tmpl
-    assert set(stats["traits_with_signal"]) == set(_games_data()["severity_traits"])
+    assert set(stats["traits_with_signal"]) == set(games_data()["severity_traits"])
 
 
 def test_cli_check_games(capsys, data_dir):

@@ -12,6 +12,7 @@ import pytest
 
 from safecrs_core import baselines as B
 from safecrs_core import evaluate as E
+from safecrs_core.candidates import evidence_prompts
 from safecrs_core.oracle import UNSAFE
 
 
@@ -177,12 +178,10 @@ def test_game_baselines_on_a_few_rows(games_world, artifacts_root):
 
 
 def test_evidence_candidates_ref_names_the_game_domain(monkeypatch, games_world):
-    from safecrs_core.prompts import EvidencePrompts
-
     catalog, oracle = games_world
     pool = ["game:a", "game:b"]
     monkeypatch.setattr(B, "retrieval_pool", lambda ds, cat, n_popular: pool)
-    games = EvidencePrompts.from_benchmark({}, catalog, oracle, n=10, context_turns=4)
+    games = evidence_prompts({}, catalog, oracle, n=10, context_turns=4)
     assert games.candidates_ref == B.retrieval_ref(pool, 4, domain="games")
-    movies = EvidencePrompts.from_benchmark({}, _FakeCatalog("movies", pd.DataFrame()), oracle, n=10, context_turns=4)
+    movies = evidence_prompts({}, _FakeCatalog("movies", pd.DataFrame()), oracle, n=10, context_turns=4)
     assert movies.candidates_ref == B.retrieval_ref(pool, 4)  # the movie ref is unchanged

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from safecrs_core.rows import rows_fingerprint
 from safecrs_core import evaluate as E
 from safecrs_core import gdpo as G
 from safecrs_core.oracle import UNKNOWN, UNSAFE
@@ -121,7 +122,7 @@ def test_trained_systems_prompt_in_the_stage_domain(artifacts_root):
 def test_available_systems_for_games(games_world, games_bench, artifacts_root):
     cat, orc = games_world
     ds, _, bench = games_bench
-    fp = E.rows_fingerprint(ds["train"])
+    fp = rows_fingerprint(ds["train"])
     _fake_stage(artifacts_root, "gdpo", "dddd", {"mode": "gdpo", "domain": "games"}, ["sft/x", f"rows:{fp}"],
                 "2026-01-01T00:00:00")
     systems = E.available_systems("smoke", ds, benchmark=bench, domain="games", evidence=True, n_popular=200,

@@ -201,3 +201,20 @@ def test_score_completions_real(real):
     from datasets import Dataset
     ds = Dataset.from_list(rows)
     pd.testing.assert_frame_equal(M.score_completions(completions, ds, catalog=cat, oracle=oracle)[cols], df[cols])
+
+
+def test_metric_table_names_every_scored_column_and_its_direction():
+    from safecrs_core import plots
+    from safecrs_core.metrics import METRICS, better, metric_label
+
+    assert metric_label("svr@10") == "SVR@10" and metric_label("recall@5") == "Recall@5"
+    assert metric_label("list_len") == "items returned" and metric_label("made_up") == "made_up"
+    assert better("svr@10") == "lower" and better("ndcg@20") == "higher" and better("list_len") is None
+    assert better("made_up@3") is None
+    assert plots._axis_label("svr@10") == "SVR@10 (lower is safer)"
+    assert plots._axis_label("recall@10") == "Recall@10 (higher is better)"
+    assert plots._axis_label("list_len") == "items returned"
+    # every metric column the scorer writes has an entry
+    rows = [{"id": "r1", "trait": "anti_gore", "source": "s", "targets": [ref("tt0000001")], "seen": []}]
+    df = M.score_ranked_ids([["tt0000002", "tt0000001"]], rows, oracle=tiny_oracle(), k=10)
+    assert {c.partition("@")[0] for c in df.columns if "@" in c} | {"list_len"} <= set(METRICS)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from safecrs_core import candidates as C
 from safecrs_core import sft
 from safecrs_core.oracle import UNSAFE
 from safecrs_core.prompts import parse_completion
@@ -26,7 +27,7 @@ def world():
     ds, stats = build_benchmark(cfg)
     cat, orc = load_catalog(), load_oracle(threshold=cfg.threshold)
     rows = [r for s in ds for r in ds[s]]
-    nb = sft.Neighbours.from_benchmark(list(ds["train"]), cat)
+    nb = C.Neighbours.from_benchmark(list(ds["train"]), cat)
     return {"ds": ds, "stats": stats, "cfg": cfg, "cat": cat, "orc": orc, "rows": rows, "nb": nb,
             "safe": sft.build_targets(rows, "safe", neighbours=nb, catalog=cat, oracle=orc),
             "plain": sft.build_targets(rows, "plain", neighbours=nb, catalog=cat, oracle=orc)}
@@ -111,7 +112,7 @@ def test_reasoning_text_names_at_most_five():
 
 def test_targets_are_deterministic_and_the_seed_picks_the_subset(world):
     rows, cat, orc = world["rows"], world["cat"], world["orc"]
-    nb2 = sft.Neighbours.from_benchmark(list(world["ds"]["train"]), cat)
+    nb2 = C.Neighbours.from_benchmark(list(world["ds"]["train"]), cat)
     again = sft.build_targets(rows, "safe", neighbours=nb2, catalog=cat, oracle=orc)
     assert json.dumps(again) == json.dumps(world["safe"])
     train = world["ds"]["train"]

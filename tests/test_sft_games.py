@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safecrs_core import candidates as C
 from safecrs_core import sft
+from safecrs_core.rows import item_ids
 from safecrs_core.oracle import UNSAFE
 from safecrs_core.prompts import build_messages, final_instruction, parse_completion, system_prompt
 
@@ -101,17 +103,17 @@ def test_neighbour_signals_are_the_games_ones(world):
     assert "ground_truth_in_movielens" not in st and 0.0 < st["ground_truth_in_catalog"] <= 1.0
     assert st["safe"]["items_by_origin"]["neighbour"] > 0
 
-    nb = sft.Neighbours.from_benchmark(list(world["ds"]["train"]), world["cat"])  # domain from the catalog
+    nb = C.Neighbours.from_benchmark(list(world["ds"]["train"]), world["cat"])  # domain from the catalog
     assert [s.name for s, _ in nb.signals] == ["catalog", "conversations"]
-    assert isinstance(nb.signals[0][0], sft.SparseCoOccurrence)
+    assert isinstance(nb.signals[0][0], C.SparseCoOccurrence)
     with pytest.raises(ValueError, match="movies"):
-        sft.Neighbours.from_benchmark([], world["cat"], domain="movies")
+        C.Neighbours.from_benchmark([], world["cat"], domain="movies")
 
     def recall(rows):  # ground truth recovered from the seen games alone, neighbours only
         out = []
         for r in rows:
             gt = {t["item_id"] for t in r["targets"]}
-            got = {i for i, o in nb.candidates([], sft._item_ids(r["seen"]), 10) if o == "neighbour"}
+            got = {i for i, o in nb.candidates([], item_ids(r["seen"]), 10) if o == "neighbour"}
             out.append(len(gt & got) / len(gt))
         return float(np.mean(out))
     val = list(world["ds"]["validation"])
@@ -124,7 +126,7 @@ def test_game_baskets_group_a_series_developer_or_publisher(world):
     from safecrs_core.conversations import franchise_key
 
     items = world["cat"].items
-    baskets = sft.game_baskets(world["cat"])
+    baskets = C.game_baskets(world["cat"])
     assert baskets and all(len(b) >= 2 for b in baskets)
     rng = np.random.default_rng(0)
     for j in rng.choice(len(baskets), 50, replace=False):
@@ -139,8 +141,8 @@ def test_sparse_cooccurrence_matches_the_dense_one():
     rng = np.random.default_rng(3)
     ids = [f"i{n:02d}" for n in range(40)]
     baskets = [list(rng.choice(ids, rng.integers(1, 8), replace=False)) for _ in range(60)]
-    dense = sft.CoOccurrence(baskets, shrink=2.0, pop_exponent=0.75)
-    sparse = sft.SparseCoOccurrence(baskets, shrink=2.0, pop_exponent=0.75)
+    dense = C.CoOccurrence(baskets, shrink=2.0, pop_exponent=0.75)
+    sparse = C.SparseCoOccurrence(baskets, shrink=2.0, pop_exponent=0.75)
     assert sparse.items == dense.items and sparse.n_baskets == dense.n_baskets
     assert np.array_equal(sparse.counts, dense.counts)
     for i in ids:
