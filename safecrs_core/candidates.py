@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import sources
 from .catalog import resolve_domain
+from .oracle import load_world
 from .prompts import (CANDIDATE_DEFAULTS, EVIDENCE_DEFAULTS, EvidencePrompts, candidate_settings,
                       evidence_settings)
 from .rows import column, item_ids, rows_fingerprint
@@ -254,9 +255,8 @@ def evidence_prompts(ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULT
 
     settings = evidence_settings({"n": n, "n_popular": n_popular, "context_turns": context_turns,
                                   "max_tags": max_tags})
-    from .oracle import load_world
-
-    catalog, oracle = load_world(getattr(catalog, "domain", "movies"), catalog, oracle)
+    domain = getattr(catalog, "domain", "movies")  # game refs name their domain, movie refs as before
+    catalog, oracle = load_world(domain, catalog, oracle)
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
 
@@ -266,7 +266,6 @@ def evidence_prompts(ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULT
                                              log=log or (lambda _m: None))
         return built["retrieval"].recommend(rows, n)
 
-    domain = getattr(catalog, "domain", "movies")  # game refs name their domain, movie refs as before
     return EvidencePrompts(candidates, B.retrieval_ref(pool, context_turns, domain), catalog, oracle, n=n,
                            max_tags=max_tags, settings=settings)
 

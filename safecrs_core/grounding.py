@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, SOLUTION_OPEN
+from .rows import column, ref_ids
 
 MODES = ("universe", "candidates")
 GROUNDING_VERSION = 1  # part of every key: change it when the grammar or universe rules change
@@ -58,7 +59,6 @@ def universe_items(catalog, train_rows, n_popular: int = 5000) -> list[str]:
     catalog items with a known year plus the items of ``train_rows`` (the train split only),
     restricted to items whose display title resolves back to themselves; sorted by popularity
     (ties by id)."""
-    from .rows import column, ref_ids
     from .prompts import parse_completion
 
     if isinstance(n_popular, bool) or not isinstance(n_popular, int) or n_popular < 0:
@@ -487,7 +487,6 @@ class GroundedDecoder:
     def processor(self, rows: Sequence[Mapping]) -> GroundedLogitsProcessor:
         """The processor for a batch of ``rows`` (dicts with ``seen``; in candidates mode what
         ``candidates`` needs), in batch order."""
-        from .rows import ref_ids
 
         blocked = [[self.catalog.display(i) for i in sorted(ref_ids(r.get("seen"))) if i in self.catalog]
                    for r in rows]

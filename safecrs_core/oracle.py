@@ -896,4 +896,3 @@ def load_world(domain: str = "movies", catalog=None, oracle=None, data_dir=None,
         oracle = load_oracle(data_dir=data_dir, domain=domain,
                              **({} if threshold is None else {"threshold": threshold}))
     return catalog, oracle
-
