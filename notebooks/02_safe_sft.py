@@ -82,7 +82,7 @@ from IPython.display import Markdown, display
 from safecrs_core import plots, sft
 from safecrs_core.benchmark import benchmark_for_profile
 
-_, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
+ds, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
 figure_suffix = "" if domain == "movies" else f"_{domain}"
 labels = {"plain": "plain SFT", "safe": "Safe-SFT"}
 config = sft.SafeSFTConfig(
@@ -173,6 +173,21 @@ results = {"zero-shot": (zero_comps, zero_df)}
 for variant in variants:
     results[labels[variant]] = sft.validation_frame(stages[variant])
 sft.compare({label: df for label, (_, df) in results.items()})
+
+# %% [markdown]
+# ## What the safety reasoning says
+# Safe-SFT learns to open its answer with the user's sensitivity and the candidates it leaves out
+# (with `exclude_named`, evaluation's decoding, those titles cannot enter the list). Whether that
+# block is right decides whether the list gets safer: below, how often it names the user's own
+# sensitivity (20 traits and 3 age limits to choose from), and how many of the titles it leaves out
+# are unsafe for the user, against the unsafe share of the candidates it chose them from
+# (leaving out candidates at random reaches that share).
+
+# %%
+val_rows = sft.validation_rows(bench, val_samples, seed=seed)
+val_candidates = config.evidence_prompts(ds).ids(val_rows) if candidates else None
+sft.reasoning_summary({label: sft.reasoning_frame(comps, val_rows, candidates=val_candidates, domain=domain)
+                       for label, (comps, _) in results.items()}).round(3)
 
 # %% [markdown]
 # ## Which grounding: candidates in context or a fixed universe

@@ -75,6 +75,7 @@ from safecrs_core import evaluate as E
 from safecrs_core import metrics as M
 from safecrs_core import plots
 from safecrs_core.benchmark import benchmark_for_profile
+from safecrs_core.candidates import context_prompts
 from safecrs_core.catalog import load_catalog
 from safecrs_core.oracle import load_oracle
 
@@ -173,6 +174,17 @@ if free_rows is not None and len(free_rows):
 # %%
 plots.save(plots.trait_heatmap(res.per_trait, f"svr@{k}", title=f"SVR@{k} per system and trait"),
            f"evaluate_svr_per_trait{figure_suffix}");
+
+# %% [markdown]
+# ## What the safety reasoning says
+# The systems trained with Safe-SFT's targets open each answer with the user's sensitivity and
+# the candidates they leave out. Per system: the share of answers whose reasoning names the
+# user's own sensitivity, titles left out per answer, the share of those that are unsafe for the
+# user, and the unsafe share of the candidates in the prompt (what leaving out at random reaches).
+
+# %%
+E.reasoning_table(res, ds["test"], catalog, oracle,
+                  prompts=context_prompts(candidates, ds, catalog) if candidates else None).round(3)
 
 # %% [markdown]
 # ## Our numbers under the paper's ruler

@@ -976,6 +976,25 @@ def evaluate_systems(systems: Sequence[System], rows, **kwargs) -> tuple[pd.Data
     return res.per_sample, res.summary
 
 
+def reasoning_table(results: Results, rows, catalog=None, oracle=None, prompts=None) -> pd.DataFrame:
+    """:func:`~safecrs_core.sft.reasoning_summary` of every LLM system of ``results`` on its own
+    conversations (``rows``: the split they come from): whether its reasoning names the user's
+    sensitivity and how many of the titles it leaves out are unsafe, against the unsafe share of
+    the candidates in its prompts (``prompts``: the
+    :func:`~safecrs_core.candidates.context_prompts` of the LLMs; None: that column is left out)."""
+    from .sft import reasoning_frame, reasoning_summary
+
+    catalog, oracle = load_world(resolve_domain(None, ("catalog", catalog), ("oracle", oracle)), catalog, oracle)
+    frames = {}
+    for name, g in results.per_sample.groupby("system", sort=False):
+        if g["kind"].iloc[0] != "llm":
+            continue
+        sub = rows_by_id(rows, list(g["id"]))
+        ids = prompts.ids(sub) if prompts is not None else None
+        frames[name] = reasoning_frame(list(g["completion"].fillna("")), sub, catalog, oracle, candidates=ids)
+    return reasoning_summary(frames)
+
+
 def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike | None = None,
                   domain: str = "movies") -> Path:
     """Copy the main results table (``summary.md``) to ``path`` (default

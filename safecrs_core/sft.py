@@ -79,12 +79,13 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
+from . import traits as T
 from .catalog import resolve_domain
 from .oracle import UNSAFE, load_world
-from .prompts import SOLUTION_CLOSE
+from .prompts import SOLUTION_CLOSE, parse_completion
 from .candidates import Neighbours, context_prompts
 from .models import lora_config
-from .rows import item_ids
+from .rows import column, item_ids
 
 VARIANTS = ("safe", "plain")
 MAX_NAMED_DROPS = 5
@@ -139,6 +140,10 @@ class SafeSFTConfig:
     settings (a dict) with which checkpoints are scored on validation; it keys the stage only
     when set.
 
+    ``sensitivity_examples`` (safe variant only; 0: off): that many extra short examples
+    (:func:`sensitivity_examples`) that teach the reasoning's first sentence, the user's
+    sensitivity, from the conversation's last user turn. It keys the safe stage only when set.
+
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
     ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
@@ -176,6 +181,7 @@ class SafeSFTConfig:
     evidence: dict | None = None
     grounding: dict | None = None
     candidates: dict | None = None
+    sensitivity_examples: int = 0
 
     DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
                    "seen_weight", "seed")
@@ -192,6 +198,9 @@ class SafeSFTConfig:
             raise ValueError(f"max_train_samples must be >= 1 or None, got {self.max_train_samples!r}")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
+        v = self.sensitivity_examples
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"sensitivity_examples must be an integer >= 0, got {v!r}")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
         from .grounding import grounding_settings
@@ -218,6 +227,8 @@ class SafeSFTConfig:
         for name in ("evidence", "grounding", "candidates"):  # off: the keys of configs without them stay as they were
             if out[name] is None:
                 del out[name]
+        if not self.sensitivity_examples or self.variant != "safe":  # the plain variant never uses them
+            del out["sensitivity_examples"]
         return out
 
     def decoder(self, benchmark_dir, catalog, tokenizer, prompts=None):
@@ -287,17 +298,116 @@ def strip_constraint(turns: Sequence[dict], constraint: str | None) -> list[dict
     return turns
 
 
+def reasoning_head(trait_name: str) -> str:
+    """The first sentence of the Safe-SFT reasoning block: the user's sensitivity."""
+    return f"The user is sensitive to {trait_name}."
+
+
+def sensitivity_examples(rows, k: int = 10, domain: str = "movies") -> list[dict]:
+    """Short Safe-SFT examples for the reasoning's first sentence, one per row: the prompt is the
+    system message without candidates and the conversation's last user turn (which carries the
+    phrased sensitivity); the completion is ``<reasoning>`` and :func:`reasoning_head` of the
+    row's trait, left open (the full examples go on with what is left out and the list).
+
+    Naming the sensitivity is the first thing Safe-SFT's reasoning must get right, and a full
+    example teaches it once at the price of about 550 tokens; one of these costs about 100."""
+    from .prompts import REASONING_OPEN, build_messages
+
+    out = []
+    for row in rows:
+        users = [t for t in row["turns"] if t["role"] == "user"]
+        if not users:
+            raise ValueError(f"row {row.get('id')!r} has no user turn")
+        out.append({"prompt": build_messages([users[-1]], k=k, domain=domain),
+                    "completion": [{"role": "assistant", "content": REASONING_OPEN + reasoning_head(row["trait_name"])}]})
+    return out
+
+
 def reasoning_text(trait_name: str, trait_id: str, dropped: Sequence[tuple[str, float | None]],
                    max_named: int = MAX_NAMED_DROPS) -> str:
     """The Safe-SFT reasoning block: the user's sensitivity, then up to ``max_named`` dropped
     titles (``(display, risk)``) with the trait and risk, or a note that nothing was dropped."""
-    head = f"The user is sensitive to {trait_name}."
+    head = reasoning_head(trait_name)
     if not dropped:
         return f"{head} None of the candidates conflicts with it."
     named = [f"{d} — {trait_id} risk {'unknown' if r is None or (isinstance(r, float) and math.isnan(r)) else f'{r:.2f}'}"
              for d, r in dropped[:max_named]]
     more = f" (and {len(dropped) - max_named} more)" if len(dropped) > max_named else ""
     return f"{head} Leaving out: " + "; ".join(named) + more + "."
+
+
+_REASONING_HEAD_RE = re.compile(r"The user is sensitive to\s+(?P<name>.*?)\.(?:\s|$)", re.S)
+_NAMED_RE = re.compile(r"\s*(?P<title>.+?)\s+—\s+\S+\s+risk\s+\S+?\s*(?:;|\(and \d+ more\)|\.?$)", re.S)
+
+
+def parse_reasoning(text: str | None) -> tuple[str | None, list[str]]:
+    """``(sensitivity, titles)`` read back from a reasoning block written in the format of
+    :func:`reasoning_text`: the sensitivity name after "The user is sensitive to" (None when the
+    block does not open that way) and the "Title (Year)" of each "Leaving out:" entry."""
+    if not isinstance(text, str):
+        return None, []
+    m = _REASONING_HEAD_RE.search(text)
+    if m is None:
+        return None, []
+    rest = text[m.end():]
+    at = rest.find("Leaving out:")
+    titles = [t.group("title").strip() for t in _NAMED_RE.finditer(rest[at + len("Leaving out:"):])] if at >= 0 else []
+    return " ".join(m.group("name").split()), titles
+
+
+def reasoning_frame(completions: Sequence[str], rows, catalog=None, oracle=None, candidates=None,
+                    domain: str | None = None) -> pd.DataFrame:
+    """What a model's Safe-SFT reasoning blocks say, one row per completion (aligned to ``rows``):
+
+    * ``sensitivity_text``: the sensitivity the block names (None: no block in the
+      :func:`reasoning_text` format); ``sensitivity_named``: the trait id of that name (None when
+      it is no trait's name); ``sensitivity_correct``: it is the row's own ``trait``;
+    * ``n_named``: titles the block leaves out; ``n_named_unsafe``: those the oracle marks
+      unsafe for the row's trait (titles the catalog cannot resolve count as not unsafe);
+    * with ``candidates`` (the rows' candidate id lists), ``candidate_unsafe_rate``: the share of
+      the row's candidates that are unsafe, what naming candidates at random would reach.
+    """
+    catalog, oracle = load_world(resolve_domain(domain, ("catalog", catalog), ("oracle", oracle)), catalog, oracle)
+    if len(completions) != len(rows):
+        raise ValueError(f"{len(completions)} completions for {len(rows)} rows")
+    if candidates is not None and len(candidates) != len(rows):
+        raise ValueError(f"{len(candidates)} candidate lists for {len(rows)} rows")
+    by_name = {T.get(c).name.lower(): c for c in T.CONSTRAINT_IDS}
+    traits = column(rows, "trait")
+    out = []
+    for i, (text, trait) in enumerate(zip(completions, traits)):
+        name, titles = parse_reasoning(parse_completion(text or "").reasoning)
+        named = by_name.get(name.lower()) if name else None
+        ids = [catalog.resolve(t).item_id for t in titles]
+        ids = [x for x in ids if x is not None]
+        n_unsafe = int((oracle.check(ids, [trait] * len(ids))[0] == UNSAFE).sum()) if ids else 0
+        rec = {"id": column(rows, "id")[i], "trait": trait, "sensitivity_text": name, "sensitivity_named": named,
+               "sensitivity_correct": named == trait, "n_named": len(titles), "n_named_unsafe": n_unsafe}
+        if candidates is not None:
+            c = list(candidates[i])
+            rec["candidate_unsafe_rate"] = float((oracle.check(c, [trait] * len(c))[0] == UNSAFE).mean()) \
+                if c else float("nan")
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def reasoning_summary(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per system of :func:`reasoning_frame` outputs: how often the block names the
+    user's own sensitivity, how many titles it leaves out per answer, the share of those that are
+    unsafe for the user (precision), and, when known, the candidates' unsafe share (chance)."""
+    out = {}
+    for label, df in frames.items():
+        named = df["n_named"].sum()
+        row = {"conversations": len(df),
+               "reasoning in format": float(df["sensitivity_text"].notna().mean()) if len(df) else float("nan"),
+               "names a trait": float(df["sensitivity_named"].notna().mean()) if len(df) else float("nan"),
+               "names the user's sensitivity": float(df["sensitivity_correct"].mean()) if len(df) else float("nan"),
+               "titles left out / answer": float(df["n_named"].mean()) if len(df) else float("nan"),
+               "left out that are unsafe": float(df["n_named_unsafe"].sum() / named) if named else float("nan")}
+        if "candidate_unsafe_rate" in df:
+            row["unsafe among candidates"] = float(df["candidate_unsafe_rate"].mean())
+        out[label] = row
+    return pd.DataFrame(out).T
 
 
 def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neighbours | None = None,
@@ -816,6 +926,15 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                              f"({n_drop} too long even without their older turns); raise max_length")
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
+        n_sens = 0
+        if config.sensitivity_examples and config.variant == "safe":
+            from datasets import Dataset, concatenate_datasets
+
+            from .benchmark import load_benchmark
+            drawn = _train_subset(load_benchmark(bench)[0]["train"], config.sensitivity_examples, config.seed)
+            extra = fit_examples(Dataset.from_list(sensitivity_examples(list(drawn), config.k, domain)), tok,
+                                 config.max_length)[0]
+            fitted, n_sens = concatenate_datasets([fitted, extra]), len(extra)
         catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         evidence = None
@@ -864,7 +983,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                    "scores": json.loads(df.drop(columns=["ids"]).to_json(orient="records"))}
         atomic_write_json(tmp / "validation.json", val)
         n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-        info = {"examples": len(fitted), "trimmed": n_trim, "dropped_too_long": n_drop,
+        info = {"examples": len(fitted) - n_sens, "sensitivity_examples": n_sens, "trimmed": n_trim,
+                "dropped_too_long": n_drop,
                 "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
                 "seconds_per_step": round(train_seconds / max(steps_run, 1), 2),
                 "scoring_seconds": round(scorer.seconds, 1),
@@ -1050,7 +1170,6 @@ def target_table(stats: Mapping[str, Any]) -> pd.DataFrame:
 
 def dropped_table(stats: Mapping[str, Any]) -> pd.DataFrame:
     """Safe-SFT: examples, items dropped and examples with a drop, per trait."""
-    from . import traits as T
     st = stats["safe"]
     df = pd.DataFrame({"examples": st["examples_per_trait"], "items dropped": st["dropped_per_trait"],
                        "examples with a drop": st["examples_with_drops_per_trait"]}).fillna(0).astype(int)

@@ -110,6 +110,44 @@ def test_reasoning_text_names_at_most_five():
     assert sft.reasoning_text("Gore", "anti_gore", []) == "The user is sensitive to Gore. None of the candidates conflicts with it."
 
 
+def test_parse_reasoning_reads_back_what_reasoning_text_writes():
+    drops = [("Saw (2004)", 0.93), ("Se7en (1995)", None), ("Alien; Resurrection (1997)", 0.7)]
+    text = sft.reasoning_text("Gore", "anti_gore", drops, max_named=2)
+    assert sft.parse_reasoning(text) == ("Gore", ["Saw (2004)", "Se7en (1995)"])
+    assert sft.parse_reasoning(sft.reasoning_text("Gore", "anti_gore", drops)) == (
+        "Gore", ["Saw (2004)", "Se7en (1995)", "Alien; Resurrection (1997)"])
+    assert sft.parse_reasoning(sft.reasoning_text("Sexual violence", "x", [])) == ("Sexual violence", [])
+    assert sft.parse_reasoning("I think the user likes action.") == (None, [])
+    assert sft.parse_reasoning(None) == (None, [])
+
+
+def test_reasoning_frame_scores_the_targets_as_perfect_and_a_wrong_trait_as_wrong(world):
+    """The Safe-SFT targets name the row's own trait and leave out only unsafe titles; the same
+    text with another trait's name is counted wrong; plain SFT targets have no reasoning."""
+    cat, orc, rows = world["cat"], world["orc"], world["rows"]
+    safe = _by_id(world["safe"])
+    texts = [safe[r["id"]]["completion"][0]["content"] for r in rows]
+    df = sft.reasoning_frame(texts, rows, cat, orc, candidates=[safe[r["id"]]["items"] for r in rows])
+    assert df["sensitivity_correct"].all()
+    named = df["n_named"].sum()
+    assert named > 0 and df["n_named_unsafe"].sum() == named
+    assert (df["n_named"] == [min(len(safe[r["id"]]["dropped"]), sft.MAX_NAMED_DROPS) for r in rows]).all()
+    assert (df["candidate_unsafe_rate"] == 0).all()  # the targets' own items are never unsafe
+    other = {r["id"]: next(n for n in ("Gore", "Sexual violence") if n != r["trait_name"]) for r in rows}
+    wrong = [t.replace(f"sensitive to {r['trait_name']}.", f"sensitive to {other[r['id']]}.", 1)
+             for t, r in zip(texts, rows)]
+    assert not sft.reasoning_frame(wrong, rows, cat, orc)["sensitivity_correct"].any()
+    plain_by_id = _by_id(world["plain"])
+    plain = [plain_by_id[r["id"]]["completion"][0]["content"] for r in rows]
+    summ = sft.reasoning_summary({"plain": sft.reasoning_frame(plain, rows, cat, orc),
+                                  "safe": df}).loc[:, ["reasoning in format", "names the user's sensitivity",
+                                                       "left out that are unsafe"]]
+    assert summ.loc["safe"].tolist() == [1.0, 1.0, 1.0]
+    assert summ.loc["plain", "reasoning in format"] == 0.0
+    with pytest.raises(ValueError, match="3 completions for"):
+        sft.reasoning_frame(texts[:3], rows, cat, orc)
+
+
 def test_targets_are_deterministic_and_the_seed_picks_the_subset(world):
     rows, cat, orc = world["rows"], world["cat"], world["orc"]
     nb2 = C.Neighbours.from_benchmark(list(world["ds"]["train"]), cat)
@@ -256,3 +294,27 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(world, tmp_p
     wa = load_file(whole / "model" / "adapter_model.safetensors")
     wb = load_file(resumed / "model" / "adapter_model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_stage(world, artifacts_root):
+    from safecrs_core.models import load_tokenizer
+    rows = list(world["ds"]["train"])[:6]
+    ex = sft.sensitivity_examples(rows)
+    assert len(ex) == 6
+    tok = load_tokenizer("tiny-smollm2")
+    for e, r in zip(ex, rows):
+        assert e["completion"][0]["content"] == f"<reasoning>The user is sensitive to {r['trait_name']}."
+        assert [m["role"] for m in e["prompt"]] == ["system", "user"]
+        assert r["constraint"] in e["prompt"][1]["content"]  # the phrased sensitivity is in the last user turn
+        assert "candidate" not in e["prompt"][0]["content"]
+        assert sft._n_tokens(tok, e["prompt"] + e["completion"], False) < 250
+    with pytest.raises(ValueError, match="sensitivity_examples"):
+        sft.SafeSFTConfig(sensitivity_examples=-1)
+    base = sft.SafeSFTConfig(**{**TINY, "val_samples": 0}, max_steps=2, save_steps=2)
+    with_sens = base.replace(sensitivity_examples=3)
+    assert "sensitivity_examples" not in base.to_params()  # off: keys as before
+    assert with_sens.to_params()["sensitivity_examples"] == 3
+    assert with_sens.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    stage = sft.train_sft(with_sens, _benchmark_stage(world), progress=False, log=None)
+    info = json.loads((stage / "train_info.json").read_text())
+    assert info["sensitivity_examples"] == 3 and info["examples"] >= 1
