@@ -71,6 +71,7 @@ torch_threads = 0  # CPU threads; 0: torch's default (every core, fastest when t
 candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt (no oracle verdicts); None: none
 grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # None: free decoding
 universe_grounding = {"mode": "universe", "n_popular": 5000, "min_items": 10, "reasoning_tokens": 96}  # the other mode, compared zero-shot on validation; None: skip
+sensitivity_examples = 0  # Safe-SFT only: extra short examples, last user turn -> the reasoning's first sentence (the user's sensitivity); 0: none
 n_examples = 2
 
 # %%
@@ -85,12 +86,7 @@ from safecrs_core.benchmark import benchmark_for_profile
 ds, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
 figure_suffix = "" if domain == "movies" else f"_{domain}"
 labels = {"plain": "plain SFT", "safe": "Safe-SFT"}
-config = sft.SafeSFTConfig(
-    model_name=model_name, max_train_samples=max_train_samples, epochs=epochs, max_steps=max_steps,
-    learning_rate=learning_rate, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, batch_size=batch_size,
-    grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, val_samples=val_samples,
-    max_new_tokens=max_new_tokens, eval_batch_size=eval_batch_size, seed=seed, grounding=grounding,
-    candidates=candidates)
+config = sft.SafeSFTConfig.from_values(globals())  # the parameters above that are SafeSFTConfig fields
 config
 
 # %%
@@ -142,7 +138,8 @@ stages = {}
 for variant in variants:
     stages[variant] = sft.train_sft(config.replace(variant=variant), bench, threads=torch_threads)
 runs = pd.DataFrame({v: {**sft.stage_summary(p)["train"], "stage": p.name} for v, p in stages.items()}).T
-runs[["examples", "trimmed", "dropped_too_long", "final_step", "best_step", "seconds_per_step", "train_seconds", "stage"]]
+runs.reindex(columns=["examples", "sensitivity_examples", "trimmed", "dropped_too_long", "final_step", "best_step",
+                     "seconds_per_step", "train_seconds", "stage"])
 
 # %% [markdown]
 # Validation scores of every checkpoint (the best Recall@10 is kept; ties go to the lower

@@ -121,12 +121,7 @@ pd.DataFrame({"prompt": ["A", "A", "B", "B"], "reward 1": rewards[0, :, 0].tolis
 sft_stage = G.find_sft_stage(ds["train"], benchmark=bench, candidates=candidates is not None) if start_from_sft else None
 start = sft_stage if sft_stage is not None else base_model
 print("starting from", shown_path(start) if sft_stage is not None else start)
-params = G.GDPOParams(k=k, num_generations=num_generations, per_device_train_batch_size=per_device_train_batch_size,
-                      gradient_accumulation_steps=gradient_accumulation_steps,
-                      max_steps=max_steps, learning_rate=learning_rate, beta=beta, lambda_safe=lambda_safe,
-                      lambda_count=lambda_count, max_completion_length=max_completion_length,
-                      max_prompt_tokens=max_prompt_tokens, temperature=temperature, lora=lora, bf16=bf16,
-                      n_train=n_train, seed=seed, domain=domain, grounding=grounding, candidates=candidates)
+params = G.GDPOParams.from_values(globals())  # the parameters above that are GDPOParams fields
 prompts = context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)
 params
 

@@ -103,9 +103,8 @@ print(build_messages(example[0]["turns"], k=k, **prompts.kwargs(example)[0])[0][
 # %%
 if train_sft:
     nb02 = notebook_values("02_safe_sft", profile)  # Safe-SFT's own settings under this profile
-    fields = set(sft.SafeSFTConfig.__dataclass_fields__)
-    config = sft.SafeSFTConfig(**{name: v for name, v in nb02.items() if name in fields}).replace(
-        max_length=sft_max_length, evidence=evidence, candidates=None, grounding=None)  # evidence prompts, free decoding
+    config = sft.SafeSFTConfig.from_values(nb02, max_length=sft_max_length, evidence=evidence, candidates=None,
+                                           grounding=None)  # evidence prompts, free decoding
     sft_stage = sft.train_sft(config, bench)
     print(config)
 

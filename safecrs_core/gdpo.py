@@ -448,6 +448,12 @@ class GDPOParams:
         if self.grounding is not None and self.grounding["mode"] == "candidates" and context is None:
             raise ValueError("candidates grounding needs prompts with candidates: set candidates (or evidence)")
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], **changes) -> "GDPOParams":
+        """The parameters from a notebook's values (:func:`~safecrs_core.pipeline.from_values`)."""
+        from .pipeline import from_values
+        return from_values(cls, values, **changes)
+
     @property
     def reward_names(self) -> tuple[str, ...]:
         return tuple(n for n, on in (("relevance", True), ("safety", self.use_safety), ("count", self.use_count)) if on)

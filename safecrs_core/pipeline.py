@@ -545,6 +545,19 @@ def params_for(notebook_stem: str, profile: str,
     return {**overrides, "profile": profile}
 
 
+def from_values(cls, values: Mapping[str, Any], **changes):
+    """An instance of the parameters dataclass ``cls`` from the entries of ``values`` that name
+    its fields, then ``changes`` (which must name fields). A notebook passes its parameters as
+    they are (``globals()`` after its parameters cell, or :func:`notebook_values` of another
+    notebook); entries that are not fields of ``cls`` (other stages' settings, imports) are left
+    out. Training configs expose it as their ``from_values`` classmethod."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}")
+    return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
+
+
 def notebook_values(notebook_stem: str, profile: str, notebooks_dir: str | os.PathLike | None = None,
                     profiles: Mapping[str, Any] | None = None, domain: str = "movies") -> dict[str, Any]:
     """The parameter values ``notebook_stem`` runs with under ``profile`` (and ``domain``): its

@@ -142,7 +142,9 @@ class SafeSFTConfig:
 
     ``sensitivity_examples`` (safe variant only; 0: off): that many extra short examples
     (:func:`sensitivity_examples`) that teach the reasoning's first sentence, the user's
-    sensitivity, from the conversation's last user turn. It keys the safe stage only when set.
+    sensitivity, from the conversation's last user turn. It keys the safe stage only when set;
+    with it, batches group examples of similar length (transformers' ``group_by_length``
+    sampler), so the short examples are not padded to the length of a full one.
 
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
@@ -263,6 +265,12 @@ class SafeSFTConfig:
 
     def replace(self, **changes) -> "SafeSFTConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], **changes) -> "SafeSFTConfig":
+        """The config from a notebook's parameters (:func:`~safecrs_core.pipeline.from_values`)."""
+        from .pipeline import from_values
+        return from_values(cls, values, **changes)
 
 
 def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10,
@@ -867,6 +875,8 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         dataloader_num_workers=0,
         use_cpu=not cuda,
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
+        # short sensitivity examples batched together, not padded to a full example's length
+        train_sampling_strategy="group_by_length" if config.to_params().get("sensitivity_examples") else "random",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
                       peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout) if config.lora else None, callbacks=list(callbacks))
@@ -1007,9 +1017,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
 
 def _config_of(stage_dir: Path) -> SafeSFTConfig:
     from .pipeline import read_manifest
-    params = read_manifest(stage_dir)["params"]
-    names = {f.name for f in dataclasses.fields(SafeSFTConfig)}
-    return SafeSFTConfig(**{k: v for k, v in params.items() if k in names})
+    return SafeSFTConfig.from_values(read_manifest(stage_dir)["params"])
 
 
 def load_checkpoint_model(path: str | os.PathLike, config: SafeSFTConfig, merge: bool = True, device=None):

@@ -481,3 +481,31 @@ def test_notebook_values_apply_the_profile_overrides(tmp_path):
         pl.notebook_values("09_missing", "book", nbs, profiles)
     # the real notebooks: the evidence notebook trains with notebook 02's settings
     assert pl.notebook_values("02_safe_sft", "smoke")["model_name"] == "tiny-smollm2"
+
+
+def test_from_values_takes_the_fields_of_a_parameters_mapping():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Params:
+        a: int = 1
+        b: str = "x"
+
+    values = {"a": 2, "b": "y", "profile": "book", "pd": object()}  # a notebook's globals hold more than fields
+    assert pl.from_values(Params, values) == Params(2, "y")
+    assert pl.from_values(Params, values, b="z") == Params(2, "z")  # changes win
+    assert pl.from_values(Params, {}) == Params()
+    with pytest.raises(TypeError, match="Params has no field 'c'"):
+        pl.from_values(Params, values, c=3)
+
+
+def test_the_training_notebooks_build_their_configs_from_their_parameters():
+    from safecrs_core import gdpo, sft
+    for prof in ("smoke", "book", "paper"):
+        v = pl.notebook_values("02_safe_sft", prof)
+        cfg = sft.SafeSFTConfig.from_values(v)
+        assert (cfg.max_train_samples, cfg.max_length, cfg.model_name) == (
+            v["max_train_samples"], v["max_length"], v["model_name"])
+        w = pl.notebook_values("03_safe_gdpo", prof)
+        params = gdpo.GDPOParams.from_values(w)
+        assert (params.max_steps, params.num_generations, params.domain) == (w["max_steps"], w["num_generations"], w["domain"])
