@@ -83,7 +83,7 @@ from IPython.display import Markdown, display
 from safecrs_core import plots, sft
 from safecrs_core.benchmark import benchmark_for_profile
 
-ds, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
+bench_ds, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)
 figure_suffix = "" if domain == "movies" else f"_{domain}"
 labels = {"plain": "plain SFT", "safe": "Safe-SFT"}
 config = sft.SafeSFTConfig.from_values(globals())  # the parameters above that are SafeSFTConfig fields
@@ -182,7 +182,7 @@ sft.compare({label: df for label, (_, df) in results.items()})
 
 # %%
 val_rows = sft.validation_rows(bench, val_samples, seed=seed)
-val_candidates = config.evidence_prompts(ds).ids(val_rows) if candidates else None
+val_candidates = config.evidence_prompts(bench_ds).ids(val_rows) if candidates else None
 sft.reasoning_summary({label: sft.reasoning_frame(comps, val_rows, candidates=val_candidates, domain=domain)
                        for label, (comps, _) in results.items()}).round(3)
 
