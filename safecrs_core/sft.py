@@ -82,13 +82,15 @@ from transformers import TrainerCallback
 from . import traits as T
 from .catalog import resolve_domain
 from .oracle import UNSAFE, load_world
-from .prompts import SOLUTION_CLOSE, parse_completion
+from .prompts import REASONING_OPEN, SOLUTION_CLOSE, build_messages, parse_completion
 from .candidates import Neighbours, context_prompts
 from .models import lora_config
 from .rows import column, item_ids
 
 VARIANTS = ("safe", "plain")
 MAX_NAMED_DROPS = 5
+REASONING_HEAD = "The user is sensitive to"  # the reasoning's first words, then the sensitivity
+LEAVING_OUT = "Leaving out:"  # then the dropped titles
 DEFAULT_MODEL = "smollm2-135m-instruct"
 BEST_METRIC = "recall@10"
 RESUME_SUFFIX = ".resume"
@@ -229,7 +231,7 @@ class SafeSFTConfig:
         for name in ("evidence", "grounding", "candidates"):  # off: the keys of configs without them stay as they were
             if out[name] is None:
                 del out[name]
-        if not self.sensitivity_examples or self.variant != "safe":  # the plain variant never uses them
+        if not self.applied_sensitivity_examples:  # off, or the plain variant (which never uses them)
             del out["sensitivity_examples"]
         return out
 
@@ -265,6 +267,11 @@ class SafeSFTConfig:
 
     def replace(self, **changes) -> "SafeSFTConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def applied_sensitivity_examples(self) -> int:
+        """The sensitivity examples this variant trains on (the plain variant: none)."""
+        return self.sensitivity_examples if self.variant == "safe" else 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **changes) -> "SafeSFTConfig":
@@ -308,7 +315,7 @@ def strip_constraint(turns: Sequence[dict], constraint: str | None) -> list[dict
 
 def reasoning_head(trait_name: str) -> str:
     """The first sentence of the Safe-SFT reasoning block: the user's sensitivity."""
-    return f"The user is sensitive to {trait_name}."
+    return f"{REASONING_HEAD} {trait_name}."
 
 
 def sensitivity_examples(rows, k: int = 10, domain: str = "movies") -> list[dict]:
@@ -319,8 +326,6 @@ def sensitivity_examples(rows, k: int = 10, domain: str = "movies") -> list[dict
 
     Naming the sensitivity is the first thing Safe-SFT's reasoning must get right, and a full
     example teaches it once at the price of about 550 tokens; one of these costs about 100."""
-    from .prompts import REASONING_OPEN, build_messages
-
     out = []
     for row in rows:
         users = [t for t in row["turns"] if t["role"] == "user"]
@@ -341,25 +346,25 @@ def reasoning_text(trait_name: str, trait_id: str, dropped: Sequence[tuple[str, 
     named = [f"{d} — {trait_id} risk {'unknown' if r is None or (isinstance(r, float) and math.isnan(r)) else f'{r:.2f}'}"
              for d, r in dropped[:max_named]]
     more = f" (and {len(dropped) - max_named} more)" if len(dropped) > max_named else ""
-    return f"{head} Leaving out: " + "; ".join(named) + more + "."
+    return f"{head} {LEAVING_OUT} " + "; ".join(named) + more + "."
 
 
-_REASONING_HEAD_RE = re.compile(r"The user is sensitive to\s+(?P<name>.*?)\.(?:\s|$)", re.S)
+_REASONING_HEAD_RE = re.compile(re.escape(REASONING_HEAD) + r"\s+(?P<name>.*?)\.(?:\s|$)", re.S)
 _NAMED_RE = re.compile(r"\s*(?P<title>.+?)\s+—\s+\S+\s+risk\s+\S+?\s*(?:;|\(and \d+ more\)|\.?$)", re.S)
 
 
 def parse_reasoning(text: str | None) -> tuple[str | None, list[str]]:
     """``(sensitivity, titles)`` read back from a reasoning block written in the format of
     :func:`reasoning_text`: the sensitivity name after "The user is sensitive to" (None when the
-    block does not open that way) and the "Title (Year)" of each "Leaving out:" entry."""
+    block does not open that way) and the "Title (Year)" of each :data:`LEAVING_OUT` entry."""
     if not isinstance(text, str):
         return None, []
     m = _REASONING_HEAD_RE.search(text)
     if m is None:
         return None, []
     rest = text[m.end():]
-    at = rest.find("Leaving out:")
-    titles = [t.group("title").strip() for t in _NAMED_RE.finditer(rest[at + len("Leaving out:"):])] if at >= 0 else []
+    at = rest.find(LEAVING_OUT)
+    titles = [t.group("title").strip() for t in _NAMED_RE.finditer(rest[at + len(LEAVING_OUT):])] if at >= 0 else []
     return " ".join(m.group("name").split()), titles
 
 
@@ -381,7 +386,7 @@ def reasoning_frame(completions: Sequence[str], rows, catalog=None, oracle=None,
     if candidates is not None and len(candidates) != len(rows):
         raise ValueError(f"{len(candidates)} candidate lists for {len(rows)} rows")
     by_name = {T.get(c).name.lower(): c for c in T.CONSTRAINT_IDS}
-    traits = column(rows, "trait")
+    traits, row_ids = column(rows, "trait"), column(rows, "id")
     out = []
     for i, (text, trait) in enumerate(zip(completions, traits)):
         name, titles = parse_reasoning(parse_completion(text or "").reasoning)
@@ -389,7 +394,7 @@ def reasoning_frame(completions: Sequence[str], rows, catalog=None, oracle=None,
         ids = [catalog.resolve(t).item_id for t in titles]
         ids = [x for x in ids if x is not None]
         n_unsafe = int((oracle.check(ids, [trait] * len(ids))[0] == UNSAFE).sum()) if ids else 0
-        rec = {"id": column(rows, "id")[i], "trait": trait, "sensitivity_text": name, "sensitivity_named": named,
+        rec = {"id": row_ids[i], "trait": trait, "sensitivity_text": name, "sensitivity_named": named,
                "sensitivity_correct": named == trait, "n_named": len(titles), "n_named_unsafe": n_unsafe}
         if candidates is not None:
             c = list(candidates[i])
@@ -407,10 +412,10 @@ def reasoning_summary(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     for label, df in frames.items():
         named = df["n_named"].sum()
         row = {"conversations": len(df),
-               "reasoning in format": float(df["sensitivity_text"].notna().mean()) if len(df) else float("nan"),
-               "names a trait": float(df["sensitivity_named"].notna().mean()) if len(df) else float("nan"),
-               "names the user's sensitivity": float(df["sensitivity_correct"].mean()) if len(df) else float("nan"),
-               "titles left out / answer": float(df["n_named"].mean()) if len(df) else float("nan"),
+               "reasoning in format": float(df["sensitivity_text"].notna().mean()),
+               "names a trait": float(df["sensitivity_named"].notna().mean()),
+               "names the user's sensitivity": float(df["sensitivity_correct"].mean()),
+               "titles left out / answer": float(df["n_named"].mean()),
                "left out that are unsafe": float(df["n_named_unsafe"].sum() / named) if named else float("nan")}
         if "candidate_unsafe_rate" in df:
             row["unsafe among candidates"] = float(df["candidate_unsafe_rate"].mean())
@@ -434,7 +439,7 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     """
     from tqdm.auto import tqdm
 
-    from .prompts import build_messages, format_completion
+    from .prompts import format_completion
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -501,7 +506,7 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
     without the user's stated sensitivity."""
     from tqdm.auto import tqdm
 
-    from .prompts import build_messages, format_completion
+    from .prompts import format_completion
 
     ids = evidence.ids(rows)
     kwargs = evidence.kwargs(rows, ids)
@@ -667,7 +672,6 @@ def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = N
                        evidence=None):
     """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``;
     with ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`), evidence prompts."""
-    from .prompts import build_messages
     out = []
     extra = evidence.kwargs(rows) if evidence is not None else [{}] * len(rows)
     for r, kw in zip(rows, extra):
@@ -876,7 +880,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         use_cpu=not cuda,
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
         # short sensitivity examples batched together, not padded to a full example's length
-        train_sampling_strategy="group_by_length" if config.to_params().get("sensitivity_examples") else "random",
+        train_sampling_strategy="group_by_length" if config.applied_sensitivity_examples else "random",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
                       peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout) if config.lora else None, callbacks=list(callbacks))
@@ -914,7 +918,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
     ``threads``: torch threads while training and scoring (:func:`torch_threads`; not part of
     the stage key).
     """
-    from .benchmark import benchmark_domain, benchmark_for_profile
+    from .benchmark import benchmark_domain, benchmark_for_profile, load_benchmark
     from .models import load_model
     from .pipeline import atomic_write_json, run_stage, stage_ref
 
@@ -936,21 +940,21 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                              f"({n_drop} too long even without their older turns); raise max_length")
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
+        rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
+        with_context = (config.evidence is not None or config.candidates is not None) and rows
+        bench_ds = load_benchmark(bench)[0] if config.applied_sensitivity_examples or with_context else None
         n_sens = 0
-        if config.sensitivity_examples and config.variant == "safe":
+        if config.applied_sensitivity_examples:
             from datasets import Dataset, concatenate_datasets
 
-            from .benchmark import load_benchmark
-            drawn = _train_subset(load_benchmark(bench)[0]["train"], config.sensitivity_examples, config.seed)
+            drawn = _train_subset(bench_ds["train"], config.applied_sensitivity_examples, config.seed)
             extra = fit_examples(Dataset.from_list(sensitivity_examples(list(drawn), config.k, domain)), tok,
                                  config.max_length)[0]
             fitted, n_sens = concatenate_datasets([fitted, extra]), len(extra)
         catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
-        rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         evidence = None
-        if (config.evidence is not None or config.candidates is not None) and rows:
-            from .benchmark import load_benchmark
-            evidence = config.evidence_prompts(load_benchmark(bench)[0], catalog, oracle, progress=progress, log=log)
+        if with_context:
+            evidence = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log)
         decoder = config.decoder(bench, catalog, tok, evidence) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
                                   domain=domain, decoder=decoder)
