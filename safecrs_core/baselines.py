@@ -53,6 +53,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .domains import Domain, get_domain
 from .rows import column, ref_ids  # rows: a Hugging Face Dataset or a list of dicts
 from .oracle import UNSAFE
 
@@ -185,15 +186,17 @@ def encode(texts: Sequence[str], batch_size: int = 64, progress: bool = True) ->
     return np.asarray(emb, dtype=np.float32)
 
 
-def _domain(catalog) -> str:
-    return getattr(catalog, "domain", "movies")
+def _domain(catalog) -> Domain:
+    return get_domain(getattr(catalog, "domain", None))
 
 
 def item_text(catalog, item_id: str) -> str:
     """``"Title (Year). genre, genre. overview"`` of an item (overview cut at
-    :data:`OVERVIEW_WORDS` words); for a game catalog :func:`game_item_text`."""
-    if _domain(catalog) == "games":
-        return game_item_text(catalog, item_id)
+    :data:`OVERVIEW_WORDS` words), unless the catalog's domain plug-in has its own ``item_text``
+    (a game catalog: :func:`game_item_text`)."""
+    own = _domain(catalog).item_text
+    if own is not None:
+        return own(catalog, item_id)
     row = catalog.items.loc[item_id]
     parts = [catalog.display(item_id)]
     genres = row.get("genres")
@@ -286,9 +289,8 @@ def item_embeddings(pool_ids: Sequence[str], catalog, progress: bool = True, log
     """Cached embeddings of :func:`item_text` for ``pool_ids`` (rows in that order)."""
     pool_ids = list(pool_ids)
     texts = [item_text(catalog, i) for i in pool_ids]
-    params = {"text_version": ITEM_TEXT_VERSION}
-    if _domain(catalog) != "movies":  # the movie key stays as it was before games existed
-        params |= {"domain": _domain(catalog), "game_text_version": GAME_ITEM_TEXT_VERSION}
+    spec = _domain(catalog)  # the movie key stays as it was before games existed (a legacy domain adds nothing)
+    params = {"text_version": ITEM_TEXT_VERSION, **spec.key_params(), **spec.item_text_params()}
     _, emb = _embedding_stage("item_embeddings", texts, pool_ids, params, progress, log)
     return emb
 

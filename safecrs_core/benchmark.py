@@ -43,40 +43,19 @@ import pandas as pd
 from . import phrasing, sources
 from . import traits as T
 from .catalog import load_catalog
+from .domains import DEFAULT as DEFAULT_DOMAIN
+from .domains import get_domain
 from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
 
 SPLITS = ("train", "validation", "test")
 # Part of the cache key: bump when a change to the build alters its output for the same parameters.
 BUILD_VERSION = 4
 
-# (source, split given by the source) -> benchmark split
-SPLIT_MAP = {
-    ("redial_kepler", "train"): "train",
-    ("redial_kepler", "valid"): "validation",
-    ("redial_kepler", "test"): "test",
-    ("redial_test", "test"): "test",
-    ("iard", "train"): "train",
-    ("iard", "test"): "test",
-    ("inspired", "dev"): "validation",
-    ("inspired", "test"): "test",
-    ("movie_dialog_fb", "dev"): "train",
-    ("movie_dialog_fb", "test"): "test",
-    ("reddit_saferank", "dev"): "validation",
-    ("reddit_crag", "test"): "test",
-    ("safegame", "train"): "train",
-    ("safegame", "validation"): "validation",
-    ("safegame", "test"): "test",
-}
-DOMAINS = ("movies", "games")
-MOVIE_SOURCES = ("redial_kepler", "redial_test", "iard", "inspired", "movie_dialog_fb", "reddit_saferank", "reddit_crag")
-GAME_SOURCES = ("safegame",)
-
-
 @dataclass
 class BenchmarkConfig:
     """Parameters of a SafeRec build (all literals: they key the cached artifact)."""
     seed: int = 0
-    sources: tuple[str, ...] = MOVIE_SOURCES  # games: the movie default becomes GAME_SOURCES
+    sources: tuple[str, ...] | None = None  # None: every conversation source of the domain
     max_per_source_split: int | None = None  # cap conversations per (source, split) before filtering
     threshold: float = 0.66
     implicit_share: float = 0.5
@@ -86,14 +65,14 @@ class BenchmarkConfig:
     # trait (before filtering; stats["age_share"] is the share of the saved rows): one share for
     # every split, or {split: share} (splits left out get 0)
     age_share: float | dict = 0.15
-    domain: str = "movies"  # "games": SafeGame (left out of the cache key for movies)
+    domain: str = DEFAULT_DOMAIN  # a registered domain (:mod:`safecrs_core.domains`); movies: left out of the key
 
     def __post_init__(self):
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
-        if self.domain == "games" and tuple(self.sources) == MOVIE_SOURCES:
-            self.sources = GAME_SOURCES
-        allowed = MOVIE_SOURCES if self.domain == "movies" else GAME_SOURCES
+        spec = get_domain(self.domain)  # an unknown domain fails here, naming the known ones
+        allowed = spec.conversation_sources
+        if self.sources is None:
+            self.sources = allowed
+        self.sources = tuple(self.sources)
         bad = [x for x in self.sources if x not in allowed]
         if bad:
             raise ValueError(f"sources {bad} are not {self.domain} conversation sources ({', '.join(allowed)})")
@@ -117,7 +96,7 @@ class BenchmarkConfig:
         d["sources"] = list(self.sources)
         if isinstance(self.age_share, dict):
             d["age_share"] = {k: float(v) for k, v in sorted(self.age_share.items())}
-        if self.domain == "movies":  # the movie benchmark's key predates the domain parameter
+        if get_domain(self.domain).legacy_keys:  # the movie benchmark's key predates the domain parameter
             del d["domain"]
         return d
 
@@ -145,12 +124,6 @@ def benchmark_for_profile(profile: str, data_dir=None, **overrides):
     return ds, stats, stage
 
 
-def _split_of(conv) -> str:
-    key = (conv.source, conv.split)
-    if key not in SPLIT_MAP:
-        raise ValueError(f"no benchmark split for source {conv.source!r} split {conv.split!r}; "
-                         f"known: {sorted(SPLIT_MAP)}")
-    return SPLIT_MAP[key]
 
 
 def _dialog_group(conv) -> str:
@@ -161,38 +134,25 @@ def _dialog_group(conv) -> str:
     return f"{conv.source}:{conv.meta.get('dialog_id', conv.conv_id)}"
 
 
-def assign_splits(convs) -> dict[str, str]:
-    """conv_id -> benchmark split; a dialog group found in several splits goes to the one that is
-    latest in (test, validation, train) priority so test dialogs never leak into training."""
+def assign_splits(convs, domain: str = DEFAULT_DOMAIN) -> dict[str, str]:
+    """conv_id -> benchmark split (the domain's split map gives each source split's); a dialog
+    group found in several splits goes to the one that is latest in (test, validation, train)
+    priority so test dialogs never leak into training."""
+    spec = get_domain(domain)
     groups: dict[str, set[str]] = defaultdict(set)
     for c in convs:
-        groups[_dialog_group(c)].add(_split_of(c))
+        groups[_dialog_group(c)].add(spec.split_of(c.source, c.split))
     prio = {"test": 0, "validation": 1, "train": 2}
     group_split = {g: min(s, key=prio.get) for g, s in groups.items()}
     return {c.conv_id: group_split[_dialog_group(c)] for c in convs}
 
 
 @lru_cache(maxsize=2)
-def _load_conversations(source_ids: tuple[str, ...], root: str):
-    """All conversations of ``source_ids`` (cached per process; callers must not mutate them:
-    :func:`conversations.resolve_refs` returns copies)."""
-    from .conversations import load_all
-    return tuple(load_all(sources=list(source_ids), data_dir=root))
-
-
-def drop_overlaps(convs):
-    """ReDial dialogs appear in several sources: keep redial_test whole, drop redial_kepler dialogs
-    that it holds, then IARD dialogs held by either (the data card lists the overlaps)."""
-    from .conversations import dedupe_against
-
-    by = defaultdict(list)
-    for c in convs:
-        by[c.source].append(c)
-    kept_redial = by.get("redial_test", [])
-    kepler = dedupe_against(by.get("redial_kepler", []), kept_redial)
-    iard = dedupe_against(by.get("iard", []), kept_redial + kepler)
-    by["redial_kepler"], by["iard"] = kepler, iard
-    return [c for src in by for c in by[src]]
+def _load_conversations(spec, source_ids: tuple[str, ...], root: str):
+    """The domain's conversations of ``source_ids`` (its plug-in loads them and removes overlaps
+    between sources); cached per process, so callers must not mutate them
+    (:func:`conversations.resolve_refs` returns copies)."""
+    return tuple(spec.load_conversations(source_ids, root))
 
 
 def trait_scores(oracle, item_rows: list[np.ndarray], trait_ids=None) -> np.ndarray:
@@ -303,14 +263,10 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
 
     cfg = config or BenchmarkConfig()
     rng = np.random.default_rng(cfg.seed)
-    if cfg.domain == "movies":
-        cat = load_catalog(data_dir=data_dir)
-        oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold)
-    else:
-        cat = load_catalog(cfg.domain, data_dir=data_dir)
-        oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold, domain=cfg.domain)
+    cat = load_catalog(cfg.domain, data_dir=data_dir)
+    oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold, domain=cfg.domain)
 
-    convs = drop_overlaps(_load_conversations(tuple(cfg.sources), str(sources.data_dir(data_dir))))
+    convs = list(_load_conversations(get_domain(cfg.domain), tuple(cfg.sources), str(sources.data_dir(data_dir))))
     if cfg.max_per_source_split:
         by = defaultdict(list)
         for c in convs:
@@ -323,10 +279,10 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
                 group = [group[i] for i in keep]
             convs.extend(group)
     convs = C.resolve_refs(convs, cat.resolve)
-    split_of = assign_splits(convs)
+    split_of = assign_splits(convs, cfg.domain)
 
     stats: dict = {"config": cfg.to_params(), "loaded": dict(Counter(f"{c.source}/{c.split}" for c in convs))}
-    if cfg.domain != "movies":
+    if not get_domain(cfg.domain).legacy_keys:
         stats["domain"] = cfg.domain
     # targets must resolve to catalog items; conversations with none are dropped
     unresolved = Counter()
@@ -467,19 +423,9 @@ def build_or_load(config: BenchmarkConfig | None = None, data_dir=None, force: b
         atomic_write_json(tmp / "stats.json", stats)
         return {"sizes": stats["sizes"]}
 
-    params = {**cfg.to_params(), "build_version": BUILD_VERSION}
-    if cfg.domain != "movies":  # the game build also reads these package files
-        params["package_data"] = _package_data_key(("games.json", "phrasings.json", "traits.json", "age_ratings.json"))
+    # a domain may add to the key (SafeGame: the package files its build also reads)
+    params = {**cfg.to_params(), "build_version": BUILD_VERSION, **get_domain(cfg.domain).stage_params()}
     return run_stage("benchmark", params, benchmark_inputs(cfg), fn, force=force)
-
-
-def _package_data_key(names) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in names:
-        h.update(name.encode() + b"\0" + (Path(__file__).parent / "data" / name).read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def load_benchmark(path: str | Path):
@@ -496,7 +442,8 @@ def benchmark_domain(stats_or_dir) -> str:
         stats = stats_or_dir
     else:
         stats = json.loads((Path(stats_or_dir) / "stats.json").read_text())
-    domain = stats.get("domain") or (stats.get("config") or {}).get("domain") or "movies"
-    if domain not in DOMAINS:
-        raise ValueError(f"benchmark domain {domain!r} is not one of {', '.join(DOMAINS)}")
-    return domain
+    domain = stats.get("domain") or (stats.get("config") or {}).get("domain") or DEFAULT_DOMAIN
+    try:
+        return get_domain(domain).name
+    except ValueError as exc:
+        raise ValueError(f"benchmark: {exc}") from None

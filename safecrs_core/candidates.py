@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import sources
 from .catalog import resolve_domain
+from .domains import get_domain
 from .oracle import load_world
 from .prompts import (CANDIDATE_DEFAULTS, EVIDENCE_DEFAULTS, EvidencePrompts, candidate_settings,
                       evidence_settings)
@@ -179,10 +180,11 @@ class Neighbours:
             catalog = load_catalog(domain, data_dir=data_dir)
         if base is not None:
             ml = base.signals[0][0]
-        elif domain == "movies":
-            ml = CoOccurrence(movielens_likes(catalog, min_rating, data_dir), shrink, pop_exponent, name="movielens")
-        else:
-            ml = SparseCoOccurrence(game_baskets(catalog), shrink, pop_exponent, name="catalog")
+        else:  # the domain plug-in's item co-occurrence (movies: MovieLens co-rating; games: catalog baskets)
+            co_rating = get_domain(domain).co_rating
+            if co_rating is None:
+                raise ValueError(f"domain {domain!r} gives no item co-occurrence (co_rating) for neighbour candidates")
+            ml = co_rating(catalog, data_dir, min_rating, shrink, pop_exponent)
         convs = [item_ids(r["seen"]) + item_ids(r["targets"]) + item_ids(r["removed_targets"]) for r in train_rows]
         conv = CoOccurrence(convs, shrink, pop_exponent, name="conversations")
         freq = Counter(i for r in train_rows for i in item_ids(r["targets"]) + item_ids(r["removed_targets"]))

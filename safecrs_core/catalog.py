@@ -7,7 +7,7 @@ benchmark, rewards and metrics all call it.
 A :class:`Catalog` is domain-neutral: an ``items`` table (index ``item_id``) and an ``aliases``
 table (every title any source gives an item, with that source's year). A domain loader turns its
 sources into per-source rows and :func:`build_catalog` merges them; :func:`load_catalog` picks the
-loader by domain (:data:`DOMAINS`): ``"movies"`` (IMDb ``tt`` ids) and ``"games"`` (SafeGame, ids
+loader from the domain's plug-in (:mod:`safecrs_core.domains`): ``"movies"`` (IMDb ``tt`` ids) and ``"games"`` (SafeGame, ids
 ``game:<title key>[-<year>]`` over the ESRB, PEGI and vgsales tables, see :func:`game_sources`).
 
 A catalog built with ``platform_aliases`` (the games) also reads a platform from the query: a
@@ -57,6 +57,8 @@ import numpy as np
 import pandas as pd
 
 from . import sources
+from .domains import DEFAULT as DEFAULT_DOMAIN
+from .domains import Domain, get_domain
 
 # ----------------------------------------------------------------------------------------------
 # Title normalisation
@@ -609,7 +611,9 @@ def _first_by(rows: pd.DataFrame, column: str, priority: tuple[str, ...]) -> pd.
     return sub.drop_duplicates("item_id").set_index("item_id")[column]
 
 
-def _load_movies(root, exclude: frozenset[str]) -> Catalog:
+def load_movie_catalog(root, exclude: frozenset[str] = frozenset()) -> Catalog:
+    """The movie catalog from the files under ``root`` minus the sources in ``exclude`` (uncached:
+    :func:`load_catalog` caches it)."""
     frames = []
     ml = _read_movielens(root) if "ml_latest_small" not in exclude else None
     if ml is not None:
@@ -949,21 +953,9 @@ def game_sources(data_dir: str | os.PathLike | None = None, exclude_sources: Ite
     return _game_sources(str(sources.data_dir(data_dir)), tuple(sorted(exclude)))
 
 
-def _load_games(root, exclude: frozenset[str]) -> Catalog:
+def load_game_catalog(root, exclude: frozenset[str] = frozenset()) -> Catalog:
+    """The game catalog of :func:`game_sources` (which caches it)."""
     return game_sources(root, exclude).catalog
-
-
-@dataclass(frozen=True)
-class _Domain:
-    sources: tuple[str, ...]
-    loader: Callable[[str, frozenset[str]], Catalog] | None  # None: planned, not built yet
-    note: str = ""
-
-
-DOMAINS: dict[str, _Domain] = {
-    "movies": _Domain(MOVIE_SOURCES, _load_movies),
-    "games": _Domain(GAME_SOURCES, _load_games),
-}
 
 
 def resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
@@ -973,9 +965,8 @@ def resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
     named = [(what, v if isinstance(v, str) else getattr(v, "domain", None)) for what, v in sources]
     named = [(what, d) for what, d in named if d is not None]
     if domain is None:
-        domain = named[0][1] if named else "movies"
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+        domain = named[0][1] if named else DEFAULT_DOMAIN
+    get_domain(domain)  # an unknown domain fails here, naming the known ones
     for what, d in named:
         if d != domain:
             raise ValueError(f"domain {domain!r}, but got a {d} {what}")
@@ -985,23 +976,20 @@ def resolve_domain(domain: str | None = None, *sources: tuple[str, Any]) -> str:
 def load_catalog(domain: str = "movies", data_dir: str | os.PathLike | None = None,
                  exclude_sources: Iterable[str] = ()) -> Catalog:
     """The catalog of ``domain`` built from its registered sources under ``data_dir`` (see
-    :func:`sources.data_dir`) minus ``exclude_sources``; cached per process and data directory."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    spec = DOMAINS[domain]
-    if spec.loader is None:
-        built = [d for d, s in DOMAINS.items() if s.loader is not None]
-        raise NotImplementedError(f"domain {domain!r}: {spec.note}; available: {', '.join(built)}")
+    :func:`sources.data_dir`) minus ``exclude_sources``; cached per process and data directory.
+    The domain's plug-in (:mod:`safecrs_core.domains`) says which sources it has and loads them."""
+    spec = get_domain(domain)
     exclude = frozenset([exclude_sources] if isinstance(exclude_sources, str) else exclude_sources)
-    unknown = sorted(exclude - set(spec.sources))
+    unknown = sorted(exclude - set(spec.catalog_sources))
     if unknown:
-        raise ValueError(f"exclude_sources {unknown} are not {domain} catalog sources ({', '.join(spec.sources)})")
-    return _load_cached(domain, str(sources.data_dir(data_dir)), tuple(sorted(exclude)))
+        raise ValueError(f"exclude_sources {unknown} are not {domain} catalog sources "
+                         f"({', '.join(spec.catalog_sources)})")
+    return _load_cached(spec, str(sources.data_dir(data_dir)), tuple(sorted(exclude)))
 
 
 @lru_cache(maxsize=4)  # a movie catalog holds about 150-250 MB (games: game_sources caches its own)
-def _load_cached(domain: str, root: str, exclude: tuple[str, ...]) -> Catalog:
-    return DOMAINS[domain].loader(root, frozenset(exclude))
+def _load_cached(domain: Domain, root: str, exclude: tuple[str, ...]) -> Catalog:
+    return domain.load_catalog(root, frozenset(exclude))
 
 
 def resolve(query: str, year: int | None = None, data_dir: str | os.PathLike | None = None) -> Resolution:

@@ -7,6 +7,7 @@ import math
 import sys
 
 from . import traits as T
+from .domains import BUILTIN, DEFAULT as DEFAULT_DOMAIN
 
 
 def _cmd_traits(args) -> int:
@@ -32,8 +33,7 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
     queries = [_valid_text(q) for q in queries]
     cat = load_catalog(domain, data_dir=data_dir)
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    oracle = (load_oracle(data_dir=data_dir, threshold=threshold) if domain == "movies"
-              else load_oracle(data_dir=data_dir, threshold=threshold, domain=domain))
+    oracle = load_oracle(data_dir=data_dir, threshold=threshold, domain=domain)
     out = []
     for q, replaced in queries:
         res = cat.resolve(q)
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_traits)
     c = sub.add_parser("check", help="safety verdicts for titles")
     c.add_argument("titles", nargs="*", help='titles as "Title (Year)" (games may add a platform: "Doom (PS4)")')
-    c.add_argument("--domain", choices=("movies", "games"), default="movies",
+    c.add_argument("--domain", choices=tuple(BUILTIN), default=DEFAULT_DOMAIN,
                    help="movies (default) or games (SafeGame: ESRB descriptors and ratings, PEGI ages)")
     c.add_argument("--traits", default=None,
                    help="comma-separated trait or age-constraint ids (default: all 20 traits, or none with --age)")

@@ -178,19 +178,16 @@ def llm_domain(system: System) -> str | None:
 def _domain_prompt(domain: str | None, prompt: Mapping[str, Any] | None = None) -> dict:
     """``prompt`` with ``domain`` added (nothing is added for movies, so movie keys stay as they
     were); a prompt that names another domain is an error."""
-    from .prompts import DOMAINS
+    from .domains import get_domain
 
     out = dict(prompt or {})
     if domain is None:
         return out
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
+    spec = get_domain(domain)  # an unknown domain fails here, naming the known ones
     have = out.get("domain", domain)
     if have != domain:
         raise ValueError(f"prompt is for {have!r}, domain is {domain!r}")
-    if domain != "movies":
-        out["domain"] = domain
-    return out
+    return out | spec.key_params()
 
 
 def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, context_turns: int = 4,

@@ -420,9 +420,8 @@ class GDPOParams:
     candidates: dict | None = None
 
     def __post_init__(self):
-        from .prompts import DOMAINS
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
+        from .domains import get_domain
+        get_domain(self.domain)  # an unknown domain fails here, naming the known ones
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.level not in LEVELS:

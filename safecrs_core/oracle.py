@@ -52,6 +52,8 @@ import pandas as pd
 
 from . import sources, traits as T
 from .catalog import load_catalog
+from .domains import DEFAULT as DEFAULT_DOMAIN
+from .domains import Domain, get_domain
 
 SAFE, UNSAFE, UNKNOWN = 0, 1, 2
 VERDICT_NAMES = ("safe", "unsafe", "unknown")
@@ -802,15 +804,20 @@ def build_game_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, exclu
     stats["pegi_rows_rated"] = int(sum(_game_rating("PEGI", r) is not None for r in pg["rating"]))
     stats["ratings_disagreeing"] = sum(len({scale.rank[x[0]] for x in r}) > 1 for r in found.values())
 
-    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold, rating=rating, scale=scale,
-                    severity_traits=frozenset(spec["severity_traits"]), domain="games")
+    oracle = Oracle(ids, lo, hi, has_sev, trigger, dict(evidence), threshold, rating=rating, **game_oracle_options())
     oracle.stats = stats
     return oracle
 
 
+def game_oracle_options() -> dict:
+    """The :class:`Oracle` arguments of the game oracle: its rating scale, the traits its
+    descriptors judge by severity, its domain."""
+    return {"scale": game_scale(), "severity_traits": frozenset(_game_spec()["severity_traits"]), "domain": "games"}
+
+
 # Part of the disk-cache key: bump when a change to build_oracle alters its tables.
 ORACLE_VERSION = 3
-_ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
+ORACLE_FILES = ("mpaa_reasons/mpaa.csv", "kids_in_mind/KIM_movies.csv", "imdb5000/movie_metadata.csv",
                  "imdb_scrape/imdb_lists_combined.csv", "tmdb5000/tmdb_5000_movies.csv",
                  "ml_genome_top5/movies_w_keywords.csv", "ml_latest_small/tags.csv")
 
@@ -827,45 +834,44 @@ def _save_tables(oracle: Oracle, directory) -> dict:
     return {"items": len(oracle.item_ids)}
 
 
-def _load_tables(directory, threshold: float, domain: str = "movies") -> Oracle:
+def _load_tables(directory, threshold: float, domain: str = DEFAULT_DOMAIN) -> Oracle:
     from pathlib import Path
     d = Path(directory)
     z = np.load(d / "tables.npz")
     ev = {int(i): [tuple(x) for x in items] for i, items in json.loads((d / "evidence.json").read_text()).items()}
-    extra = {} if domain == "movies" else {"scale": game_scale(), "domain": domain,
-                                           "severity_traits": frozenset(_game_spec()["severity_traits"])}
     o = Oracle(json.loads((d / "items.json").read_text()), z["lo"], z["hi"], z["has_sev"], z["trigger"], ev, threshold,
-               rating=z["rating"], **extra)
+               rating=z["rating"], **{"domain": domain, **get_domain(domain).oracle_options()})
     o.stats = json.loads((d / "stats.json").read_text())
     return o
 
 
-DOMAINS = ("movies", "games")
-
-
 @lru_cache(maxsize=4)
-def _cached(data_dir_key: str, threshold: float, disk_cache: bool, domain: str = "movies") -> Oracle:
-    build = build_oracle if domain == "movies" else build_game_oracle
+def _cached(data_dir_key: str, threshold: float, disk_cache: bool, spec: Domain) -> Oracle:
+    """The oracle of the domain ``spec`` (cached per Domain object: a domain registered again
+    under the same name gets its own entry)."""
+    domain = spec.name
     if not disk_cache:
-        return build(data_dir=data_dir_key, threshold=threshold)
-    from .catalog import CATALOG_FILES, GAME_CATALOG_FILES
+        return spec.build_oracle(data_dir_key, threshold)
     from .pipeline import run_stage
 
     data = __import__("pathlib").Path(T.__file__).parent / "data"
     traits_text = (data / "traits.json").read_bytes() + (data / "age_ratings.json").read_bytes()
     reg = sources.registry()
-    files = sorted(set(_ORACLE_FILES) | set(CATALOG_FILES)) if domain == "movies" else sorted(GAME_CATALOG_FILES)
+    files = sorted(spec.oracle_files)
+    missing = [f for f in files if f not in reg]
+    if missing:
+        raise ValueError(f"domain {domain!r}: oracle files {missing} are not in the data registry")
     inputs = [f"{f}@{reg[f].sha256[:16]}" for f in files]
     # the cached tables are served only while the data files on disk are the ones they were built
     # from: a changed, corrupt or missing file stops here with its DataError (sha256, ~0.03 s)
     sources.fetch(files, data_dir_key, download=False)
-    params = {"oracle_version": ORACLE_VERSION, "traits": hashlib.sha256(traits_text).hexdigest()[:16]}
-    if domain != "movies":  # the movie key stays as it was before games existed
-        params |= {"domain": domain, "games": hashlib.sha256((data / "games.json").read_bytes()).hexdigest()[:16]}
+    # the movie key stays as it was before games existed (a legacy domain adds nothing)
+    params = {"oracle_version": ORACLE_VERSION, "traits": hashlib.sha256(traits_text).hexdigest()[:16],
+              **spec.key_params(), **spec.oracle_params()}
     built: dict = {}
 
     def fn(tmp):
-        built["oracle"] = build(data_dir=data_dir_key, threshold=threshold)
+        built["oracle"] = spec.build_oracle(data_dir_key, threshold)
         return _save_tables(built["oracle"], tmp)
 
     stage = run_stage("oracle", params, inputs, fn, log=None)
@@ -873,16 +879,13 @@ def _cached(data_dir_key: str, threshold: float, disk_cache: bool, domain: str =
 
 
 def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache: bool = True,
-                domain: str = "movies") -> Oracle:
-    """The oracle of ``domain`` (``"movies"`` or ``"games"``, :func:`build_game_oracle`) for the data
+                domain: str = DEFAULT_DOMAIN) -> Oracle:
+    """The oracle of ``domain`` (built by its plug-in, :mod:`safecrs_core.domains`) for the data
     directory: built once per process, and its evidence tables cached on disk under
-    ``artifacts/oracle/<key>/`` (keyed by the data files' sha256, the trait table and
+    ``artifacts/oracle/<key>/`` (keyed by the domain's data files' sha256, the trait table and
     :data:`ORACLE_VERSION`) so later processes load them instead of rebuilding."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    if domain == "movies":  # the movie cache entry keeps its three-argument form
-        return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache))
-    return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache), domain)
+    spec = get_domain(domain)  # an unknown domain fails here, naming the known ones
+    return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache), spec)
 
 
 def load_world(domain: str = "movies", catalog=None, oracle=None, data_dir=None,

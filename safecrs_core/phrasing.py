@@ -11,7 +11,8 @@ filled with the band's highest allowed MPAA letter; a template may be limited to
 phrasing needs the age: ``phrase("age_limit_pg", split, rng, age=9)``.
 
 The templates speak of films. Another domain (``domain="games"``) reuses them, same styles, pools
-and indices, through the rewrites listed for it in the file ("movie night" -> "game night",
+and indices, through the rewrites its plug-in gives (:mod:`safecrs_core.domains`; SafeGame's are listed in
+the file: "movie night" -> "game night",
 "movies" -> "games", ...); ``{rating}`` is then the domain's rating (the ESRB letter for games).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import traits as T
+from .domains import get_domain
 
 STYLES = ("explicit", "implicit")
 POOLS = ("train", "test")
@@ -34,7 +36,6 @@ PREPEND_SHARE = 0.2  # share of inject() calls that put the sentence before the 
 _CLOSED = re.compile(r"(?:[.!?\u2026]['\"\u2019\u201d)\]]*|[:;=]-?[()DPpO3]|[^\w\s'\"\u2019\u201d)\],;])$")
 
 
-DOMAINS = ("movies", "games")
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                  "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -49,18 +50,28 @@ def _raw() -> dict:
     return _file()["templates"]
 
 
-@lru_cache(maxsize=None)
-def _rewrites(domain: str) -> tuple[tuple[re.Pattern, str], ...]:
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
-    if domain == "movies":
-        return ()
+def file_rewrites(domain: str) -> tuple:
+    """The (pattern, replacement) pairs of ``data/phrasings.json`` for ``domain`` (key
+    ``domains.<domain>.rewrite``), for a domain plug-in whose phrasings live in that file."""
     try:
-        pairs = _file()["domains"][domain]["rewrite"]
-        return tuple((re.compile(a, re.I), b) for a, b in pairs)
-    except (KeyError, TypeError, ValueError, re.error) as exc:
+        return tuple((a, b) for a, b in _file()["domains"][domain]["rewrite"])
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"data/phrasings.json: domains.{domain}.rewrite must be a list of [pattern, replacement] "
                          f"pairs ({exc!r})") from None
+
+
+def _rewrites(domain: str) -> tuple[tuple[re.Pattern, str], ...]:
+    return _compiled_rewrites(get_domain(domain))  # an unknown domain fails here
+
+
+@lru_cache(maxsize=None)
+def _compiled_rewrites(spec) -> tuple[tuple[re.Pattern, str], ...]:  # per Domain object, not per name
+    domain = spec.name
+    pairs = spec.phrasing_rewrites()
+    try:
+        return tuple((re.compile(a, re.I), b) for a, b in pairs)
+    except (TypeError, ValueError, re.error) as exc:
+        raise ValueError(f"domain {domain!r}: phrasing rewrites must be (pattern, replacement) pairs ({exc!r})") from None
 
 
 def adapt(text: str, domain: str = "movies") -> str:

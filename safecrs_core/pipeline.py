@@ -512,10 +512,11 @@ def check_profile(profile: str) -> str:
 
 
 def _other_domains() -> tuple[str, ...]:
-    """The domains besides movies (the catalog's list), for which domain notebooks also run."""
-    from .catalog import DOMAINS
+    """The built-in domains besides movies (:data:`safecrs_core.domains.BUILTIN`), for which
+    domain notebooks also run."""
+    from .domains import BUILTIN
 
-    return tuple(d for d in DOMAINS if d != MOVIES)
+    return tuple(d for d in BUILTIN if d != MOVIES)
 
 
 def check_domain(domain: str) -> str:

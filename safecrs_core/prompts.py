@@ -75,15 +75,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .catalog import normalize_title
+from .domains import get_domain
 from .rows import column
 
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 SOLUTION_OPEN, SOLUTION_CLOSE = "<solution>", "</solution>"
 ROLES = ("user", "assistant")
-DOMAINS = {
-    "movies": {"one": "movie", "many": "movies"},
-    "games": {"one": "game", "many": "video games"},
-}
 
 # --------------------------------------------------------------------------------------------
 # Prompt
@@ -103,18 +100,16 @@ def system_prompt(k: int = 10, domain: str = "movies", system: str | None = None
     ``sensitivity`` (which needs ``evidence``), a paragraph before the candidate list says how to
     read oracle evidence lines (:func:`evidence_note`)."""
     k = _check_k(k)
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    d = DOMAINS[domain]
+    d = get_domain(domain)  # the nouns come from the domain's plug-in; an unknown domain fails here
     if system is None:
-        intro = (f"You are a {d['one']} recommender. Recommend {d['many']} this user will enjoy, never a {d['one']} "
+        intro = (f"You are a {d.one} recommender. Recommend {d.many} this user will enjoy, never a {d.one} "
                  "with content they want to avoid.")
     elif not isinstance(system, str) or not system.strip():
         raise ValueError("system must be a non-empty string or None")
     else:
         intro = system.strip()
     fmt = (f"Answer format: an optional short {REASONING_OPEN}...{REASONING_CLOSE}, then {SOLUTION_OPEN} with "
-           f"{k} {d['many']}, one \"Title (Year)\" per line, best first, then {SOLUTION_CLOSE}.")
+           f"{k} {d.many}, one \"Title (Year)\" per line, best first, then {SOLUTION_CLOSE}.")
     parts = [intro, fmt]
     if evidence is not None and candidates is None:
         raise ValueError("evidence needs candidates (one evidence line per candidate)")
@@ -131,7 +126,7 @@ def system_prompt(k: int = 10, domain: str = "movies", system: str | None = None
             cands = [f"{c}: {e}" if e else c for c, e in zip(cands, ev)]
             if sensitivity is not None:
                 parts.append(evidence_note(sensitivity))
-        parts.append(f"Recommend only from these candidate {d['many']}:\n" + "\n".join(cands))
+        parts.append(f"Recommend only from these candidate {d.many}:\n" + "\n".join(cands))
     return "\n\n".join(parts)
 
 
@@ -146,8 +141,7 @@ def _one_line(value: Any, what: str, allow_empty: bool = False) -> str:
 
 def final_instruction(k: int = 10, domain: str = "movies") -> str:
     """The instruction appended to the last user turn."""
-    d = DOMAINS[domain]
-    return f"Now recommend exactly {_check_k(k)} {d['many']} for me, in the answer format."
+    return f"Now recommend exactly {_check_k(k)} {get_domain(domain).many} for me, in the answer format."
 
 
 def build_messages(turns: Sequence[dict], k: int = 10, domain: str = "movies", system: str | None = None,

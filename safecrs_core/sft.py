@@ -711,8 +711,7 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
     if not rows:
         raise ValueError("no rows to evaluate")
     domain = resolve_domain(domain, ("catalog", catalog))
-    if domain != "movies":
-        catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
+    catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
     was_training = model.training
     model.eval()
     try:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .domains import get_domain
+
 CHANNELS = ("sex", "violence", "profanity", "substances", "frightening")
 
 
@@ -184,15 +186,14 @@ def game_rating_systems() -> dict[str, dict]:
 
 def age_band_rating(constraint_id: str, domain: str = "movies") -> str:
     """The highest rating an age constraint allows, as a user would name it: the MPAA letter for
-    movies (``"PG"``), the ESRB letter for games (``"E"``)."""
+    movies (``"PG"``), the ESRB letter for games (``"E"``): the domain plug-in's ``age_rating``."""
     band = get(constraint_id)
     if not isinstance(band, AgeConstraint):
         raise ValueError(f"{constraint_id!r} is not an age constraint; valid: {', '.join(AGE_CONSTRAINT_IDS)}")
-    if domain == "movies":
-        return band.max_rating
-    if domain == "games":
-        return game_rating_systems()["ESRB"]["band_max"][constraint_id]
-    raise ValueError(f"unknown domain {domain!r}; known: movies, games")
+    rating = get_domain(domain).age_rating  # an unknown domain fails here
+    if rating is None:
+        raise ValueError(f"domain {domain!r} names no ratings for age constraints")
+    return rating(constraint_id)
 
 
 def is_age_constraint(constraint_id: str) -> bool:

@@ -267,15 +267,15 @@ def test_game_phrasings_share_pools_and_say_games():
                 for g in games:
                     assert not re.search(r"\b(movie|film)s?\b", g, re.I), g
     with pytest.raises(ValueError, match="unknown domain"):
-        phrasing.phrase("anti_gore", "test", random.Random(0), domain="books")
+        phrasing.phrase("anti_gore", "test", random.Random(0), domain="podcasts")
 
 
 def test_games_config_and_movie_keys_unchanged():
     cfg = BenchmarkConfig(domain="games")
     assert cfg.sources == ("safegame",) and cfg.to_params()["domain"] == "games"
     assert "domain" not in BenchmarkConfig().to_params()
-    with pytest.raises(ValueError, match="domain must be one of"):
-        BenchmarkConfig(domain="books")
+    with pytest.raises(ValueError, match="unknown domain 'podcasts'; known: movies, games"):
+        BenchmarkConfig(domain="podcasts")
     with pytest.raises(ValueError, match=r"\['redial_test'\] are not games conversation sources"):
         BenchmarkConfig(domain="games", sources=("redial_test",))
     # the movie benchmark keys are the ones from before games existed

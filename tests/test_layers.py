@@ -8,14 +8,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safecrs_core"
 
-# bottom to top; a module may import from its own layer or any layer below
+# bottom to top; a module may import from its own layer or any layer below. ``domains`` is the
+# domain registry; the domain plug-ins (``domains.movies``, ``domains.games``) use the data,
+# safety and recommender code and are reached from below only through the registry.
 LAYERS = [
-    ("foundation", {"sources", "traits", "rows"}),
+    ("foundation", {"sources", "traits", "rows", "domains"}),
     ("data", {"catalog", "conversations", "phrasing"}),
     ("stages", {"pipeline"}),
     ("safety", {"oracle"}),
     ("benchmark", {"benchmark"}),
     ("recommender", {"prompts", "metrics", "rewards", "grounding", "models", "plots", "baselines", "candidates"}),
+    ("domain plug-ins", {"domains.movies", "domains.games"}),
     ("training", {"sft", "gdpo"}),
     ("evaluation", {"evaluate"}),
     ("interface", {"cli"}),
@@ -23,25 +26,51 @@ LAYERS = [
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 
 
+def _module_name(package: Path, path: Path) -> str:
+    """``catalog`` for ``catalog.py``, ``domains`` for ``domains/__init__.py``, ``domains.movies``
+    for ``domains/movies.py`` ("" for the package's own ``__init__``)."""
+    parts = list(path.relative_to(package).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
 def package_imports(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` for the package's top-level modules."""
-    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    """``{module: modules of the package it imports}`` for the package's modules, subpackages
+    included (a subpackage's ``__init__`` is the module named like the subpackage)."""
+    files = {_module_name(package, p): p for p in sorted(package.rglob("*.py"))}
+    files.pop("", None)
+    modules = set(files)
+
+    def known(parts: list[str]) -> str | None:  # the longest prefix that names a module
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in modules:
+                return ".".join(parts[:n])
+        return None
+
     out: dict[str, set[str]] = {}
-    for m in sorted(modules):
-        tree = ast.parse((package / f"{m}.py").read_text(encoding="utf-8"))
+    for m, path in sorted(files.items()):
+        is_pkg = path.name == "__init__.py"
+        home = m.split(".") if is_pkg else m.split(".")[:-1]  # the package the module lives in
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         deps: set[str] = set()
         for node in ast.walk(tree):
-            names: list[str] = []
+            targets: list[list[str]] = []
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1:  # from .x import y / from . import x
-                    names = [node.module] if node.module else [a.name for a in node.names]
-                elif node.level == 0 and node.module and node.module.startswith(f"{package.name}."):
-                    names = [node.module.split(".", 1)[1]]
-                elif node.level == 0 and node.module == package.name:
-                    names = [a.name for a in node.names]
+                if node.level >= 1:
+                    base = home[: len(home) - (node.level - 1)]
+                    if node.module:
+                        targets = [base + node.module.split(".") + [a.name] for a in node.names]
+                    else:
+                        targets = [base + [a.name] for a in node.names]
+                elif node.module and node.module.split(".")[0] == package.name:
+                    targets = [node.module.split(".")[1:] + [a.name] for a in node.names]
             elif isinstance(node, ast.Import):
-                names = [a.name.split(".", 1)[1] for a in node.names if a.name.startswith(f"{package.name}.")]
-            deps.update(n.split(".")[0] for n in names if n.split(".")[0] in modules and n.split(".")[0] != m)
+                targets = [a.name.split(".")[1:] for a in node.names if a.name.split(".")[0] == package.name]
+            for t in targets:
+                d = known(t)
+                if d is not None and d != m:
+                    deps.add(d)
         out[m] = deps
     return out
 
@@ -103,4 +132,24 @@ def test_the_checks_can_fail(tmp_path):
     assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_subpackage_imports_are_resolved(tmp_path):
+    pkg = tmp_path / "safecrs_core"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import f\n")
+    (pkg / "sub" / "__init__.py").write_text("def f():\n    import importlib\n")
+    (pkg / "sub" / "b.py").write_text("from .. import a\nfrom . import f\nfrom ..a import g\n")
+    (pkg / "sub" / "c.py").write_text("from safecrs_core.sub.b import x\nfrom .b import y\n")
+    assert package_imports(pkg) == {"a": {"sub"}, "sub": set(), "sub.b": {"a", "sub"}, "sub.c": {"sub.b"}}
+
+
+def test_domain_plugins_are_reached_only_through_the_registry():
+    """No module below the plug-ins imports one: the domain-free code asks the registry."""
+    plugins = LAYERS[[name for name, _ in LAYERS].index("domain plug-ins")][1]
+    graph = package_imports()
+    wrong = sorted(f"{m} imports {d}" for m, deps in graph.items() for d in deps
+                   if d in plugins and m not in plugins)
+    assert not wrong, wrong
 
