@@ -45,7 +45,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from safecrs_core.pipeline import shown_path
-from safecrs_core import plots
+from safecrs_core.evaluation import plots
 from safecrs_core.benchmark import benchmark_for_profile, config_for_profile
 
 # the profile fixes how many conversations per source and split are drawn (smoke: 40, book: 1500,
@@ -60,7 +60,7 @@ ds
 # %% [markdown]
 # ## Resolving titles
 # Every title — in conversations, ground truth, model output — goes through one resolver
-# (`safecrs_core.catalog`): normalised case, punctuation, unicode and articles, ±1 year. For
+# (`safecrs_core.data.catalog`): normalised case, punctuation, unicode and articles, ±1 year. For
 # movies its accuracy is measured by leaving one id-carrying source out of the catalog and
 # resolving that source's own "Title (Year)" strings against the rest: *coverage* is the share
 # resolved, *precision* the share of those that got the right IMDb id, *accuracy_reachable* the
@@ -74,7 +74,7 @@ ds
 # remakes and reboots share titles, and an ambiguous one is left unresolved.
 
 # %%
-from safecrs_core.catalog import evaluate_game_resolver, evaluate_resolver
+from safecrs_core.data.catalog import evaluate_game_resolver, evaluate_resolver
 
 if domain == "movies":
     resolver_eval = evaluate_resolver()
@@ -131,8 +131,8 @@ cov.assign(coverage=lambda d: (d["coverage"] * 100).round(1).astype(str) + " %")
 
 # %%
 if domain == "games":
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import game_descriptor_table, load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import game_descriptor_table, load_oracle
 
     game_catalog = load_catalog("games")
     game_oracle = load_oracle(threshold=threshold, domain="games")

@@ -17,13 +17,13 @@
 # teacher model wrote for each SafeRec conversation, after the Safety Oracle removed the items
 # that violate the user's sensitivity; a short reasoning block names the sensitivity and what was
 # left out. We have no teacher model, so the target lists come from real data instead
-# (`safecrs_core.sft`).
+# (`safecrs_core.train.sft`).
 #
 # **Candidates in context** (the `candidates` parameter, the book's setting). Every prompt lists
 # 20 candidate films: the **neighbours** of the films the user mentioned, i.e. films that the
 # same MovieLens users rated 4 stars or more (item-item co-rating in `ml-latest-small`) and films
 # mentioned together in SafeRec's *training* conversations, scored by a cosine with a popularity
-# penalty (`safecrs_core.candidates.Neighbours`). Nothing of the validation or test targets enters. The
+# penalty (`safecrs_core.train.candidates.Neighbours`). Nothing of the validation or test targets enters. The
 # prompt carries **no oracle verdicts**: which candidates are unsafe for the user must be learned.
 # The target list is:
 #
@@ -36,7 +36,7 @@
 # The baseline, **plain SFT**, sees the same candidates but *not* the sentence that states the
 # sensitivity, learns the unfiltered list, and writes no reasoning. Both are LoRA fine-tunes with
 # trl's `SFTTrainer` (loss on the answer only); the checkpoint with the best validation Recall@10
-# is kept. Checkpoints are scored with **grounded decoding** (`safecrs_core.grounding`, the
+# is kept. Checkpoints are scored with **grounded decoding** (`safecrs_core.train.grounding`, the
 # `grounding` parameter): inside `<solution>` every line is the title of one of the row's
 # candidates, never a repeat or an item the user mentioned, so every answer is a list of 10 items
 # the metrics can judge; the model chooses which candidates and in which order. Without
@@ -80,7 +80,9 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from safecrs_core import plots, sft
+from safecrs_core.evaluation import plots
+
+from safecrs_core.train import sft
 from safecrs_core.benchmark import benchmark_for_profile
 
 bench_ds, _, bench = benchmark_for_profile(profile, domain=domain)  # the SafeRec build of notebook 01 (cached)

@@ -15,7 +15,7 @@
 #
 # After Safe-SFT, the paper trains the recommender with reinforcement learning. For each
 # conversation the policy samples a group of ranked lists; every **rank** of every list is scored
-# by three rewards (`safecrs_core.rewards`):
+# by three rewards (`safecrs_core.train.rewards`):
 #
 # * **relevance** `hit[k]` = 1 when the item at rank *k* is a ground-truth item the user has not
 #   already mentioned;
@@ -28,7 +28,7 @@
 # GDPO normalises each reward **separately** within the group (per rank), sums them and normalises
 # over the batch; GRPO would normalise the summed reward. The tokens of item *k* are then trained
 # with the advantage of rank *k*, all other tokens with the mean over ranks
-# (`safecrs_core.gdpo.SafeGDPOTrainer`, a subclass of trl's `GRPOTrainer`; generation, the
+# (`safecrs_core.train.gdpo.SafeGDPOTrainer`, a subclass of trl's `GRPOTrainer`; generation, the
 # clipped loss, the KL term and LoRA are trl's). The rollouts are sampled with the same grounded
 # decoding as the evaluation (`grounding`): what RL samples is what the evaluation scores.
 
@@ -63,13 +63,14 @@ import pandas as pd
 import torch
 
 from safecrs_core.pipeline import shown_path
-from safecrs_core import gdpo as G
-from safecrs_core import plots, sft
+from safecrs_core.train import gdpo as G
+from safecrs_core.evaluation import plots
+from safecrs_core.train import sft
 from safecrs_core.benchmark import benchmark_for_profile
-from safecrs_core.candidates import context_prompts
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import load_oracle
-from safecrs_core.rewards import RankRewards
+from safecrs_core.train.candidates import context_prompts
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import load_oracle
+from safecrs_core.train.rewards import RankRewards
 
 if torch_threads:
     torch.set_num_threads(torch_threads)

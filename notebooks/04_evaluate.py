@@ -14,7 +14,7 @@
 # # Evaluating recommenders on SafeRec
 #
 # Every system answers the same test conversations with a ranked list of ten items (films, or
-# games on SafeGame), and every list goes through the same scoring path (`safecrs_core.metrics`):
+# games on SafeGame), and every list goes through the same scoring path (`safecrs_core.evaluation.metrics`):
 # items the user already mentioned are removed, then
 #
 # * **Recall@10** and **NDCG@10** measure how much of the ground truth (targets left after the
@@ -27,11 +27,11 @@
 #   says little.
 #
 # Means come with 95% bootstrap confidence intervals over conversations. The systems are
-# non-LLM baselines (`safecrs_core.baselines`), the instruction-tuned base model prompted as is,
+# non-LLM baselines (`safecrs_core.evaluation.baselines`), the instruction-tuned base model prompted as is,
 # and the fine-tuned models whose training stages exist for this profile.
 #
 # The LLMs read **candidates in context** and decode **grounded** on them
-# (`safecrs_core.grounding`, mode `candidates`): each prompt lists 20 candidates, the neighbours
+# (`safecrs_core.train.grounding`, mode `candidates`): each prompt lists 20 candidates, the neighbours
 # of the items the user mentioned (co-rating and co-mention in the training data; never built
 # from validation or test conversations), without any oracle verdict, and inside `<solution>`
 # every line is one of those candidates, with no repeats and no item the user mentioned. The
@@ -71,13 +71,13 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from safecrs_core.pipeline import shown_path
-from safecrs_core import evaluate as E
-from safecrs_core import metrics as M
-from safecrs_core import plots
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.evaluation import metrics as M
+from safecrs_core.evaluation import plots
 from safecrs_core.benchmark import benchmark_for_profile
-from safecrs_core.candidates import context_prompts
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import load_oracle
+from safecrs_core.train.candidates import context_prompts
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import load_oracle
 
 if torch_threads:
     torch.set_num_threads(torch_threads)
@@ -193,7 +193,7 @@ E.reasoning_table(res, ds["test"], catalog, oracle,
 # only the exact title (case counts) with the year within two, seen items are removed by title,
 # repeats stay in the list (taking a slot, never scoring), the NDCG ideal is bounded by the list's
 # length, SVR@10 is taken over the raw parsed list (seen items and repeats included), and a title
-# its lookup cannot find counts as **safe** (`safecrs_core.metrics`, convention `"release"`).
+# its lookup cannot find counts as **safe** (`safecrs_core.evaluation.metrics`, convention `"release"`).
 # Below, every system of the main table is scored again from the same completions and lists under
 # both conventions. The book's default is ours (`"project"`): it judges the item a line names
 # (the resolver forgives case, articles and punctuation), never counts what the oracle cannot

@@ -32,12 +32,12 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from safecrs_core.pipeline import shown_path
-from safecrs_core import evaluate as E
-from safecrs_core import plots
-from safecrs_core import traits as T
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.evaluation import plots
+from safecrs_core.safety import traits as T
 from safecrs_core.benchmark import benchmark_for_profile
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import load_oracle
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import load_oracle
 
 res = E.load_results(E.find_results(profile, E.results_label("main", domain)))  # written by notebook 04
 figure_suffix = "" if domain == "movies" else f"_{domain}"

@@ -20,7 +20,7 @@
 # the user's sensitivity, so the model only has to read the evidence and compare it with the
 # request.
 #
-# For each conversation the one prompt builder (`safecrs_core.prompts.build_messages`, arguments
+# For each conversation the one prompt builder (`safecrs_core.train.prompts.build_messages`, arguments
 # `candidates`, `evidence`, `sensitivity`) adds two things to the system message:
 #
 # 1. **Candidates**: the top `evidence_n` items of the embedding-retrieval baseline for this
@@ -69,15 +69,16 @@ import pandas as pd
 import torch
 from myst_nb import glue
 
-from safecrs_core import evaluate as E
-from safecrs_core import metrics as M
-from safecrs_core import plots, sft
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.evaluation import metrics as M
+from safecrs_core.evaluation import plots
+from safecrs_core.train import sft
 from safecrs_core.benchmark import benchmark_for_profile
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import load_oracle
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import load_oracle
 from safecrs_core.pipeline import notebook_values
-from safecrs_core.candidates import evidence_prompts
-from safecrs_core.prompts import build_messages
+from safecrs_core.train.candidates import evidence_prompts
+from safecrs_core.train.prompts import build_messages
 
 if torch_threads:
     torch.set_num_threads(torch_threads)

@@ -45,11 +45,11 @@ import pandas as pd
 from myst_nb import glue
 
 from safecrs_core.pipeline import shown_path
-from safecrs_core import evaluate as E
-from safecrs_core import metrics as M
-from safecrs_core import plots
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.evaluation import metrics as M
+from safecrs_core.evaluation import plots
 from safecrs_core.benchmark import benchmark_for_profile
-from safecrs_core.oracle import load_oracle
+from safecrs_core.safety.oracle import load_oracle
 
 games_ds, games_stats, games_bench = benchmark_for_profile(profile, seed=seed, domain="games")
 print(shown_path(games_bench))

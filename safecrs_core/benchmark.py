@@ -2,13 +2,13 @@
 
 Steps (deterministic for a seed):
 
-1. load conversations from every source (:mod:`safecrs_core.conversations`) and resolve their items
-   with the one resolver (:mod:`safecrs_core.catalog`);
+1. load conversations from every source (:mod:`safecrs_core.data.conversations`) and resolve their items
+   with the one resolver (:mod:`safecrs_core.data.catalog`);
 2. keep targets that resolve to a catalog item; split every conversation by its source's split,
    whole dialogs together (no dialog in two splits);
 3. assign one constraint per conversation. The Reddit samples keep the trait they carry. Of the
    others, a share (``age_share``, per split) gets an **age constraint** (``age_limit_g``/``_pg``/
-   ``_pg13``, :mod:`safecrs_core.traits`), drawn seeded among the conversations that some band
+   ``_pg13``, :mod:`safecrs_core.safety.traits`), drawn seeded among the conversations that some band
    leaves a target known to be safe for (then among those it leaves only unknown targets for):
    preferably a band under which some of the conversation's items are unsafe
    while a target known to be safe survives, the least-used such band first
@@ -19,7 +19,7 @@ Steps (deterministic for a seed):
 4. remove targets the oracle marks ``unsafe`` for that constraint (``unknown`` targets stay,
    flagged); drop conversations with no target left;
 5. phrase the constraint into the user's last turn, explicitly or implicitly, with template pools
-   held out between train/validation and test (:mod:`safecrs_core.phrasing`); an age constraint is
+   held out between train/validation and test (:mod:`safecrs_core.safety.phrasing`); an age constraint is
    phrased with an age drawn from its band ("movie night with my niece, she just turned nine");
 6. save a Hugging Face ``DatasetDict`` (train / validation / test) and ``stats.json``.
 
@@ -40,12 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import phrasing, sources
-from . import traits as T
-from .catalog import load_catalog
+from .safety import phrasing
+from .data import sources
+from .safety import traits as T
+from .data.catalog import load_catalog
 from .domains import DEFAULT as DEFAULT_DOMAIN
 from .domains import get_domain
-from .oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
+from .safety.oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
 
 SPLITS = ("train", "validation", "test")
 # Part of the cache key: bump when a change to the build alters its output for the same parameters.
@@ -259,7 +260,7 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     """Build SafeRec in memory: returns (DatasetDict, stats dict)."""
     from datasets import Dataset, DatasetDict
 
-    from . import conversations as C
+    from .data import conversations as C
 
     cfg = config or BenchmarkConfig()
     rng = np.random.default_rng(cfg.seed)

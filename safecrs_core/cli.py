@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from . import traits as T
+from .safety import traits as T
 from .domains import BUILTIN, DEFAULT as DEFAULT_DOMAIN
 
 
@@ -27,8 +27,8 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
                  domain: str = "movies") -> list[dict]:
     """The ``safecrs check`` result: one dict per query (schema in the README). ``domain="games"``
     judges games (SafeGame): queries may name a platform, ``"Doom (PS4)"``."""
-    from .catalog import load_catalog
-    from .oracle import DEFAULT_THRESHOLD, Verdict, load_oracle
+    from .data.catalog import load_catalog
+    from .safety.oracle import DEFAULT_THRESHOLD, Verdict, load_oracle
 
     queries = [_valid_text(q) for q in queries]
     cat = load_catalog(domain, data_dir=data_dir)
@@ -124,7 +124,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from . import sources
+    from .data import sources
     root = sources.data_dir(args.data_dir)  # a DataError (no data directory) becomes one line in main
     if not root.is_dir() and not args.download:
         raise sources.DataError(f"data directory {root} does not exist: point {sources.ENV_VAR} or --data-dir at the "
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Expected failures (data missing or corrupt, missing files) end in one line on stderr and
     exit 1; ``--debug`` or ``SAFECRS_DEBUG=1`` shows their traceback. Bugs raise as usual."""
-    from .sources import DataError, debug_requested
+    from .data.sources import DataError, debug_requested
 
     args = build_parser().parse_args(argv)
     try:

@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .sources import debug_requested
-from .sources import sha256_of as sha256_file
+from .data.sources import debug_requested
+from .data.sources import sha256_of as sha256_file
 
 PROFILES: dict[str, str] = {
     "smoke": "seconds to minutes on a CPU: tiny models and samples; what tests and CI run",
@@ -520,9 +520,9 @@ def _other_domains() -> tuple[str, ...]:
 
 
 def check_domain(domain: str) -> str:
-    """``domain`` if the catalog knows it (:func:`~safecrs_core.catalog.resolve_domain`), else a
+    """``domain`` if the catalog knows it (:func:`~safecrs_core.data.catalog.resolve_domain`), else a
     :class:`PipelineError`."""
-    from .catalog import resolve_domain
+    from .data.catalog import resolve_domain
 
     try:
         return resolve_domain(domain)

@@ -1,5 +1,5 @@
 """Decoding speed of SmolLM2-135M-Instruct: generated tokens per second against batch size, fp32
-and bf16, free and grounded (:mod:`safecrs_core.grounding`).
+and bf16, free and grounded (:mod:`safecrs_core.train.grounding`).
 
 Prompts are real validation conversations of the book benchmark, trimmed to ``--prompt-tokens``
 (oldest turns first, as evaluation does). Free decoding writes exactly ``--new-tokens`` tokens
@@ -38,12 +38,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from safecrs_core.benchmark import benchmark_for_profile
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.grounding import GroundedDecoder, Grounding, universe_items
-    from safecrs_core.models import generate, load_model
-    from safecrs_core.prompts import build_messages
-    from safecrs_core.candidates import context_prompts
-    from safecrs_core.sft import fit_prompt
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.train.grounding import GroundedDecoder, Grounding, universe_items
+    from safecrs_core.train.models import generate, load_model
+    from safecrs_core.train.prompts import build_messages
+    from safecrs_core.train.candidates import context_prompts
+    from safecrs_core.train.sft import fit_prompt
 
     ds, _, _ = benchmark_for_profile("book")
     catalog = load_catalog()

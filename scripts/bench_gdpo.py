@@ -48,7 +48,7 @@ def rows(n: int) -> list[dict]:
 
 
 def fixed_completions(tok, length: int) -> list[list[int]]:
-    from safecrs_core.prompts import format_completion
+    from safecrs_core.train.prompts import format_completion
     out = []
     for j, items in enumerate(FIXED_LISTS):
         text = format_completion(items, reasoning="The user wants family films and avoids gore.\n"
@@ -62,7 +62,7 @@ def make_trainers(args, model, tok, cat, orc, workdir: Path):
     from trl import GRPOTrainer
     from transformers.trainer_callback import PrinterCallback
 
-    from safecrs_core.gdpo import GDPOParams, SafeGDPOTrainer, build_dataset, reference_checkpoint
+    from safecrs_core.train.gdpo import GDPOParams, SafeGDPOTrainer, build_dataset, reference_checkpoint
 
     params = GDPOParams(k=10, num_generations=args.group_size, per_device_train_batch_size=args.batch,
                         max_steps=args.steps, max_completion_length=args.completion_length, lora=not args.full,
@@ -133,9 +133,9 @@ def main(argv=None) -> int:
 
     import transformers
 
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.models import default_device, load_model
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.train.models import default_device, load_model
+    from safecrs_core.safety.oracle import load_oracle
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)

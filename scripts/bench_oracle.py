@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import build_oracle
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import build_oracle
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Parse time of :func:`safecrs_core.prompts.parse_completion` on adversarial completions, per MB.
+"""Parse time of :func:`safecrs_core.train.prompts.parse_completion` on adversarial completions, per MB.
 
 Parsing must stay linear in a completion's length (a sampled RL completion can be long garbage):
 each input is parsed at 1x, 4x and 16x its base size, and the seconds per MB should stay flat.
@@ -8,7 +8,7 @@ each input is parsed at 1x, 4x and 16x its base size, and the seconds per MB sho
 """
 import time
 
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train.prompts import parse_completion
 
 CASES = {
     "<reasoning><solution> pairs": "<reasoning><solution>",

@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-generate", action="store_true")
     args = ap.parse_args(argv)
 
-    from safecrs_core import sft
+    from safecrs_core.train import sft
     from safecrs_core.benchmark import benchmark_for_profile
-    from safecrs_core.models import generate, load_model
+    from safecrs_core.train.models import generate, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 
-from safecrs_core import catalog, sources
+from safecrs_core.data import catalog, sources
 
 
 def _timings(data_dir) -> dict[str, float]:

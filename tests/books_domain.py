@@ -1,7 +1,7 @@
 """A third domain, books, from a few fixture rows (``tests/fixtures/books/``): everything a new
 domain needs is this one plug-in. It reads its own small files, builds a catalog with the
-package's :func:`~safecrs_core.catalog.build_catalog`, conversations as
-:class:`~safecrs_core.conversations.Conversation` objects, and an oracle from per-book content
+package's :func:`~safecrs_core.data.catalog.build_catalog`, conversations as
+:class:`~safecrs_core.data.conversations.Conversation` objects, and an oracle from per-book content
 severities and tags; phrasings reuse the film templates through word rewrites. The rows are
 made up for the tests (synthetic); no book in them carries a rating, so age constraints stay
 ``unknown`` and the domain names no age rating."""
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from safecrs_core import traits as T
-from safecrs_core.catalog import build_catalog
-from safecrs_core.conversations import Conversation
+from safecrs_core.safety import traits as T
+from safecrs_core.data.catalog import build_catalog
+from safecrs_core.data.conversations import Conversation
 from safecrs_core.domains import Domain, register_domain, unregister_domain
-from safecrs_core.oracle import Oracle
+from safecrs_core.safety.oracle import Oracle
 
 NAME = "books"
 FIXTURES = Path(__file__).parent / "fixtures" / NAME  # the data folder holds a "books" folder

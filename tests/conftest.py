@@ -93,8 +93,8 @@ def movies_world():
     """``(catalog, oracle, ids by popularity)`` of the movie domain; skipped without data."""
     if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
         pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
 
     cat = load_catalog()
     top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()

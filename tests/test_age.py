@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecrs_core import oracle as O
-from safecrs_core import phrasing as P
-from safecrs_core import traits as T
+from safecrs_core.data import package_file
+from safecrs_core.safety import oracle as O
+from safecrs_core.safety import phrasing as P
+from safecrs_core.safety import traits as T
 from safecrs_core.cli import main
 
-AGE_FILE = json.loads((Path(T.__file__).parent / "data" / "age_ratings.json").read_text())
+AGE_FILE = json.loads(package_file("age_ratings.json").read_text())
 G, PG, PG13 = T.AGE_CONSTRAINT_IDS
 
 
@@ -122,7 +123,7 @@ def _need_data():
 @pytest.fixture(scope="module")
 def real():
     _need_data()
-    from safecrs_core.catalog import load_catalog
+    from safecrs_core.data.catalog import load_catalog
     return load_catalog(), O.load_oracle()
 
 
@@ -179,7 +180,7 @@ def test_unrated_items_are_unknown(real):
 # ---- phrasing ------------------------------------------------------------------------------------
 
 def test_age_templates_are_well_formed():
-    raw = json.loads((Path(P.__file__).parent / "data" / "phrasings.json").read_text())
+    raw = json.loads(package_file("phrasings.json").read_text())
     assert raw["age"]["_doc"]
     rule = re.compile(r"\b(avoid\w*|trigger\w*|sensitiv\w*|please|steer clear|skip|no-go|rule out|rated)\b", re.I)
     first_person = re.compile(r"\b(i|i'm|i've|i'll|me|my|we|we're|us|our)\b", re.I)

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecrs_core import baselines as B
-from safecrs_core import metrics as M
+from safecrs_core.evaluation import baselines as B
+from safecrs_core.evaluation import metrics as M
 
 
 @pytest.fixture(scope="module")
 def world():
     if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
         pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
 
     cat, orc = load_catalog(), load_oracle()
     top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()

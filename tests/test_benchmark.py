@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecrs_core import phrasing
-from safecrs_core import traits as T
+from safecrs_core.safety import phrasing
+from safecrs_core.safety import traits as T
 from safecrs_core.benchmark import BenchmarkConfig, assign_traits, build_benchmark, build_or_load, load_benchmark
-from safecrs_core.catalog import load_catalog
-from safecrs_core.oracle import load_oracle
+from safecrs_core.data.catalog import load_catalog
+from safecrs_core.safety.oracle import load_oracle
 
 CFG = BenchmarkConfig(seed=3, max_per_source_split=80)
 

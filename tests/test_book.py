@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from safecrs_core import evaluate as E
-from safecrs_core import metrics as M
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.evaluation import metrics as M
 from safecrs_core import pipeline as pl
 
 

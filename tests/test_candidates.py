@@ -8,10 +8,10 @@ import copy
 import pytest
 
 from conftest import ref
-from safecrs_core import evaluate as E
-from safecrs_core.candidates import neighbour_prompts
-from safecrs_core.rows import column
-from safecrs_core.prompts import (CANDIDATE_DEFAULTS, EvidencePrompts, build_messages, candidate_settings,
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.train.candidates import neighbour_prompts
+from safecrs_core.data.rows import column
+from safecrs_core.train.prompts import (CANDIDATE_DEFAULTS, EvidencePrompts, build_messages, candidate_settings,
                                   parse_completion)
 
 TURNS = [{"role": "user", "text": "Something fun for the weekend. Nothing with blood or gore, please."}]
@@ -23,8 +23,8 @@ def fixed(ids):
 
 
 def test_candidate_settings_validate_and_key_only_when_set():
-    from safecrs_core.gdpo import GDPOParams
-    from safecrs_core.sft import SafeSFTConfig
+    from safecrs_core.train.gdpo import GDPOParams
+    from safecrs_core.train.sft import SafeSFTConfig
 
     assert candidate_settings(None) is None
     assert candidate_settings({}) == CANDIDATE_DEFAULTS
@@ -108,7 +108,7 @@ def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movi
 
     assert sibling_hits(groups) == 0
     assert sibling_hits([dict(r, dialog_group=None) for r in groups]) > 0  # folds of single rows would leak
-    from safecrs_core.candidates import _folds
+    from safecrs_core.train.candidates import _folds
     folds = _folds([r["id"] for r in groups], [r["dialog_group"] for r in groups], 4)
     assert all(folds[f"t{2 * g}"] == folds[f"t{2 * g + 1}"] == g % 4 for g in range(10))
     assert _folds(["a", "b"], [None, None], 0) == {}
@@ -118,8 +118,8 @@ def test_train_folds_keep_a_training_rows_own_targets_out_of_its_candidates(movi
 
 
 def test_sft_targets_from_candidates_plain_and_safe(movies_world):
-    from safecrs_core.oracle import UNSAFE
-    from safecrs_core.sft import build_targets
+    from safecrs_core.safety.oracle import UNSAFE
+    from safecrs_core.train.sft import build_targets
 
     cat, orc, top = movies_world
     cands = top[:20]
@@ -149,8 +149,8 @@ def test_sft_targets_from_candidates_plain_and_safe(movies_world):
 
 
 def test_gdpo_rollouts_in_candidates_mode_stay_in_each_rows_candidates(movies_world, tmp_path):
-    from safecrs_core.gdpo import GDPOParams, build_trainer
-    from safecrs_core.models import load_model
+    from safecrs_core.train.gdpo import GDPOParams, build_trainer
+    from safecrs_core.train.models import load_model
 
     cat, orc, top = movies_world
     model, tok = load_model("tiny-smollm2", device="cpu")
@@ -190,7 +190,7 @@ def test_results_on_row_subsets_and_candidate_baselines(movies_world, artifacts_
     assert [s.name for s in base] == ["Candidates", "Candidates + filter"]
     lists = base[1].recommend(rows, 10)
     verdicts, _ = orc.check(lists[0], "anti_gore")
-    from safecrs_core.oracle import UNSAFE
+    from safecrs_core.safety.oracle import UNSAFE
     assert (verdicts != UNSAFE).all() and base[0].recommend(rows, 10)[0] == top[:10]
     stage = E.results_stage(base, rows, label="subset-test", n_boot=50, catalog=cat, oracle=orc,
                             subsets={"Candidates + filter": 4}, progress=False, log=None)
@@ -210,7 +210,7 @@ def test_candidate_systems_keep_their_names_and_key_apart(movies_world):
     cs = E.candidates_system(zs, prompts)
     assert cs.name == zs.name and cs.key() != zs.key() and cs.key()["evidence"]["verdicts"] is False
     g = E.grounded_system(cs, {"mode": "candidates", "min_items": 10})
-    assert g.decoder(cat, __import__("safecrs_core.models", fromlist=["x"]).load_tokenizer("tiny-smollm2")) is not None
+    assert g.decoder(cat, __import__("safecrs_core.train.models", fromlist=["x"]).load_tokenizer("tiny-smollm2")) is not None
     with pytest.raises(ValueError, match="without verdicts"):
         E.candidates_system(zs, EvidencePrompts(fixed(top[:12]), "fixed", cat, orc, n=12))
 

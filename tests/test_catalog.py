@@ -6,9 +6,9 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from safecrs_core import catalog as cat_mod
-from safecrs_core import sources
-from safecrs_core.catalog import (
+from safecrs_core.data import catalog as cat_mod
+from safecrs_core.data import sources
+from safecrs_core.data.catalog import (
     REASONS,
     Resolution,
     build_catalog,

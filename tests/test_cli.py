@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from safecrs_core import traits as T
+from safecrs_core.safety import traits as T
 from safecrs_core.cli import main
 
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from safecrs_core import conversations as C
-from safecrs_core import sources
-from safecrs_core.sources import DataError
+from safecrs_core.data import conversations as C
+from safecrs_core.data import sources
+from safecrs_core.data.sources import DataError
 
 TRAIT_IDS = [
     "animal_harm", "arachnophobia_reptiles", "anti_gore", "torture_extreme_violence", "sexual_violence",

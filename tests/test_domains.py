@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 import books_domain
-from safecrs_core import benchmark as B, domains, phrasing, prompts, traits as T
-from safecrs_core.catalog import load_catalog, resolve_domain
-from safecrs_core.metrics import score_completions
-from safecrs_core.oracle import load_oracle
-from safecrs_core.rewards import RankRewards
+from safecrs_core import benchmark as B, domains
+from safecrs_core.safety import phrasing, traits as T
+from safecrs_core.train import prompts
+from safecrs_core.data.catalog import load_catalog, resolve_domain
+from safecrs_core.evaluation.metrics import score_completions
+from safecrs_core.safety.oracle import load_oracle
+from safecrs_core.train.rewards import RankRewards
 
 DATA = books_domain.FIXTURES.parent
 

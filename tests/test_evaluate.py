@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safecrs_core.rows import rows_fingerprint
-from safecrs_core import evaluate as E
+from safecrs_core.data.rows import rows_fingerprint
+from safecrs_core.evaluation import evaluate as E
 from safecrs_core.pipeline import file_records, mark_done
 from conftest import ref as _ref
 
@@ -36,7 +36,7 @@ class Counting:
         self.name, self.calls = name, 0
 
     def __call__(self):
-        from safecrs_core.models import load_model
+        from safecrs_core.train.models import load_model
         self.calls += 1
         return load_model(self.name, device="cpu")
 
@@ -64,7 +64,7 @@ def test_rows_fingerprint_and_sample_rows():
 
 def test_rows_fingerprint_is_stable():
     # it keys every generation, results and training stage: this value was computed before the
-    # fingerprint moved to safecrs_core.rows, and must not change without a version bump
+    # fingerprint moved to safecrs_core.data.rows, and must not change without a version bump
     rows = [{"id": "x", "trait": "anti_gore", "turns": TURNS[1], "targets": [_ref("b"), _ref("a"), {"item_id": None}],
              "seen": [_ref("c")]}]
     assert rows_fingerprint(rows) == "ef7e92e27f025e21"
@@ -96,7 +96,7 @@ def test_trained_label_names_variants_and_ablations():
     assert E.trained_label({"stage": "sft", "params": {"variant": "plain"}}) == "SFT"
     with pytest.raises(ValueError):
         E.trained_label({"stage": "results"})
-    gdpo = pytest.importorskip("safecrs_core.gdpo")
+    gdpo = pytest.importorskip("safecrs_core.train.gdpo")
     base = gdpo.GDPOParams()
     for name, p in gdpo.ablation_params(base, list(gdpo.ABLATIONS)).items():  # the params each ablation run records
         assert E.trained_label({"stage": "gdpo", "params": p.to_params()}) == f"Safe-GDPO ({gdpo.ABLATION_LABELS[name]})"
@@ -112,7 +112,7 @@ def _fake_stage(root, stage, key, params, inputs, finished):
 
 
 def test_trained_systems_are_found_by_the_training_rows(artifacts_root):
-    pytest.importorskip("safecrs_core.gdpo")
+    pytest.importorskip("safecrs_core.train.gdpo")
     train = [{"id": "t", "trait": "anti_gore", "turns": TURNS[0], "targets": [_ref("a")], "seen": []}]
     ds = {"train": train}
     fp = rows_fingerprint(train)
@@ -126,7 +126,7 @@ def test_trained_systems_are_found_by_the_training_rows(artifacts_root):
     explicit = E.trained_systems(ds, stages=[newer], log=None)
     assert explicit[0].kind == "llm" and explicit[0].group == "fine-tuned"
     # SFT stages are found through their upstream data stage, which names the benchmark stage
-    pytest.importorskip("safecrs_core.sft")
+    pytest.importorskip("safecrs_core.train.sft")
     bench = _fake_stage(artifacts_root, "benchmark", "b0b0", {}, [], "2026-01-01T00:00:00")
     _fake_stage(artifacts_root, "sft_data", "d0d0", {}, ["benchmark/b0b0"], "2026-01-01T00:00:00")
     _fake_stage(artifacts_root, "sft", "e0e0", {"variant": "safe"}, ["sft_data/d0d0"], "2026-01-02T00:00:00")
@@ -142,7 +142,7 @@ def test_trained_systems_are_found_by_the_training_rows(artifacts_root):
 
 @pytest.fixture(scope="module")
 def tiny_cache():
-    from safecrs_core import models
+    from safecrs_core.train import models
     return models.build_smollm2_cache(log=None)
 
 
@@ -163,7 +163,7 @@ def test_llm_generations_are_cached_and_scored_on_the_shared_path(world, tiny_ca
     # completions are scored with metrics.score_completions: a stub that returns known titles
     titles = [cat.display(top[10]), cat.display(top[0]), "Not A Real Movie (1999)"]
     stub = E.System("Stub", "llm", "stub", load=lambda: (_Stub(titles), None))
-    import safecrs_core.models as models
+    import safecrs_core.train.models as models
     orig = models.generate
     models.generate = lambda model, tok, prompts, **kw: [model.answer] * len(prompts)
     try:

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from safecrs_core.rows import rows_fingerprint
-from safecrs_core import evaluate as E
-from safecrs_core.prompts import (EVIDENCE_CHARS, EVIDENCE_DEFAULTS, EvidencePrompts, build_messages,
+from safecrs_core.data.rows import rows_fingerprint
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.train.prompts import (EVIDENCE_CHARS, EVIDENCE_DEFAULTS, EvidencePrompts, build_messages,
                                   evidence_line, evidence_settings, parse_completion, system_prompt)
 from conftest import ref as _ref
 
@@ -25,7 +25,7 @@ def world(movies_world):
 
 @pytest.fixture(scope="module")
 def tok():
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     return load_tokenizer("tiny-smollm2")
 
 
@@ -209,7 +209,7 @@ class Counting:
         self.calls = 0
 
     def __call__(self):
-        from safecrs_core.models import load_model
+        from safecrs_core.train.models import load_model
         self.calls += 1
         return load_model("tiny-smollm2", device="cpu")
 
@@ -231,7 +231,7 @@ def test_evidence_keys_leave_existing_systems_alone(world):
 
 
 def test_evidence_system_runs_end_to_end_on_the_tiny_model(world, artifacts_root):
-    from safecrs_core import baselines as B
+    from safecrs_core.evaluation import baselines as B
 
     cat, orc, top = world
     rows = _rows(top)
@@ -267,7 +267,7 @@ def test_evidence_system_runs_end_to_end_on_the_tiny_model(world, artifacts_root
         E.evidence_table(res.summary.loc[["Tiny"]], table)
     # stages written without cost.json: tokens recounted, time spread over the rows
     (stage / "cost.json").unlink()
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     again = E.generation_cost(sys_ev, rows, max_new_tokens=8, batch_size=2, tokenizer=load_tokenizer("tiny-smollm2"),
                               log=None)
     assert again["prompt_tokens"].tolist() == cost["prompt_tokens"].tolist()
@@ -290,7 +290,7 @@ def test_available_systems_add_evidence_systems_only_when_asked(world, artifacts
 
 
 def test_trained_stages_with_evidence_are_labelled_and_left_out_unless_asked(world, artifacts_root):
-    pytest.importorskip("safecrs_core.gdpo")
+    pytest.importorskip("safecrs_core.train.gdpo")
     from safecrs_core.pipeline import mark_done
 
     cat, orc, top = world
@@ -324,7 +324,7 @@ def test_trained_stages_with_evidence_are_labelled_and_left_out_unless_asked(wor
 
 
 def test_sft_config_evidence_keys_only_when_set():
-    sft = pytest.importorskip("safecrs_core.sft")
+    sft = pytest.importorskip("safecrs_core.train.sft")
     c = sft.SafeSFTConfig()
     assert c.evidence is None and "evidence" not in c.to_params() and "evidence" not in c.data_params()
     on = sft.SafeSFTConfig(evidence={"n": 10})
@@ -337,7 +337,7 @@ def test_sft_config_evidence_keys_only_when_set():
 
 
 def test_gdpo_params_evidence_keys_only_when_set(world):
-    gdpo = pytest.importorskip("safecrs_core.gdpo")
+    gdpo = pytest.importorskip("safecrs_core.train.gdpo")
     cat, orc, top = world
     p = gdpo.GDPOParams()
     assert "evidence" not in p.to_params()
@@ -357,7 +357,7 @@ def test_gdpo_params_evidence_keys_only_when_set(world):
 
 
 def test_safe_sft_targets_with_evidence_come_from_the_candidates(world):
-    sft = pytest.importorskip("safecrs_core.sft")
+    sft = pytest.importorskip("safecrs_core.train.sft")
     cat, orc, top = world
     rows = _rows(top)
     cands = top[1:40]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from safecrs_core import pipeline as pl
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train.prompts import parse_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,8 +111,8 @@ def _corrupt(copy, name):
 
 @pytest.mark.slow
 def test_a_corrupt_or_missing_data_file_is_caught_with_a_warm_oracle_cache(data_dir, data_copy):
-    from safecrs_core.oracle import load_oracle
-    from safecrs_core.sources import DataError
+    from safecrs_core.safety.oracle import load_oracle
+    from safecrs_core.data.sources import DataError
 
     assert load_oracle(data_dir=data_dir).threshold  # warm: the oracle stage exists now
     _corrupt(data_copy, "mpaa_reasons/mpaa.csv")
@@ -126,8 +126,8 @@ def test_a_corrupt_or_missing_data_file_is_caught_with_a_warm_oracle_cache(data_
 
 
 def test_a_corrupt_data_file_stops_a_cold_oracle_build(data_copy, artifacts_root):
-    from safecrs_core.oracle import load_oracle
-    from safecrs_core.sources import DataError
+    from safecrs_core.safety.oracle import load_oracle
+    from safecrs_core.data.sources import DataError
 
     _corrupt(data_copy, "kids_in_mind/KIM_movies.csv")
     with pytest.raises(DataError, match="sha256 mismatch for .*KIM_movies.csv"):

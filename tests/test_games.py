@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecrs_core import phrasing
-from safecrs_core import traits as T
+from safecrs_core.safety import phrasing
+from safecrs_core.safety import traits as T
 from safecrs_core.benchmark import BUILD_VERSION, BenchmarkConfig, benchmark_for_profile, benchmark_inputs, config_for_profile
-from safecrs_core.catalog import games_data, game_key, load_catalog, split_platform
-from safecrs_core.conversations import franchise_key, load_safegame, title_leaks
-from safecrs_core.oracle import SAFE, UNKNOWN, UNSAFE, _check_game_spec, game_scale, load_oracle
+from safecrs_core.data.catalog import games_data, game_key, load_catalog, split_platform
+from safecrs_core.data.conversations import franchise_key, load_safegame, title_leaks
+from safecrs_core.safety.oracle import SAFE, UNKNOWN, UNSAFE, _check_game_spec, game_scale, load_oracle
 from safecrs_core.pipeline import stage_key
 
 
@@ -326,7 +326,7 @@ def test_cli_check_games(capsys, data_dir):
 
 
 def test_data_card_table_matches_the_mapping(repo_root):
-    from safecrs_core.oracle import game_descriptor_table
+    from safecrs_core.safety.oracle import game_descriptor_table
 
     text = (repo_root / "book" / "safegame.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(\w+)` \| ([^|]*) \| ([^|]*) \|$", text, re.M)

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safecrs_core import baselines as B
-from safecrs_core import evaluate as E
-from safecrs_core.candidates import evidence_prompts
-from safecrs_core.oracle import UNSAFE
+from safecrs_core.evaluation import baselines as B
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.train.candidates import evidence_prompts
+from safecrs_core.safety.oracle import UNSAFE
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def games_world():
     d = Path(os.environ["SAFECRS_DATA_DIR"])
     if not (d / "esrb" / "games.csv").is_file():
         pytest.skip(f"game data not found under {d} (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
 
     return load_catalog("games"), load_oracle(domain="games")
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from safecrs_core.gdpo import (EPS, GDPOParams, SafeGDPOTrainer, build_trainer, decoupled_advantages,
+from safecrs_core.train.gdpo import (EPS, GDPOParams, SafeGDPOTrainer, build_trainer, decoupled_advantages,
                                load_gdpo_model, sequence_advantages, token_advantages, token_char_offsets,
                                token_ranks, train_gdpo)
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train.prompts import parse_completion
 
 S2 = math.sqrt(0.5)  # unbiased std of (0, 1)
 
@@ -98,7 +98,7 @@ def test_shape_and_argument_errors():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     return load_tokenizer("tiny-smollm2")
 
 
@@ -166,8 +166,8 @@ def catalog_oracle():
     d = Path(os.environ["SAFECRS_DATA_DIR"])
     if not d.is_dir():
         pytest.skip(f"data directory {d} not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
     return load_catalog(), load_oracle()
 
 
@@ -196,7 +196,7 @@ def _capture_advantages(trainer):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from safecrs_core.models import load_model
+    from safecrs_core.train.models import load_model
     return load_model("tiny-smollm2", device="cpu")
 
 
@@ -286,7 +286,7 @@ def test_params_validation():
 
 
 def test_find_sft_stage_follows_the_stage_lineage_to_the_benchmark(tmp_path):
-    from safecrs_core import gdpo as G
+    from safecrs_core.train import gdpo as G
     from safecrs_core import pipeline as pl
 
     root = tmp_path / "artifacts"

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from safecrs_core.rows import rows_fingerprint
-from safecrs_core import evaluate as E
-from safecrs_core import gdpo as G
-from safecrs_core.oracle import UNKNOWN, UNSAFE
+from safecrs_core.data.rows import rows_fingerprint
+from safecrs_core.evaluation import evaluate as E
+from safecrs_core.train import gdpo as G
+from safecrs_core.safety.oracle import UNKNOWN, UNSAFE
 from safecrs_core.pipeline import read_manifest, run_stage, stage_ref
 from test_evaluate import _fake_stage  # a completed stage folder with a given manifest
 from test_games_eval import games_world  # noqa: F401  (fixture: game catalog and oracle)
@@ -38,7 +38,7 @@ def _system_text(system, rows):
 def fake_generate(monkeypatch):
     """``models.generate`` answers with the stub model's fixed completion; the prompts it got are
     recorded."""
-    import safecrs_core.models as models
+    import safecrs_core.train.models as models
 
     got = []
 
@@ -88,7 +88,7 @@ def test_zero_shot_game_prompts_and_unchanged_movie_system(game_rows):
 
 
 def test_evidence_system_keeps_the_game_prompt(games_world, game_rows):
-    from safecrs_core.prompts import EvidencePrompts
+    from safecrs_core.train.prompts import EvidencePrompts
 
     cat, orc = games_world
     top = cat.items["popularity"].sort_values(ascending=False, kind="stable").index.tolist()[:10]

@@ -8,19 +8,19 @@ import pytest
 import torch
 
 from conftest import ref
-from safecrs_core import grounding as GR
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train import grounding as GR
+from safecrs_core.train.prompts import parse_completion
 
 
 @pytest.fixture(scope="module")
 def tok():
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     return load_tokenizer("tiny-smollm2")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from safecrs_core.models import load_model
+    from safecrs_core.train.models import load_model
     return load_model("tiny-smollm2", device="cpu")
 
 
@@ -227,8 +227,8 @@ def test_universe_is_popular_plus_train_items_and_resolves(movies_world):
 
 
 def test_generate_with_the_tiny_model_writes_grounded_lists(tiny, movies_world):
-    from safecrs_core.models import generate
-    from safecrs_core.prompts import build_messages
+    from safecrs_core.train.models import generate
+    from safecrs_core.train.prompts import build_messages
 
     model, tok = tiny
     cat, _, _ = movies_world
@@ -248,7 +248,7 @@ def test_generate_with_the_tiny_model_writes_grounded_lists(tiny, movies_world):
 
 
 def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path):
-    from safecrs_core.gdpo import GDPOParams, build_trainer
+    from safecrs_core.train.gdpo import GDPOParams, build_trainer
 
     cat, orc, _ = movies_world
     model, tok = copy.deepcopy(tiny[0]), tiny[1]

@@ -8,20 +8,24 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safecrs_core"
 
-# bottom to top; a module may import from its own layer or any layer below. ``domains`` is the
-# domain registry; the domain plug-ins (``domains.movies``, ``domains.games``) use the data,
+# bottom to top; a module may import from its own layer or any layer below. The subpackages
+# (data, safety, train, evaluation) group the modules by the paper's pipeline; the layers are
+# finer, per module. ``domains`` is the domain registry; the domain plug-ins (``domains.movies``, ``domains.games``) use the data,
 # safety and recommender code and are reached from below only through the registry.
 LAYERS = [
-    ("foundation", {"sources", "traits", "rows", "domains"}),
-    ("data", {"catalog", "conversations", "phrasing"}),
+    ("foundation", {"data", "data.sources", "data.rows", "safety.traits", "domains"}),
+    ("data", {"data.catalog", "data.conversations", "safety.phrasing"}),
     ("stages", {"pipeline"}),
-    ("safety", {"oracle"}),
+    ("safety", {"safety.oracle"}),
     ("benchmark", {"benchmark"}),
-    ("recommender", {"prompts", "metrics", "rewards", "grounding", "models", "plots", "baselines", "candidates"}),
+    ("recommender", {"train.prompts", "evaluation.metrics", "train.rewards", "train.grounding", "train.models",
+                     "evaluation.plots", "evaluation.baselines", "train.candidates"}),
     ("domain plug-ins", {"domains.movies", "domains.games"}),
-    ("training", {"sft", "gdpo"}),
-    ("evaluation", {"evaluate"}),
+    ("training", {"train.sft", "train.gdpo"}),
+    ("evaluation", {"evaluation.evaluate"}),
     ("interface", {"cli"}),
+    # the subpackages' own __init__ files hold only their docstring
+    ("subpackages", {"safety", "train", "evaluation"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 

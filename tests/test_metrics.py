@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safecrs_core import metrics as M
-from safecrs_core import oracle as O
-from safecrs_core import traits as T
+from safecrs_core.evaluation import metrics as M
+from safecrs_core.safety import oracle as O
+from safecrs_core.safety import traits as T
 
 S, U, N = O.SAFE, O.UNSAFE, O.UNKNOWN
 D2, D3, D4, D5 = (1 / math.log2(r + 1) for r in (2, 3, 4, 5))
@@ -166,7 +166,7 @@ def test_format_table():
 def real():
     if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
         pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
+    from safecrs_core.data.catalog import load_catalog
     return load_catalog(), O.load_oracle()
 
 
@@ -204,8 +204,8 @@ def test_score_completions_real(real):
 
 
 def test_metric_table_names_every_scored_column_and_its_direction():
-    from safecrs_core import plots
-    from safecrs_core.metrics import METRICS, better, metric_label
+    from safecrs_core.evaluation import plots
+    from safecrs_core.evaluation.metrics import METRICS, better, metric_label
 
     assert metric_label("svr@10") == "SVR@10" and metric_label("recall@5") == "Recall@5"
     assert metric_label("list_len") == "items returned" and metric_label("made_up") == "made_up"

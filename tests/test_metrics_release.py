@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from safecrs_core import metrics as M
-from safecrs_core import oracle as O
-from safecrs_core import traits as T
+from safecrs_core.evaluation import metrics as M
+from safecrs_core.safety import oracle as O
+from safecrs_core.safety import traits as T
 
 import numpy as np
 
@@ -124,7 +124,7 @@ def test_ranked_ids_under_release_read_catalog_titles(world):
 # ---- the evaluation's side-by-side table and the lookup audit ------------------------------------
 
 def test_convention_table_and_lookup_audit(world):
-    from safecrs_core import evaluate as E
+    from safecrs_core.evaluation import evaluate as E
 
     catalog, oracle = world
     by_title = {t: i for i, t in zip(catalog.items.index, catalog.items["title"])}

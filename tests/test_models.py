@@ -10,9 +10,9 @@ import zipfile
 import pytest
 import torch
 
-from safecrs_core import models
-from safecrs_core.models import ModelError, generate, load_model, resolve_model_name
-from safecrs_core.prompts import build_messages
+from safecrs_core.train import models
+from safecrs_core.train.models import ModelError, generate, load_model, resolve_model_name
+from safecrs_core.train.prompts import build_messages
 
 CHATS = [
     build_messages([{"role": "user", "text": "I loved Heat. Anything similar?"}], k=3),

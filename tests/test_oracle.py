@@ -3,8 +3,8 @@ import time
 import numpy as np
 import pytest
 
-from safecrs_core import oracle as O
-from safecrs_core import traits as T
+from safecrs_core.safety import oracle as O
+from safecrs_core.safety import traits as T
 
 NT = len(T.TRAIT_IDS)
 J = {t: j for j, t in enumerate(T.TRAIT_IDS)}

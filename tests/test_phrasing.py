@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from safecrs_core import phrasing as P
-from safecrs_core import traits as T
+from safecrs_core.data import package_file
+from safecrs_core.safety import phrasing as P
+from safecrs_core.safety import traits as T
 
-RAW = json.loads((Path(P.__file__).parent / "data" / "phrasings.json").read_text())["templates"]
+RAW = json.loads(package_file("phrasings.json").read_text())["templates"]
 MIN = {"explicit": 6, "implicit": 5}
 # rule-stating vocabulary that an implicit (hinting) template must not use
 RULE_WORDS = re.compile(r"\b(avoid\w*|trigger\w*|sensitiv\w*|please|steer clear|skip|no-go|rule out)\b", re.I)

@@ -500,7 +500,7 @@ def test_from_values_takes_the_fields_of_a_parameters_mapping():
 
 
 def test_the_training_notebooks_build_their_configs_from_their_parameters():
-    from safecrs_core import gdpo, sft
+    from safecrs_core.train import gdpo, sft
     for prof in ("smoke", "book", "paper"):
         v = pl.notebook_values("02_safe_sft", prof)
         cfg = sft.SafeSFTConfig.from_values(v)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from safecrs_core.prompts import (SOLUTION_CLOSE, SOLUTION_OPEN, build_messages, format_completion,
+from safecrs_core.train.prompts import (SOLUTION_CLOSE, SOLUTION_OPEN, build_messages, format_completion,
                                   parse_completion, system_prompt)
 
 TURNS = [
@@ -306,7 +306,7 @@ def test_empty_and_tagless_prose():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     return load_tokenizer("smollm2-135m-instruct")
 
 
@@ -338,7 +338,7 @@ def test_token_spans_need_fast_tokenizer():
 
 
 def test_resolution_with_real_catalog(data_dir):
-    from safecrs_core.catalog import load_catalog
+    from safecrs_core.data.catalog import load_catalog
     cat = load_catalog("movies", data_dir)
     text = ("<solution>\n1. **Heat** (1995)\n2. The Matrix - 1999\n3. Se7en [1995]\n4. \"Seven\" (1995)\n"
             "5. Toy Story (1995)\n6. A Film That Does Not Exist (2003)\n</solution>")

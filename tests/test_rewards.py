@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from safecrs_core import rewards as R
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train import rewards as R
+from safecrs_core.train.prompts import parse_completion
 
 # real items (ids from the catalog; verdicts for anti_gore from the oracle, checked below)
 NEMO, TOY_STORY, UP, PADDINGTON, AMELIE = "tt0266543", "tt0114709", "tt1049413", "tt1109624", "tt0211915"
@@ -29,8 +29,8 @@ def catalog_oracle():
     d = Path(os.environ["SAFECRS_DATA_DIR"])
     if not d.is_dir():
         pytest.skip(f"data directory {d} not found (set SAFECRS_DATA_DIR)")
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import SAFE, UNSAFE, load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import SAFE, UNSAFE, load_oracle
 
     cat, orc = load_catalog(), load_oracle()
     ids = {q: cat.resolve(q).item_id for q in ["Finding Nemo (2003)", "Toy Story (1995)", "Saw (2004)",

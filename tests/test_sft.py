@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from safecrs_core import candidates as C
-from safecrs_core import sft
-from safecrs_core.oracle import UNSAFE
-from safecrs_core.prompts import parse_completion
+from safecrs_core.train import candidates as C
+from safecrs_core.train import sft
+from safecrs_core.safety.oracle import UNSAFE
+from safecrs_core.train.prompts import parse_completion
 
 # two sources keep the build small; Reddit-v2 samples carry many oracle-removed targets
 BENCH = dict(sources=("reddit_saferank", "redial_kepler"), max_per_source_split=30, seed=0)
@@ -20,8 +20,8 @@ def world():
     if not Path(os.environ["SAFECRS_DATA_DIR"]).is_dir():
         pytest.skip("data directory not found (set SAFECRS_DATA_DIR)")
     from safecrs_core.benchmark import BenchmarkConfig, build_benchmark
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
 
     cfg = BenchmarkConfig(**BENCH)
     ds, stats = build_benchmark(cfg)
@@ -163,8 +163,8 @@ def test_strip_constraint_and_fit_prompt(world):
              {"role": "user", "text": "Something funny. No gore please."}]
     assert sft.strip_constraint(turns, "No gore please.")[-1]["text"] == "Something funny."
     assert turns[-1]["text"].endswith("No gore please.")  # not mutated
-    from safecrs_core.models import load_tokenizer
-    from safecrs_core.prompts import build_messages
+    from safecrs_core.train.models import load_tokenizer
+    from safecrs_core.train.prompts import build_messages
     tok = load_tokenizer("tiny-smollm2")
     long = [{"role": "user", "text": "word " * 300}, {"role": "assistant", "text": "ok"}] + turns
     msgs = build_messages(long)
@@ -190,7 +190,7 @@ TINY = dict(model_name="tiny-smollm2", max_train_samples=4, batch_size=2, max_le
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(world, tmp_path):
     from datasets import Dataset
 
-    from safecrs_core.models import load_model
+    from safecrs_core.train.models import load_model
     model, tok = load_model("tiny-smollm2", device="cpu")
     short = sorted(world["safe"], key=lambda e: len(json.dumps(e["prompt"] + e["completion"])))[:2]
     data, _, _ = sft.fit_examples(Dataset.from_list(short), tok, 384)
@@ -297,7 +297,7 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(world, tmp_p
 
 
 def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_stage(world, artifacts_root):
-    from safecrs_core.models import load_tokenizer
+    from safecrs_core.train.models import load_tokenizer
     rows = list(world["ds"]["train"])[:6]
     ex = sft.sensitivity_examples(rows)
     assert len(ex) == 6

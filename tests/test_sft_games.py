@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safecrs_core import candidates as C
-from safecrs_core import sft
-from safecrs_core.rows import item_ids
-from safecrs_core.oracle import UNSAFE
-from safecrs_core.prompts import build_messages, final_instruction, parse_completion, system_prompt
+from safecrs_core.train import candidates as C
+from safecrs_core.train import sft
+from safecrs_core.data.rows import item_ids
+from safecrs_core.safety.oracle import UNSAFE
+from safecrs_core.train.prompts import build_messages, final_instruction, parse_completion, system_prompt
 
 CFG = sft.SafeSFTConfig(model_name="tiny-smollm2", max_train_samples=8, max_steps=2, save_steps=2, batch_size=2,
                         max_length=384, learning_rate=5e-3, lora_r=8, lora_alpha=16, val_samples=2,
@@ -24,8 +24,8 @@ def world():
     if not (d / "esrb" / "games.csv").is_file():
         pytest.skip(f"game data not found under {d} (set SAFECRS_DATA_DIR)")
     from safecrs_core.benchmark import benchmark_for_profile
-    from safecrs_core.catalog import load_catalog
-    from safecrs_core.oracle import load_oracle
+    from safecrs_core.data.catalog import load_catalog
+    from safecrs_core.safety.oracle import load_oracle
 
     ds, stats, bench = benchmark_for_profile("smoke", domain="games")
     data = sft.build_sft_data(CFG, bench, progress=False, log=None)
@@ -123,7 +123,7 @@ def test_neighbour_signals_are_the_games_ones(world):
 
 
 def test_game_baskets_group_a_series_developer_or_publisher(world):
-    from safecrs_core.conversations import franchise_key
+    from safecrs_core.data.conversations import franchise_key
 
     items = world["cat"].items
     baskets = C.game_baskets(world["cat"])
@@ -152,7 +152,7 @@ def test_sparse_cooccurrence_matches_the_dense_one():
 
 
 def test_train_and_evaluate_on_games(world, monkeypatch):
-    import safecrs_core.models as M
+    import safecrs_core.train.models as M
 
     real_generate = M.generate
     prompts = []

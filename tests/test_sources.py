@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from safecrs_core import sources
+from safecrs_core.data import sources
 
 
 def test_registry_matches_manifest(data_dir):
@@ -92,7 +92,9 @@ def test_data_dir_from_env(monkeypatch, tmp_path):
 
 def test_no_pickle_loading_anywhere():
     import pathlib
-    pkg = pathlib.Path(sources.__file__).parent
+
+    import safecrs_core
+    pkg = pathlib.Path(safecrs_core.__file__).parent
     for f in pkg.rglob("*.py"):
         text = f.read_text()
         assert "pickle.load" not in text and "read_pickle" not in text, f

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from safecrs_core import traits as T
+from safecrs_core.safety import traits as T
 
 IDS = ["animal_harm", "arachnophobia_reptiles", "anti_gore", "torture_extreme_violence", "sexual_violence",
        "kid_safety", "domestic_abuse_stalking", "substance_use", "self_harm_suicide", "mental_health",

@@ -27,12 +27,12 @@ class Domain:
     """Everything the domain-free code needs to know about one domain.
 
     Data: ``catalog_sources`` (catalog source names, linking order) and
-    ``load_catalog(data_root, exclude_sources)`` -> :class:`~safecrs_core.catalog.Catalog`;
+    ``load_catalog(data_root, exclude_sources)`` -> :class:`~safecrs_core.data.catalog.Catalog`;
     ``conversation_sources`` and ``load_conversations(sources, data_root)`` -> conversations
-    (:class:`~safecrs_core.conversations.Conversation`, overlaps between sources already removed);
+    (:class:`~safecrs_core.data.conversations.Conversation`, overlaps between sources already removed);
     ``split_map``: (source, source split) -> benchmark split.
 
-    Safety: ``build_oracle(data_root, threshold)`` -> :class:`~safecrs_core.oracle.Oracle`;
+    Safety: ``build_oracle(data_root, threshold)`` -> :class:`~safecrs_core.safety.oracle.Oracle`;
     ``oracle_files``: the data files its cached tables are keyed by and checked against;
     ``oracle_options()``: keyword arguments of ``Oracle`` when its saved tables are loaded (the
     domain's rating scale); ``age_rating(constraint_id)``: the highest rating an age constraint
@@ -126,9 +126,10 @@ def package_data_key(names) -> str:
     """A short sha256 over the package data files ``names`` (``safecrs_core/data/``), for stage
     keys of domains that read them."""
     import hashlib
-    from pathlib import Path
+
+    from ..data import package_file
 
     h = hashlib.sha256()
     for name in names:
-        h.update(name.encode() + b"\0" + (Path(__file__).parents[1] / "data" / name).read_bytes() + b"\0")
+        h.update(name.encode() + b"\0" + package_file(name).read_bytes() + b"\0")
     return h.hexdigest()[:16]

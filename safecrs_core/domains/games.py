@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .. import traits as T
-from ..baselines import GAME_ITEM_TEXT_VERSION, game_item_text
-from ..candidates import SparseCoOccurrence, game_baskets
-from ..catalog import GAME_CATALOG_FILES, GAME_SOURCES as CATALOG_SOURCES, load_game_catalog
-from ..conversations import load_all
-from ..oracle import build_game_oracle, game_oracle_options
-from ..phrasing import file_rewrites
+from ..data import package_file
+from ..safety import traits as T
+from ..evaluation.baselines import GAME_ITEM_TEXT_VERSION, game_item_text
+from ..train.candidates import SparseCoOccurrence, game_baskets
+from ..data.catalog import GAME_CATALOG_FILES, GAME_SOURCES as CATALOG_SOURCES, load_game_catalog
+from ..data.conversations import load_all
+from ..safety.oracle import build_game_oracle, game_oracle_options
+from ..safety.phrasing import file_rewrites
 from . import Domain, package_data_key, register_domain
 
 CONVERSATION_SOURCES = ("safegame",)
@@ -37,7 +38,7 @@ def _co_rating(catalog, data_dir, min_rating, shrink, pop_exponent):
 
 
 def _oracle_params() -> dict:
-    games = Path(T.__file__).parent / "data" / "games.json"
+    games = package_file("games.json")
     return {"games": hashlib.sha256(games.read_bytes()).hexdigest()[:16]}
 
 

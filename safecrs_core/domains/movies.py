@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .. import traits as T
-from ..candidates import CoOccurrence, movielens_likes
-from ..catalog import CATALOG_FILES, MOVIE_SOURCES as CATALOG_SOURCES, load_movie_catalog
-from ..conversations import dedupe_against, load_all
-from ..oracle import ORACLE_FILES, build_oracle
+from ..safety import traits as T
+from ..train.candidates import CoOccurrence, movielens_likes
+from ..data.catalog import CATALOG_FILES, MOVIE_SOURCES as CATALOG_SOURCES, load_movie_catalog
+from ..data.conversations import dedupe_against, load_all
+from ..safety.oracle import ORACLE_FILES, build_oracle
 from . import Domain, register_domain
 
 CONVERSATION_SOURCES = ("redial_kepler", "redial_test", "iard", "inspired", "movie_dialog_fb", "reddit_saferank",

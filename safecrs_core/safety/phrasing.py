@@ -23,8 +23,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from ..data import package_file
 from . import traits as T
-from .domains import get_domain
+from ..domains import get_domain
 
 STYLES = ("explicit", "implicit")
 POOLS = ("train", "test")
@@ -43,7 +44,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 @lru_cache(maxsize=1)
 def _file() -> dict:
-    return json.loads((Path(__file__).parent / "data" / "phrasings.json").read_text())
+    return json.loads(package_file("phrasings.json").read_text())
 
 
 def _raw() -> dict:

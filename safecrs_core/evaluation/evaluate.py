@@ -4,30 +4,30 @@ Systems (:class:`System`)
     A system has a display ``name``, a ``kind`` (``"baseline"`` returns item ids, ``"llm"``
     writes completions) and a ``ref`` that identifies what produces its outputs (a baseline's
     configuration, a model name or a training stage ``"<stage>/<key>"``); the ref keys every
-    cache. Baselines (:func:`baseline_systems`) come from :mod:`safecrs_core.baselines`; the
+    cache. Baselines (:func:`baseline_systems`) come from :mod:`safecrs_core.evaluation.baselines`; the
     zero-shot model from :func:`zero_shot_system`; fine-tuned models (plain SFT, Safe-SFT,
     Safe-GDPO and the GDPO ablations) from their completed training stages
     (:func:`trained_systems`). :func:`available_systems` lists everything that can be evaluated
     for a run profile and says what is missing. :func:`evidence_system` gives an LLM the
-    evidence-in-context prompt (:class:`~safecrs_core.prompts.EvidencePrompts`: retrieved
+    evidence-in-context prompt (:class:`~safecrs_core.train.prompts.EvidencePrompts`: retrieved
     candidates with oracle evidence); ``available_systems(..., evidence=True)`` adds those.
     On SafeGame (``domain="games"``) every LLM system's ``prompt`` carries ``{"domain": "games"}``
     (game prompts, game catalog and oracle); movie systems keep an empty prompt and their keys.
 
 Outputs (:func:`run_system`)
-    An LLM system answers the prompt of :func:`~safecrs_core.prompts.build_messages` for each row,
-    decoded greedily in batches by :func:`~safecrs_core.models.generate` (stopping at
+    An LLM system answers the prompt of :func:`~safecrs_core.train.prompts.build_messages` for each row,
+    decoded greedily in batches by :func:`~safecrs_core.train.models.generate` (stopping at
     ``</solution>``). Completions are cached as ``artifacts/generations/<key>/completions.json``,
     keyed by the system's name and ref, the prompt parameters, a fingerprint of the rows
     (:func:`rows_fingerprint`) and ``max_new_tokens``; the model is loaded only when the cache
     misses. Evidence systems add their evidence parameters to the key (and keep their prompts in
     ``prompts.json``). New stages also record ``cost.json`` (prompt and completion tokens and
-    generation seconds per row; :func:`generation_cost`, :func:`cost_table`). Completions are scored with :func:`~safecrs_core.metrics.score_completions`,
-    baseline lists with :func:`~safecrs_core.metrics.score_ranked_ids`: one scoring path for all.
+    generation seconds per row; :func:`generation_cost`, :func:`cost_table`). Completions are scored with :func:`~safecrs_core.evaluation.metrics.score_completions`,
+    baseline lists with :func:`~safecrs_core.evaluation.metrics.score_ranked_ids`: one scoring path for all.
 
 Results (:func:`evaluate_systems`)
     Per-sample scores of every system on the same rows (a ``system`` column), their means with
-    95% bootstrap CIs (:func:`~safecrs_core.metrics.summarize`) per system and per system and
+    95% bootstrap CIs (:func:`~safecrs_core.evaluation.metrics.summarize`) per system and per system and
     trait. Cached as a stage ``artifacts/results/<key>/`` holding ``per_sample.parquet``,
     ``summary.csv``, ``per_trait.csv`` and markdown tables (``summary.md``, ``per_trait.md``);
     :func:`publish_table` copies the main table to ``book/_generated/results_table.md``.
@@ -45,10 +45,10 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
-from .rows import column, ref_ids, rows_fingerprint  # rows: a Hugging Face Dataset or a list of dicts
-from .catalog import resolve_domain
-from .oracle import load_world
-from .prompts import SOLUTION_CLOSE
+from ..data.rows import column, ref_ids, rows_fingerprint  # rows: a Hugging Face Dataset or a list of dicts
+from ..data.catalog import resolve_domain
+from ..safety.oracle import load_world
+from ..train.prompts import SOLUTION_CLOSE
 
 KINDS = ("baseline", "llm")
 STOP = (SOLUTION_CLOSE,)
@@ -86,10 +86,10 @@ class System:
     """One evaluated system (see the module docstring).
 
     ``recommend(rows, k) -> list of id lists`` for baselines; ``load() -> (model, tokenizer)``
-    for LLMs. ``prompt``: keyword arguments of :func:`~safecrs_core.prompts.build_messages`
+    for LLMs. ``prompt``: keyword arguments of :func:`~safecrs_core.train.prompts.build_messages`
     besides ``turns`` and ``k`` (e.g. ``system``, ``domain``). ``group`` places the system in
     tables and figures (``"baseline"``, ``"zero-shot"``, ``"fine-tuned"``). ``evidence``: an
-    :class:`~safecrs_core.prompts.EvidencePrompts` that adds per-row candidates with oracle
+    :class:`~safecrs_core.train.prompts.EvidencePrompts` that adds per-row candidates with oracle
     evidence to the prompt (the evidence-in-context variant, :func:`evidence_system`); it keys
     the system only when set, so other systems keep their keys."""
 
@@ -118,13 +118,13 @@ class System:
             if self.kind != "llm":
                 raise ValueError(f"{self.name!r}: evidence prompts are for LLM systems")
             if not (hasattr(self.evidence, "params") and hasattr(self.evidence, "kwargs")):
-                raise TypeError("evidence must be an EvidencePrompts (safecrs_core.prompts)")
+                raise TypeError("evidence must be an EvidencePrompts (safecrs_core.train.prompts)")
             clash = {"candidates", "evidence", "sensitivity"} & set(self.prompt)
             if clash:
                 raise ValueError(f"{self.name!r}: prompt sets {sorted(clash)}, which evidence prompts fill per row")
         self.group = self.group or ("baseline" if self.kind == "baseline" else "llm")
         if self.grounding is not None:
-            from .grounding import Grounding
+            from ..train.grounding import Grounding
             if self.kind != "llm":
                 raise ValueError(f"{self.name!r}: grounded decoding is for LLM systems")
             self.grounding = Grounding.from_value(self.grounding)
@@ -149,10 +149,10 @@ class System:
         return self.grounding.params(self.universe if self.grounding.mode == "universe" else None)
 
     def decoder(self, catalog, tokenizer, k: int = 10):
-        """The :class:`~safecrs_core.grounding.GroundedDecoder` of this system (None: free)."""
+        """The :class:`~safecrs_core.train.grounding.GroundedDecoder` of this system (None: free)."""
         if self.grounding is None:
             return None
-        from .grounding import GroundedDecoder
+        from ..train.grounding import GroundedDecoder
         cands = None
         if self.grounding.mode == "candidates":
             cands = self.evidence.ids
@@ -160,9 +160,9 @@ class System:
                                universe=self.universe if self.grounding.mode == "universe" else None, candidates=cands)
 
     def prompts(self, rows, k: int = 10) -> list[list[dict]]:
-        """The chat prompt of every row (:func:`~safecrs_core.prompts.build_messages` with
+        """The chat prompt of every row (:func:`~safecrs_core.train.prompts.build_messages` with
         ``prompt`` and, for evidence systems, the row's candidates and evidence)."""
-        from .prompts import build_messages
+        from ..train.prompts import build_messages
 
         turns = column(rows, "turns")
         extra = self.evidence.kwargs(rows) if self.evidence is not None else [{}] * len(turns)
@@ -178,7 +178,7 @@ def llm_domain(system: System) -> str | None:
 def _domain_prompt(domain: str | None, prompt: Mapping[str, Any] | None = None) -> dict:
     """``prompt`` with ``domain`` added (nothing is added for movies, so movie keys stay as they
     were); a prompt that names another domain is an error."""
-    from .domains import get_domain
+    from ..domains import get_domain
 
     out = dict(prompt or {})
     if domain is None:
@@ -194,12 +194,12 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
                      include: Sequence[str] | None = None, progress: bool = True,
                      domain: str | None = None) -> list[System]:
     """Popularity, popularity + oracle filter, embedding retrieval and retrieval + oracle filter
-    (:mod:`safecrs_core.baselines`) for the benchmark ``ds`` (a DatasetDict: popularity counts its
+    (:mod:`safecrs_core.evaluation.baselines`) for the benchmark ``ds`` (a DatasetDict: popularity counts its
     ``train`` targets, the retrieval pool takes its items). ``include``: names to keep.
 
     ``domain`` (``"movies"`` or ``"games"``): the catalog and oracle loaded when not given;
     by default the given catalog's domain, else movies. Catalog and oracle must share it. Game
-    retrieval embeds game text (:func:`~safecrs_core.baselines.game_item_text`) and names its
+    retrieval embeds game text (:func:`~safecrs_core.evaluation.baselines.game_item_text`) and names its
     domain in its ref; movie systems keep their refs."""
     from . import baselines as B
 
@@ -247,9 +247,9 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
 
 def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = None,
                      domain: str = "movies") -> System:
-    """The instruction-tuned ``model`` (:func:`~safecrs_core.models.load_model`) prompted as is,
+    """The instruction-tuned ``model`` (:func:`~safecrs_core.train.models.load_model`) prompted as is,
     with the prompts of ``domain``."""
-    from .models import load_model, resolve_model_name
+    from ..train.models import load_model, resolve_model_name
 
     key = resolve_model_name(model)
     label = name or {"smollm2-135m-instruct": "Zero-shot SmolLM2-135M",
@@ -260,7 +260,7 @@ def zero_shot_system(model: str = "smollm2-135m-instruct", name: str | None = No
 
 def evidence_system(system: System, evidence, name: str | None = None) -> System:
     """``system`` (an LLM) prompted with evidence in context: the same model and prompt settings,
-    plus ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`: per-row candidates with
+    plus ``evidence`` (an :class:`~safecrs_core.train.prompts.EvidencePrompts`: per-row candidates with
     oracle evidence). Named ``"<name> + evidence"`` unless ``name`` is given; cached apart from
     ``system`` (its key adds the evidence parameters)."""
     if system.kind != "llm":
@@ -276,7 +276,7 @@ def evidence_system(system: System, evidence, name: str | None = None) -> System
 
 def candidates_system(system: System, prompts) -> System:
     """``system`` (an LLM) prompted with **candidates in context** and no oracle verdicts
-    (``prompts``: :func:`~safecrs_core.candidates.context_prompts`): the same name, keyed apart by the
+    (``prompts``: :func:`~safecrs_core.train.candidates.context_prompts`): the same name, keyed apart by the
     candidate source. The main LLM rows use it when they were trained with candidates."""
     import dataclasses
 
@@ -293,7 +293,7 @@ def candidate_baselines(prompts, oracle, k_pool: int | None = None) -> list[Syst
     """The candidate source itself as two baselines: its first k candidates (``Candidates``) and
     its first k candidates the oracle does not mark unsafe (``Candidates + filter``, from the
     ``prompts.n`` shown)."""
-    from .oracle import UNSAFE
+    from ..safety.oracle import UNSAFE
 
     def first(rows, k):
         return [ids[:k] for ids in prompts.ids(rows)]
@@ -314,9 +314,9 @@ def candidate_baselines(prompts, oracle, k_pool: int | None = None) -> list[Syst
 
 def grounded_system(system: System, grounding, universe: Sequence[str] | None = None,
                     name: str | None = None) -> System:
-    """``system`` (an LLM) decoding with grounding (:mod:`safecrs_core.grounding`): the same
+    """``system`` (an LLM) decoding with grounding (:mod:`safecrs_core.train.grounding`): the same
     model, prompt and name (unless ``name``), keyed apart by the grounding settings and, in
-    universe mode, ``universe`` (:func:`~safecrs_core.grounding.universe_items`)."""
+    universe mode, ``universe`` (:func:`~safecrs_core.train.grounding.universe_items`)."""
     import dataclasses
 
     if system.kind != "llm":
@@ -338,7 +338,7 @@ def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path
     """An LLM system whose model is a completed training stage, loaded by ``loader(stage_dir)``
     (e.g. ``sft.load_sft_model`` or ``gdpo.load_gdpo_model``; extra return values are ignored).
     ``domain``: added to ``prompt`` (None: ``prompt`` as given)."""
-    from .pipeline import is_done, stage_ref
+    from ..pipeline import is_done, stage_ref
 
     path = Path(stage_dir)
     if not is_done(path):
@@ -356,7 +356,7 @@ def stage_system(name: str, stage_dir: str | os.PathLike, loader: Callable[[Path
 def trained_label(manifest: Mapping[str, Any]) -> str:
     """Display name of a training stage: ``SFT`` / ``Safe-SFT`` for ``sft`` stages (Safe-SFT when
     its ``variant`` is ``safe``), ``Safe-GDPO`` for ``gdpo`` stages, with the ablation named
-    (:data:`~safecrs_core.gdpo.ABLATION_LABELS`: ``GRPO``, ``sequence-level``, ``no safety
+    (:data:`~safecrs_core.train.gdpo.ABLATION_LABELS`: ``GRPO``, ``sequence-level``, ``no safety
     reward``, ``no count reward``) and
     ``from the base model`` when it did not start from an SFT stage; ``+ evidence`` after the
     name when it was trained with evidence prompts (an ``evidence`` parameter)."""
@@ -365,7 +365,7 @@ def trained_label(manifest: Mapping[str, Any]) -> str:
     if stage == "sft":
         return ("Safe-SFT" if params.get("variant") == "safe" else "SFT") + ev
     if stage == "gdpo":
-        from .gdpo import ABLATION_LABELS, ablations_of
+        from ..train.gdpo import ABLATION_LABELS, ablations_of
         parts = [ABLATION_LABELS[a] for a in ablations_of(params)]
         if any(str(i).startswith("model:") for i in manifest.get("inputs", []) or []):
             parts.append("from the base model")
@@ -386,23 +386,23 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     inputs, or those of a stage upstream of it (an ``sft_data`` or ``sft`` stage), name ``ds``'s
     training rows (``"rows:<rows_fingerprint(ds['train'])>"``) or the ``benchmark`` stage folder.
     When several stages get the same label (:func:`trained_label`) the newest is kept. SFT stages
-    load with ``safecrs_core.sft.load_sft_model``, GDPO stages with
-    ``safecrs_core.gdpo.load_gdpo_model``; a stage whose loader cannot be imported is skipped with
+    load with ``safecrs_core.train.sft.load_sft_model``, GDPO stages with
+    ``safecrs_core.train.gdpo.load_gdpo_model``; a stage whose loader cannot be imported is skipped with
     a note.
 
     Stages trained with evidence prompts (an ``evidence`` parameter, labelled ``... + evidence``)
     are evaluated with the same prompts: ``evidence(settings)`` must return the
-    :class:`~safecrs_core.prompts.EvidencePrompts` for the stage's settings. Without
+    :class:`~safecrs_core.train.prompts.EvidencePrompts` for the stage's settings. Without
     ``evidence`` they are left out (with a note).
 
     Stages trained with candidates in context (a ``candidates`` parameter) keep their label and
     are prompted with the same candidates: ``candidates(settings)`` returns the prompts
-    (:func:`~safecrs_core.candidates.context_prompts`); without it they are left out (with a note).
+    (:func:`~safecrs_core.train.candidates.context_prompts`); without it they are left out (with a note).
 
     ``domain``: the prompts' domain (:func:`stage_system`); None: each stage's own ``domain``
     parameter, else movies. A stage whose ``domain`` parameter names another domain is left out
     (an error for ``stages`` given)."""
-    from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
+    from ..pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
     say = log or (lambda _m: None)
     if stages is None:
@@ -430,9 +430,9 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
             continue
         try:
             if man["stage"] == "sft":
-                from .sft import load_sft_model as loader
+                from ..train.sft import load_sft_model as loader
             else:
-                from .gdpo import load_gdpo_model as loader
+                from ..train.gdpo import load_gdpo_model as loader
         except ImportError as exc:
             say(f"[evaluate] {label}: cannot load {d} ({exc}); skipped")
             continue
@@ -495,17 +495,17 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     ``domain`` (``"movies"`` or ``"games"``; None: the given catalog's or oracle's, else movies):
     the baselines' domain, the LLMs' prompts and the catalog and oracle loaded for evidence.
 
-    ``grounding`` (a :class:`~safecrs_core.grounding.Grounding` or its dict; None: free
+    ``grounding`` (a :class:`~safecrs_core.train.grounding.Grounding` or its dict; None: free
     decoding): every LLM system without evidence prompts decodes grounded; in universe mode the
-    universe is built from ``ds["train"]`` (:func:`~safecrs_core.grounding.universe_items`).
+    universe is built from ``ds["train"]`` (:func:`~safecrs_core.train.grounding.universe_items`).
 
-    ``candidates`` (:func:`~safecrs_core.prompts.candidate_settings`; None: off): the zero-shot
+    ``candidates`` (:func:`~safecrs_core.train.prompts.candidate_settings`; None: off): the zero-shot
     model is prompted with these candidates in context (no oracle verdicts), the candidate source
     joins the baselines (:func:`candidate_baselines`), and trained stages with a ``candidates``
     parameter are prompted with their own candidates (without it they are left out)."""
-    from .candidates import evidence_prompts
-    from .pipeline import check_profile
-    from .prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
+    from ..train.candidates import evidence_prompts
+    from ..pipeline import check_profile
+    from ..train.prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
     check_profile(profile)
     domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
@@ -526,10 +526,10 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
 
     def candidates_for(settings: Mapping[str, Any]):
         nonlocal catalog
-        from .prompts import candidate_settings
-        from .candidates import context_prompts
+        from ..train.prompts import candidate_settings
+        from ..train.candidates import context_prompts
         if catalog is None:
-            from .catalog import load_catalog
+            from ..data.catalog import load_catalog
             catalog = load_catalog(domain)
         key = json.dumps(candidate_settings(settings), sort_keys=True)
         if key not in built_cands:
@@ -542,7 +542,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                                     progress=progress, domain=domain)
         if candidates is not None:
             if oracle is None:
-                from .oracle import load_oracle
+                from ..safety.oracle import load_oracle
                 oracle = load_oracle(domain=domain)
             systems += candidate_baselines(candidates_for(candidates), oracle)
     if zero_shot:
@@ -565,13 +565,13 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                 f"benchmark): {', '.join(missing)}; run the training notebooks first")
         systems += found
     if grounding is not None:
-        from .grounding import Grounding, universe_items
+        from ..train.grounding import Grounding, universe_items
 
         settings = Grounding.from_value(grounding)
         universe = None
         if settings.mode == "universe":
             if catalog is None:
-                from .catalog import load_catalog
+                from ..data.catalog import load_catalog
                 catalog = load_catalog(domain)
             universe = universe_items(catalog, ds["train"], settings.n_popular)
         def fits(s: System) -> bool:  # candidates mode grounds the systems whose prompts list candidates
@@ -595,12 +595,12 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
     built when missing. Besides ``completions.json`` and ``ids.json`` it holds ``cost.json``:
     per row, ``prompt_tokens``, ``completion_tokens`` and ``seconds`` (its batch's generation
     time shared equally by the batch's rows). A grounded system
-    (:attr:`System.grounding`) decodes with its :class:`~safecrs_core.grounding.GroundedDecoder`
+    (:attr:`System.grounding`) decodes with its :class:`~safecrs_core.train.grounding.GroundedDecoder`
     (``catalog`` names the items; default: the domain's). ``max_prompt_tokens``: prompts lose
-    their oldest turns until they fit (:func:`~safecrs_core.sft.fit_prompt`); it keys the stage
+    their oldest turns until they fit (:func:`~safecrs_core.train.sft.fit_prompt`); it keys the stage
     only when set."""
-    from .models import generate
-    from .pipeline import run_stage
+    from ..train.models import generate
+    from ..pipeline import run_stage
 
     if system.kind != "llm":
         raise ValueError(f"{system.name!r} is a {system.kind}, not an LLM")
@@ -620,11 +620,11 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
         prompts = system.prompts(rows, k)
         model, tok = system.load()
         if max_prompt_tokens is not None:
-            from .sft import fit_prompt
+            from ..train.sft import fit_prompt
             prompts = [fit_prompt(p, tok, max_prompt_tokens) or p for p in prompts]
         processor = None
         if system.grounding is not None:
-            from .catalog import load_catalog
+            from ..data.catalog import load_catalog
             decoder = system.decoder(catalog if catalog is not None else load_catalog(llm_domain(system)), tok, k)
             listed = [dict(r) for r in rows] if not isinstance(rows, list) else rows
             processor = lambda batch: decoder.processor([listed[i] for i in batch])  # noqa: E731
@@ -681,7 +681,7 @@ def generation_cost(system: System, rows, k: int = 10, max_new_tokens: int = 256
     if (d / "cost.json").is_file():
         cost = json.loads((d / "cost.json").read_text())
     else:
-        from .pipeline import read_manifest
+        from ..pipeline import read_manifest
 
         tok = tokenizer if tokenizer is not None else system.load()[1]
         texts = json.loads((d / "completions.json").read_text())
@@ -715,7 +715,7 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
                max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True,
                log: Callable[[str], Any] | None = print, domain: str | None = None,
                max_prompt_tokens: int | None = None) -> pd.DataFrame:
-    """Per-sample scores of ``system`` on ``rows`` (:mod:`safecrs_core.metrics` columns plus
+    """Per-sample scores of ``system`` on ``rows`` (:mod:`safecrs_core.evaluation.metrics` columns plus
     ``system``, ``group``, ``kind`` and, for LLMs, ``completion``).
 
     ``catalog``/``oracle`` default to those of ``domain``; None: the domain of an LLM's prompt
@@ -723,11 +723,11 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
     domain = resolve_domain(domain, ("system's prompt", llm_domain(system)), ("catalog", catalog),
                              ("oracle", oracle))
     if oracle is None:
-        from .oracle import load_oracle
+        from ..safety.oracle import load_oracle
         oracle = load_oracle(domain=domain)
     if system.kind == "llm":
         if catalog is None:
-            from .catalog import load_catalog
+            from ..data.catalog import load_catalog
             catalog = load_catalog(domain)
         texts = generations(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             progress=progress, log=log, catalog=catalog, max_prompt_tokens=max_prompt_tokens)
@@ -761,7 +761,7 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
     all systems (the rows and the systems' keys already tell domains apart, so it keys nothing).
     ``subsets``: ``{system name: n}`` for systems scored on the first ``n`` of ``rows`` only
     (the table's ``n`` column shows it); it keys the stage only when set."""
-    from .pipeline import run_stage
+    from ..pipeline import run_stage
 
     systems = list(systems)
     subsets = {str(name): int(n) for name, n in (subsets or {}).items()}
@@ -819,7 +819,7 @@ def _finite(x) -> float | None:
 
 def summarize_systems(per_sample: pd.DataFrame, order: Sequence[str] | None = None, by_trait: bool = False,
                       n_boot: int = 1000, seed: int = 0, metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """:func:`~safecrs_core.metrics.summarize` per system (or per system and trait), systems in
+    """:func:`~safecrs_core.evaluation.metrics.summarize` per system (or per system and trait), systems in
     ``order``."""
     by = ["system", "trait"] if by_trait else "system"
     summary = M.summarize(per_sample, by=by, metrics=metrics, n_boot=n_boot, seed=seed)
@@ -863,7 +863,7 @@ def load_results(stage: str | os.PathLike) -> Results:
 
 def find_results(profile: str, label: str = "main", root: str | os.PathLike | None = None) -> Path:
     """The newest completed results stage of ``profile`` and ``label`` (written by notebook 04)."""
-    from .pipeline import artifacts_root, is_done, read_manifest
+    from ..pipeline import artifacts_root, is_done, read_manifest
 
     folder = artifacts_root(root) / "results"
     found = []
@@ -899,9 +899,9 @@ def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: i
     :func:`baselines_label`. Notebook 04 (movies) and notebook 07 (both domains) read it from
     here, so with the same settings they share one stage. ``catalog``/``oracle`` default to the
     domain's."""
-    from .benchmark import benchmark_for_profile
-    from .catalog import load_catalog
-    from .oracle import load_oracle
+    from ..benchmark import benchmark_for_profile
+    from ..data.catalog import load_catalog
+    from ..safety.oracle import load_oracle
 
     extra = {} if domain == "movies" else {"domain": domain}
     ds, _stats, _stage = benchmark_for_profile(profile, seed=seed, **extra)
@@ -915,7 +915,7 @@ def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: i
 
 def constraint_kind(constraint_id: str) -> str:
     """``"age"`` for an age constraint, ``"trait"`` for a sensitivity trait (a row's ``trait``)."""
-    from . import traits as T
+    from ..safety import traits as T
 
     return "age" if constraint_id in T.AGE_CONSTRAINT_IDS else "trait"
 
@@ -923,7 +923,7 @@ def constraint_kind(constraint_id: str) -> str:
 def domain_table(summaries: Mapping[str, pd.DataFrame], metrics: Sequence[str], digits: int = 3) -> pd.DataFrame:
     """Results of several domains side by side: one column block per domain (``summaries``:
     domain label -> a results summary indexed by system), each ``n`` then ``metrics`` as mean
-    [95% CI] (:func:`~safecrs_core.metrics.format_table`); systems in first-seen order, ``"-"``
+    [95% CI] (:func:`~safecrs_core.evaluation.metrics.format_table`); systems in first-seen order, ``"-"``
     where a domain lacks a system."""
     order = list(dict.fromkeys(s for summary in summaries.values() for s in summary.index))
     blocks = {}
@@ -942,7 +942,7 @@ def trait_table(per_trait: pd.DataFrame, metric: str, coverage: pd.DataFrame | N
     system (columns), from a per-(system, trait) summary (:attr:`Results.per_trait`). With
     ``coverage`` (``Oracle.coverage()``) the oracle's coverage and unsafe item count of each trait
     come first. ``traits``: the traits to show (default: all present), in that order."""
-    from . import traits as T
+    from ..safety import traits as T
 
     df = per_trait.reset_index()
     sys_col, trait_col = df.columns[0], df.columns[1]
@@ -974,12 +974,12 @@ def evaluate_systems(systems: Sequence[System], rows, **kwargs) -> tuple[pd.Data
 
 
 def reasoning_table(results: Results, rows, catalog=None, oracle=None, prompts=None) -> pd.DataFrame:
-    """:func:`~safecrs_core.sft.reasoning_summary` of every LLM system of ``results`` on its own
+    """:func:`~safecrs_core.train.sft.reasoning_summary` of every LLM system of ``results`` on its own
     conversations (``rows``: the split they come from): whether its reasoning names the user's
     sensitivity and how many of the titles it leaves out are unsafe, against the unsafe share of
     the candidates in its prompts (``prompts``: the
-    :func:`~safecrs_core.candidates.context_prompts` of the LLMs; None: that column is left out)."""
-    from .sft import reasoning_frame, reasoning_summary
+    :func:`~safecrs_core.train.candidates.context_prompts` of the LLMs; None: that column is left out)."""
+    from ..train.sft import reasoning_frame, reasoning_summary
 
     catalog, oracle = load_world(resolve_domain(None, ("catalog", catalog), ("oracle", oracle)), catalog, oracle)
     frames = {}
@@ -997,7 +997,7 @@ def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike 
     """Copy the main results table (``summary.md``) to ``path`` (default
     ``<repo>/book/_generated/results_table.md``, ``results_table_<domain>.md`` for another
     domain)."""
-    from .pipeline import repo_root
+    from ..pipeline import repo_root
 
     stage = results.stage if isinstance(results, Results) else Path(results)
     name = "results_table.md" if domain == "movies" else f"results_table_{domain}.md"
@@ -1040,7 +1040,7 @@ def example_lists(per_sample: pd.DataFrame, row: Mapping, catalog, oracle, k: in
     """Each system's list for one benchmark ``row`` side by side: rank x system cells
     ``"Title (Year)"`` marked ``[unsafe]`` / ``[unknown]`` by the oracle for the row's trait and
     ``[hit]`` for ground-truth targets (seen and duplicate items already removed by the metrics)."""
-    from .oracle import UNKNOWN, UNSAFE
+    from ..safety.oracle import UNKNOWN, UNSAFE
 
     sub = per_sample[per_sample["id"] == row["id"]]
     targets = ref_ids(row.get("targets"))
@@ -1065,7 +1065,7 @@ def _system_lines(group: pd.DataFrame, catalog) -> list[list[tuple[str, int | No
     """The (title, year, item id by our resolver) lines of one system's lists as the release
     convention reads them: an LLM's parsed completion with repeats kept, a baseline's item ids
     as catalog titles."""
-    from .prompts import parse_completion
+    from ..train.prompts import parse_completion
 
     if group["kind"].iloc[0] == "llm":
         return [[(it.title, it.year, it.item_id)
@@ -1115,12 +1115,12 @@ def convention_table(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int 
 
 def lookup_audit(per_sample: pd.DataFrame, rows, catalog, oracle, *, k: int = 10) -> tuple[dict, pd.DataFrame]:
     """What the reference lookup, with its two normalisations as described
-    (:func:`~safecrs_core.metrics.release_title_key` to build, :func:`~safecrs_core.metrics.release_query_key`
+    (:func:`~safecrs_core.evaluation.metrics.release_title_key` to build, :func:`~safecrs_core.evaluation.metrics.release_query_key`
     to look up), would do to our numbers. Returns the catalog's share of titles it never finds,
     and per system: the recommended lines it never finds, the share of the oracle's unsafe
     recommendations (items our resolver names) it counts as safe, and SVR@k under the project convention, the release
     convention (one normalisation) and the release convention with the reference lookup."""
-    from .oracle import UNSAFE
+    from ..safety.oracle import UNSAFE
 
     consistent = M.ReleaseLookup(catalog)
     reference = M.ReleaseLookup(catalog, query=M.release_query_key)

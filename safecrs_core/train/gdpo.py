@@ -1,7 +1,7 @@
 """Safe-GDPO: rank-level, reward-decoupled group normalisation on top of trl's GRPOTrainer.
 
 For every prompt the policy samples ``G`` ranked lists (trl puts the ``G`` completions of a prompt
-next to each other). :mod:`safecrs_core.rewards` scores each rank ``k`` of each list with ``R``
+next to each other). :mod:`safecrs_core.train.rewards` scores each rank ``k`` of each list with ``R``
 rewards (relevance hits, the discounted safety penalty, the broadcast count reward), giving
 ``r[j, i, k]`` for reward ``j``, completion ``i`` and rank ``k``. :func:`decoupled_advantages`
 turns them into one advantage per completion and rank:
@@ -35,7 +35,7 @@ Token-level credit (:class:`SafeGDPOTrainer`, ``level="rank"``)
 
 Sequence-level mode (``level="sequence"``)
     trl's own advantages from the per-sequence reward functions of
-    :meth:`~safecrs_core.rewards.RankRewards.reward_functions`; GDPO is trl's
+    :meth:`~safecrs_core.train.rewards.RankRewards.reward_functions`; GDPO is trl's
     ``multi_objective_aggregation="normalize_then_sum"`` and GRPO its ``"sum_then_normalize"``.
 
 In both levels that GRPOConfig field chooses the mode (``normalize_then_sum`` -> gdpo,
@@ -62,10 +62,10 @@ import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from .catalog import resolve_domain
+from ..data.catalog import resolve_domain
 from .models import LORA_TARGETS, lora_config
 from .rewards import RankRewards
-from .rows import column, ref_ids, rows_fingerprint
+from ..data.rows import column, ref_ids, rows_fingerprint
 
 MODES = ("gdpo", "grpo")
 LEVELS = ("rank", "sequence")
@@ -196,7 +196,7 @@ def token_char_offsets(tokenizer, ids: Sequence[int]) -> tuple[str, list[tuple[i
 def token_ranks(parsed, tokenizer, ids: Sequence[int], text: str | None = None) -> np.ndarray:
     """Rank index (0-based) of each token of ``ids``, -1 outside items.
 
-    ``parsed``: the :class:`~safecrs_core.prompts.ParsedList` of ``text``, the completion text the
+    ``parsed``: the :class:`~safecrs_core.train.prompts.ParsedList` of ``text``, the completion text the
     parser saw (default: the decode of ``ids``). A token belongs to item ``k`` when its characters
     overlap the item's ``line_span``; a token overlapping two items goes to the earlier one. When
     ``text`` differs from the decode it must occur in it (e.g. stripped whitespace); otherwise no
@@ -244,7 +244,7 @@ def token_advantages(rank_advantages: torch.Tensor, ranks: Sequence[np.ndarray],
 class SafeGDPOTrainer(GRPOTrainer):
     """trl's GRPOTrainer with rank-level GDPO advantages.
 
-    ``rank_rewards``: a :class:`~safecrs_core.rewards.RankRewards`; its per-sequence reward
+    ``rank_rewards``: a :class:`~safecrs_core.train.rewards.RankRewards`; its per-sequence reward
     functions become the trainer's ``reward_funcs`` (so trl logs them, and ``level="sequence"``
     is plain trl GDPO/GRPO over them). ``level="rank"`` replaces the per-sequence advantages that
     trl computes by per-token advantages (module docstring). ``args.multi_objective_aggregation``
@@ -278,7 +278,7 @@ class SafeGDPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
         """trl's generation; with a grounded decoder, ``generate`` gets the batch's
-        :class:`~safecrs_core.grounding.GroundedLogitsProcessor` (rows in trl's order)."""
+        :class:`~safecrs_core.train.grounding.GroundedLogitsProcessor` (rows in trl's order)."""
         if self.decoder is None:
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
         rows = self._rollout_rows
@@ -363,17 +363,17 @@ class GDPOParams:
     run resumes from its last checkpoint.
 
     ``grounding`` (None: free sampling): rollouts decode with these
-    :class:`~safecrs_core.grounding.Grounding` settings, the universe built from the training
+    :class:`~safecrs_core.train.grounding.Grounding` settings, the universe built from the training
     rows, as evaluation decodes; it keys the stage only when set.
 
     ``evidence`` (None: off): train with evidence prompts, a dict of
-    :func:`~safecrs_core.prompts.evidence_settings` (``n``, ``n_popular``, ``context_turns``,
+    :func:`~safecrs_core.train.prompts.evidence_settings` (``n``, ``n_popular``, ``context_turns``,
     ``max_tags``); :func:`train_gdpo` then needs the matching
-    :class:`~safecrs_core.prompts.EvidencePrompts`. It keys the stage only when set.
+    :class:`~safecrs_core.train.prompts.EvidencePrompts`. It keys the stage only when set.
 
     ``candidates`` (None: off): candidates in context without oracle verdicts, a dict of
-    :func:`~safecrs_core.prompts.candidate_settings` (``n``, ``source``); :func:`train_gdpo`
-    then needs the matching prompts (:func:`~safecrs_core.candidates.context_prompts`), and grounding
+    :func:`~safecrs_core.train.prompts.candidate_settings` (``n``, ``source``); :func:`train_gdpo`
+    then needs the matching prompts (:func:`~safecrs_core.train.candidates.context_prompts`), and grounding
     in ``"candidates"`` mode samples only each row's candidates. It keys the stage only when set.
     """
 
@@ -420,7 +420,7 @@ class GDPOParams:
     candidates: dict | None = None
 
     def __post_init__(self):
-        from .domains import get_domain
+        from ..domains import get_domain
         get_domain(self.domain)  # an unknown domain fails here, naming the known ones
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -450,7 +450,7 @@ class GDPOParams:
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **changes) -> "GDPOParams":
         """The parameters from a notebook's values (:func:`~safecrs_core.pipeline.from_values`)."""
-        from .pipeline import from_values
+        from ..pipeline import from_values
         return from_values(cls, values, **changes)
 
     @property
@@ -523,11 +523,11 @@ def build_dataset(rows, k: int = 10, domain: str = "movies", n: int | None = Non
                   tokenizer=None, max_prompt_tokens: int | None = None, evidence=None):
     """A trl prompt dataset from SafeRec rows (a Hugging Face Dataset or list of dicts with
     ``id``, ``turns``, ``trait``, ``targets``, ``seen``): columns ``prompt`` (chat messages from
-    :func:`~safecrs_core.prompts.build_messages`), ``id``, ``trait``, ``targets`` and ``seen``
+    :func:`~safecrs_core.train.prompts.build_messages`), ``id``, ``trait``, ``targets`` and ``seen``
     (lists of ``{"item_id"}``). ``n``: a random subset of that many rows (seeded).
     ``max_prompt_tokens`` (needs ``tokenizer``): prompts lose their oldest turns until they fit,
-    as in SFT and evaluation (:func:`safecrs_core.sft.fit_prompt`); a prompt that cannot fit
-    stays whole. ``evidence`` (an :class:`~safecrs_core.prompts.EvidencePrompts`): evidence
+    as in SFT and evaluation (:func:`safecrs_core.train.sft.fit_prompt`); a prompt that cannot fit
+    stays whole. ``evidence`` (an :class:`~safecrs_core.train.prompts.EvidencePrompts`): evidence
     prompts (candidates with oracle evidence)."""
     from datasets import Dataset
 
@@ -570,7 +570,7 @@ def build_trainer(params: GDPOParams, model, tokenizer, rows, catalog, oracle, o
                   callbacks: Sequence | None = None, evidence=None, **config_overrides) -> SafeGDPOTrainer:
     """A :class:`SafeGDPOTrainer` for ``params`` on an in-memory ``model`` and ``tokenizer``.
     A PEFT model is merged first when ``params.lora`` asks for a new adapter. ``evidence``: the
-    :class:`~safecrs_core.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`).
+    :class:`~safecrs_core.train.prompts.EvidencePrompts` of ``params.evidence`` (see :func:`train_gdpo`).
     ``catalog``, ``oracle`` (and the evidence's) must be of ``params.domain``."""
     _check_evidence(params, evidence)
     resolve_domain(params.domain, ("catalog", catalog), ("oracle", oracle),
@@ -628,7 +628,7 @@ def reference_checkpoint(model, folder: str | os.PathLike) -> None:
 
 def _load_base(model_or_stage) -> tuple[Any, Any, dict]:
     """``(model, tokenizer, base reference)`` for a model name or a completed stage folder."""
-    from .pipeline import is_done, read_manifest, stage_ref
+    from ..pipeline import is_done, read_manifest, stage_ref
 
     if isinstance(model_or_stage, (str, os.PathLike)) and Path(model_or_stage).is_dir():
         path = Path(model_or_stage)
@@ -652,7 +652,7 @@ def _load_base(model_or_stage) -> tuple[Any, Any, dict]:
 
 def _base_input(model_or_stage) -> str:
     from .models import resolve_model_name
-    from .pipeline import input_id, is_done
+    from ..pipeline import input_id, is_done
 
     if isinstance(model_or_stage, (str, os.PathLike)) and Path(model_or_stage).is_dir():
         if not is_done(model_or_stage):
@@ -677,10 +677,10 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     removed when the stage completes (unless ``keep_checkpoints``). ``callbacks``: extra
     transformers ``TrainerCallback`` objects (progress display); they do not key the stage.
     ``evidence``: with ``params.evidence`` set, the matching
-    :class:`~safecrs_core.prompts.EvidencePrompts` (``candidates.evidence_prompts(ds, catalog,
+    :class:`~safecrs_core.train.prompts.EvidencePrompts` (``candidates.evidence_prompts(ds, catalog,
     oracle, **params.evidence)``); its candidate source is then an input of the stage.
     ``catalog``/``oracle`` default to those of ``params.domain``."""
-    from .pipeline import run_stage, stage_dir, stage_key
+    from ..pipeline import run_stage, stage_dir, stage_key
 
     _check_evidence(params, evidence)
     resolve_domain(params.domain, ("catalog", catalog), ("oracle", oracle))
@@ -696,10 +696,10 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
 
         cat, orc = catalog, oracle
         if cat is None:
-            from .catalog import load_catalog
+            from ..data.catalog import load_catalog
             cat = load_catalog(domain=params.domain)
         if orc is None:
-            from .oracle import load_oracle
+            from ..safety.oracle import load_oracle
             orc = load_oracle(domain=params.domain)
         model, tok, base = _load_base(model_or_stage)
         ckpt.mkdir(parents=True, exist_ok=True)
@@ -734,7 +734,7 @@ def load_gdpo_model(stage_dir: str | os.PathLike, device: str | torch.device | N
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .models import default_device, prepare_tokenizer
-    from .pipeline import is_done
+    from ..pipeline import is_done
 
     path = Path(stage_dir)
     if not is_done(path):
@@ -796,7 +796,7 @@ def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | 
     ``benchmark`` stage folder they come from), whose ``variant`` parameter is ``variant``,
     trained with evidence prompts when ``evidence`` and without them otherwise (and, when
     ``candidates`` is a bool, with or without candidates in context); None when there is none."""
-    from .pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
+    from ..pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
 
     wanted = {f"rows:{rows_fingerprint(train_rows)}"}
     if benchmark is not None:

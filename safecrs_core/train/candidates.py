@@ -9,12 +9,12 @@ Neighbours (:class:`Neighbours`)
     ``min_rating``; games: the catalog baskets of :func:`game_baskets`); ``sim_conv`` is
     co-mention in the benchmark's training conversations. Both are :class:`CoOccurrence`
     similarities. When the neighbours run out, the training split's most frequent ground truth,
-    then the catalog's most popular items, fill the list. :mod:`safecrs_core.sft` builds its
+    then the catalog's most popular items, fill the list. :mod:`safecrs_core.train.sft` builds its
     targets from them; the module docstring there gives the tuned defaults.
 
 Candidate prompts
     :func:`neighbour_prompts`: each row's neighbours of its mentioned items as an
-    :class:`~safecrs_core.prompts.EvidencePrompts` without oracle verdicts (candidates in
+    :class:`~safecrs_core.train.prompts.EvidencePrompts` without oracle verdicts (candidates in
     context, optionally with catalog genres); :func:`context_prompts` builds it from the
     ``candidates`` settings of a notebook. :func:`evidence_prompts`: the retrieval baseline's
     candidates with the oracle's evidence (the evidence-in-context systems of notebook 06).
@@ -27,13 +27,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import sources
-from .catalog import resolve_domain
-from .domains import get_domain
-from .oracle import load_world
-from .prompts import (CANDIDATE_DEFAULTS, EVIDENCE_DEFAULTS, EvidencePrompts, candidate_settings,
-                      evidence_settings)
-from .rows import column, item_ids, rows_fingerprint
+from ..data import sources
+from ..data.catalog import resolve_domain
+from ..domains import get_domain
+from ..safety.oracle import load_world
+from .prompts import CANDIDATE_DEFAULTS, EVIDENCE_DEFAULTS, EvidencePrompts, candidate_settings, evidence_settings
+from ..data.rows import column, item_ids, rows_fingerprint
 
 FALLBACK_POPULAR = 2000  # most popular catalog items appended to the fallback list
 
@@ -130,9 +129,9 @@ def movielens_likes(catalog, min_rating: float = 4.0, data_dir=None) -> list[lis
 
 def game_baskets(catalog) -> list[list[str]]:
     """Catalog baskets of the game catalog: the games of one series
-    (:func:`~safecrs_core.conversations.franchise_key` of the title), of one developer and of one
+    (:func:`~safecrs_core.data.conversations.franchise_key` of the title), of one developer and of one
     publisher; baskets of a single game are left out."""
-    from .conversations import franchise_key
+    from ..data.conversations import franchise_key
 
     items = catalog.items
     groups: dict[str, list[str]] = defaultdict(list)
@@ -176,7 +175,7 @@ class Neighbours:
         of building it again (only ``train_rows`` differ)."""
         domain = resolve_domain(domain, ("catalog", catalog))
         if catalog is None:
-            from .catalog import load_catalog
+            from ..data.catalog import load_catalog
             catalog = load_catalog(domain, data_dir=data_dir)
         if base is not None:
             ml = base.signals[0][0]
@@ -249,11 +248,11 @@ def evidence_prompts(ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULT
                      max_tags: int = EVIDENCE_DEFAULTS["max_tags"], progress: bool = True,
                      log: Callable[[str], Any] | None = print) -> EvidencePrompts:
     """Evidence prompts: candidates from the embedding-retrieval baseline over the pool of the
-    benchmark ``ds`` (:func:`~safecrs_core.baselines.retrieval_pool` with ``n_popular``; the
-    unfiltered :class:`~safecrs_core.baselines.Retrieval` with ``context_turns``, its embeddings
+    benchmark ``ds`` (:func:`~safecrs_core.evaluation.baselines.retrieval_pool` with ``n_popular``; the
+    unfiltered :class:`~safecrs_core.evaluation.baselines.Retrieval` with ``context_turns``, its embeddings
     cached as for the baseline), each with the oracle's evidence. The encoder is loaded only when
     candidates are first asked for."""
-    from . import baselines as B
+    from ..evaluation import baselines as B
 
     settings = evidence_settings({"n": n, "n_popular": n_popular, "context_turns": context_turns,
                                   "max_tags": max_tags})
@@ -283,11 +282,11 @@ def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
     ``train_folds``: a training row's candidates come from neighbours built without its fold
     (folds of whole dialog groups, :func:`_folds`), as a test row's come from neighbours that
     never saw it
-    (:func:`~safecrs_core.prompts.candidate_settings`)."""
+    (:func:`~safecrs_core.train.prompts.candidate_settings`)."""
     settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds})
     domain = resolve_domain(domain, ("catalog", catalog))
     if catalog is None:
-        from .catalog import load_catalog
+        from ..data.catalog import load_catalog
         catalog = load_catalog(domain, data_dir=data_dir)
     train = ds["train"]
     built: dict[Any, Neighbours] = {}
@@ -315,7 +314,7 @@ def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
 
 def context_prompts(candidates: Mapping[str, Any] | None, ds, catalog=None):
     """Candidate prompts (no oracle verdicts) of the ``candidates`` settings
-    (:func:`~safecrs_core.prompts.candidate_settings`) for the benchmark ``ds`` (:func:`neighbour_prompts`);
+    (:func:`~safecrs_core.train.prompts.candidate_settings`) for the benchmark ``ds`` (:func:`neighbour_prompts`);
     None when off."""
     settings = candidate_settings(candidates)
     if settings is None:

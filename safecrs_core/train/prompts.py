@@ -19,7 +19,7 @@ Evidence in context (:class:`EvidencePrompts`)
 
     The verdict is the oracle's own (``unknown`` is never shown as ``safe``); the risk is its
     evidence-backed risk, left out when nothing is known; the bracket holds at most ``max_tags``
-    short phrases of :meth:`~safecrs_core.oracle.Oracle.brief` (trigger words, channel
+    short phrases of :meth:`~safecrs_core.safety.oracle.Oracle.brief` (trigger words, channel
     severities, the MPAA letter), and the whole evidence text after a title is at most
     :data:`EVIDENCE_CHARS` characters, so the block grows linearly in ``n`` and never with the
     evidence. A paragraph before the list (``sensitivity`` of :func:`build_messages`) says how to
@@ -56,7 +56,7 @@ Parsing (:func:`parse_completion`)
     * Truncation: when ``<solution>`` is open but never closed (``truncated``), a final line
       without a newline is kept only if it has a year in parentheses or brackets.
     * Duplicates keep their first occurrence (``n_duplicates``); the key is the resolved item id,
-      else the :func:`~safecrs_core.catalog.normalize_title` key plus the year. ``k`` keeps the
+      else the :func:`~safecrs_core.data.catalog.normalize_title` key plus the year. ``k`` keeps the
       first ``k`` distinct items (``n_over_k`` counts the rest).
     * Answer-format tags inside the list region cut a line (``<solution><solution>Heat (1995)``
       gives ``Heat``); control characters are removed from titles; a line of more than
@@ -74,9 +74,9 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .catalog import normalize_title
-from .domains import get_domain
-from .rows import column
+from ..data.catalog import normalize_title
+from ..domains import get_domain
+from ..data.rows import column
 
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 SOLUTION_OPEN, SOLUTION_CLOSE = "<solution>", "</solution>"
@@ -234,7 +234,7 @@ def _with_defaults(settings: Mapping[str, Any] | None, defaults: Mapping[str, An
 
 def evidence_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated evidence settings with the defaults of :data:`EVIDENCE_DEFAULTS` filled in (the
-    keyword arguments of :func:`~safecrs_core.candidates.evidence_prompts` that key training configs):
+    keyword arguments of :func:`~safecrs_core.train.candidates.evidence_prompts` that key training configs):
     ``n`` candidates, ``n_popular`` popular items in the retrieval pool, ``context_turns`` the
     retriever embeds, ``max_tags`` phrases per candidate. None stays None."""
     out = _with_defaults(settings, EVIDENCE_DEFAULTS, "evidence")
@@ -258,7 +258,7 @@ CANDIDATE_GENRES = 5  # the most genres shown after a candidate
 def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     """Validated settings of **candidates in context** (no oracle verdicts) with the defaults of
     :data:`CANDIDATE_DEFAULTS`: ``n`` candidates per prompt from ``source`` (``"neighbours"``:
-    :func:`~safecrs_core.candidates.neighbour_prompts`). ``genres`` (default False): each candidate line
+    :func:`~safecrs_core.train.candidates.neighbour_prompts`). ``genres`` (default False): each candidate line
     also shows the item's catalog genres (``"Saw (2004): horror, mystery, thriller"``), item
     metadata any recommender holds, not an oracle verdict; present only when True.
     ``train_folds`` (default 0, off; else an integer >= 2): a **training** row's candidates come
@@ -288,10 +288,10 @@ class EvidencePrompts:
     """Candidates with oracle evidence for each benchmark row (the module docstring).
 
     ``candidates(rows, n)``: ranked item id lists, one per row (e.g. a
-    :class:`~safecrs_core.baselines.Retrieval`'s ``recommend``); ``candidates_ref``: what
+    :class:`~safecrs_core.evaluation.baselines.Retrieval`'s ``recommend``); ``candidates_ref``: what
     identifies that source (it keys every cache of these prompts). ``catalog`` names the items,
     ``oracle`` judges them for each row's ``trait``. ``n`` candidates per row with at most
-    ``max_tags`` evidence phrases each. :func:`~safecrs_core.candidates.evidence_prompts` builds the retrieval source.
+    ``max_tags`` evidence phrases each. :func:`~safecrs_core.train.candidates.evidence_prompts` builds the retrieval source.
     ``settings``: the :func:`evidence_settings` it was built with (None otherwise)."""
 
     candidates: Callable[[Any, int], list[list[str]]] = field(repr=False)
@@ -353,7 +353,7 @@ class EvidencePrompts:
     def kwargs(self, rows, ids: Sequence[Sequence[str]] | None = None) -> list[dict[str, Any]]:
         """Per row, the ``candidates``, ``evidence`` and ``sensitivity`` arguments of
         :func:`build_messages` (``ids``: the candidate ids, default :meth:`ids`)."""
-        from . import traits as T
+        from ..safety import traits as T
 
         if not self.verdicts:
             ids = self.ids(rows) if ids is None else [list(x) for x in ids]
@@ -668,10 +668,10 @@ def parse_completion(text: str, resolver: Any = None, tokenizer: Any = None, k: 
     """The ranked list in a completion; see the module docstring for the rules.
 
     ``resolver``: anything with ``resolve(title, year)`` returning an object with ``item_id`` and
-    ``reason`` (a :class:`~safecrs_core.catalog.Catalog`); its ``resolve_many`` is used when
+    ``reason`` (a :class:`~safecrs_core.data.catalog.Catalog`); its ``resolve_many`` is used when
     present. ``tokenizer``: a fast tokenizer, for ``token_span``. ``k``: keep the first ``k`` items.
     ``keep_duplicates``: repeated items stay in the list (still counted in ``n_duplicates``), as
-    the release evaluation convention reads lists (:mod:`safecrs_core.metrics`).
+    the release evaluation convention reads lists (:mod:`safecrs_core.evaluation.metrics`).
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")

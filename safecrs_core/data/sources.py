@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import package_file
+
 ENV_VAR = "SAFECRS_DATA_DIR"
 
 
@@ -51,7 +53,7 @@ class SourceFile:
 @lru_cache(maxsize=1)
 def registry() -> dict[str, SourceFile]:
     """All registered files, keyed by their path relative to the data directory."""
-    raw = json.loads((Path(__file__).parent / "data" / "sources.json").read_text())
+    raw = json.loads(package_file("sources.json").read_text())
     return {e["file"]: SourceFile(**e) for e in raw["files"]}
 
 

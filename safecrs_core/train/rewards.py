@@ -1,7 +1,7 @@
 """Rank-level rewards of Safe-GDPO: relevance, safety and list length, one value per rank.
 
-Every completion is parsed once with :func:`~safecrs_core.prompts.parse_completion` (titles
-resolved with the one resolver, :class:`~safecrs_core.catalog.Catalog`), keeping the first ``k``
+Every completion is parsed once with :func:`~safecrs_core.train.prompts.parse_completion` (titles
+resolved with the one resolver, :class:`~safecrs_core.data.catalog.Catalog`), keeping the first ``k``
 distinct items. For a completion with items ``i_1 .. i_n`` (``n <= k``) and a benchmark row with
 ``targets``, ``seen`` and ``trait``, each reward is a float tensor shaped ``(completions, k)``;
 rank ``r`` (1-based) is column ``r - 1`` and ranks without an item hold 0 (the count reward
@@ -34,7 +34,7 @@ per completion and keeps per-batch logs (:attr:`RankRewardBatch.logs`). Its
 dataset columns as keyword arguments) that return per-sequence values: the number of hits, the
 summed (discounted) safety penalty and the count reward. They share one cache, so a trainer
 calling all of them parses each completion once, and the rank-level trainer
-(:class:`~safecrs_core.gdpo.SafeGDPOTrainer`) reads the per-rank tensors of the same batch.
+(:class:`~safecrs_core.train.gdpo.SafeGDPOTrainer`) reads the per-rank tensors of the same batch.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .oracle import UNKNOWN, UNSAFE
+from ..safety.oracle import UNKNOWN, UNSAFE
 from .prompts import ParsedList, parse_completion
-from .rows import ref_ids
+from ..data.rows import ref_ids
 
 REWARD_NAMES = ("relevance", "safety", "count")
 ROW_FIELDS = ("id", "trait", "targets", "seen")
@@ -88,7 +88,7 @@ def completion_text(completion: Any) -> str:
 
 
 def parse_many(texts: Sequence[str], resolver: Any, k: int) -> list[ParsedList]:
-    """:func:`~safecrs_core.prompts.parse_completion` of each text, first ``k`` items kept."""
+    """:func:`~safecrs_core.train.prompts.parse_completion` of each text, first ``k`` items kept."""
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     k = _check_k(k)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .domains import get_domain
+from ..data import package_file
+from ..domains import get_domain
 
 CHANNELS = ("sex", "violence", "profanity", "substances", "frightening")
 
@@ -73,7 +74,7 @@ class Trait:
 
 @lru_cache(maxsize=1)
 def _raw() -> dict:
-    return json.loads((Path(__file__).parent / "data" / "traits.json").read_text())
+    return json.loads(package_file("traits.json").read_text())
 
 
 @lru_cache(maxsize=1)
@@ -119,7 +120,7 @@ class AgeConstraint:
 
 @lru_cache(maxsize=1)
 def _age_raw() -> dict:
-    return json.loads((Path(__file__).parent / "data" / "age_ratings.json").read_text())
+    return json.loads(package_file("age_ratings.json").read_text())
 
 
 @lru_cache(maxsize=1)

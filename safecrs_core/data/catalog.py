@@ -56,9 +56,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from . import sources
-from .domains import DEFAULT as DEFAULT_DOMAIN
-from .domains import Domain, get_domain
+from . import package_file, sources
+from ..domains import DEFAULT as DEFAULT_DOMAIN
+from ..domains import Domain, get_domain
 
 # ----------------------------------------------------------------------------------------------
 # Title normalisation
@@ -666,7 +666,7 @@ _ROMAN_TOKEN_RE = re.compile(r"\b(" + "|".join(sorted((k.upper() for k in _ROMAN
 def games_data() -> dict:
     """The package's game domain table (``data/games.json``: trait mapping, request templates,
     ...), read once per process."""
-    path = Path(__file__).parent / "data" / "games.json"
+    path = package_file("games.json")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

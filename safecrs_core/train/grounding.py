@@ -25,9 +25,9 @@ The grammar (:class:`GroundedLogitsProcessor`)
     allowed to write gets a logit of ``-inf``; among the allowed tokens the model's own scores
     decide (greedy, or sampling in RL rollouts).
 
-The same processor serves validation (:func:`~safecrs_core.sft.evaluate_model`), evaluation
-(:func:`~safecrs_core.evaluate.generation_stage`) and the Safe-GDPO rollouts
-(:class:`~safecrs_core.gdpo.SafeGDPOTrainer`), so what RL samples is what evaluation scores.
+The same processor serves validation (:func:`~safecrs_core.train.sft.evaluate_model`), evaluation
+(:func:`~safecrs_core.evaluation.evaluate.generation_stage`) and the Safe-GDPO rollouts
+(:class:`~safecrs_core.train.gdpo.SafeGDPOTrainer`), so what RL samples is what evaluation scores.
 :class:`Grounding` holds the settings (they key every cache) and builds processors.
 
 Tokens: titles are tokenised alone, ``display + "\\n"``; with a byte-level BPE whose
@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, SOLUTION_OPEN
-from .rows import column, ref_ids
+from ..data.rows import column, ref_ids
 
 MODES = ("universe", "candidates")
 GROUNDING_VERSION = 1  # part of every key: change it when the grammar or universe rules change

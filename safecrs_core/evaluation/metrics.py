@@ -49,8 +49,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .oracle import UNKNOWN, UNSAFE
-from .rows import column, ref_ids
+from ..safety.oracle import UNKNOWN, UNSAFE
+from ..data.rows import column, ref_ids
 
 RANK_METRICS = ("recall", "ndcg", "svr", "sdcg", "unknown")
 # what each metric is called in tables and figures, and which direction is better (None: neither)
@@ -217,7 +217,7 @@ def _score(pred: list[list], rows, oracle, k: int, ks, lookup: "ReleaseLookup | 
     if len(pred) != len(rows):
         raise ValueError(f"{len(pred)} lists for {len(rows)} rows")
     if oracle is None:
-        from .oracle import load_oracle
+        from ..safety.oracle import load_oracle
         oracle = load_oracle()
     traits = column(rows, "trait")
     if any(t is None for t in traits):
@@ -250,22 +250,22 @@ def score_completions(completions: Sequence[str], rows, catalog=None, oracle=Non
                       lookup: "ReleaseLookup | None" = None) -> pd.DataFrame:
     """One row per sample (index aligned to ``rows``) of model completions.
 
-    Each completion is parsed with :func:`~safecrs_core.prompts.parse_completion` (resolved with
+    Each completion is parsed with :func:`~safecrs_core.train.prompts.parse_completion` (resolved with
     ``catalog``); verdicts come from ``oracle`` for the row's ``trait``; targets and seen items
     are the ids of ``row["targets"]`` and ``row["seen"]``. ``k`` is the requested list length: it
     bounds the ``ids`` column and adds ``n_unsafe@k``. ``rows``: a Hugging Face Dataset or a list
-    of dicts. ``catalog``/``oracle`` default to :func:`~safecrs_core.catalog.load_catalog` and
-    :func:`~safecrs_core.oracle.load_oracle`. ``convention``: ``"project"`` or ``"release"``
+    of dicts. ``catalog``/``oracle`` default to :func:`~safecrs_core.data.catalog.load_catalog` and
+    :func:`~safecrs_core.safety.oracle.load_oracle`. ``convention``: ``"project"`` or ``"release"``
     (module docstring; the release rules read the parsed titles, repeats kept). ``lookup``: the
     release convention's unsafe lookup (default :class:`ReleaseLookup` of ``catalog``).
     """
-    from .prompts import parse_completion
+    from ..train.prompts import parse_completion
 
     if isinstance(completions, str):
         raise TypeError("completions must be a list of strings, not one string")
     release = _check_convention(convention)
     if catalog is None:
-        from .catalog import load_catalog
+        from ..data.catalog import load_catalog
         catalog = load_catalog()
     if release:
         titles = [[(it.title, it.year) for it in parse_completion(text, keep_duplicates=True).items]
@@ -366,7 +366,7 @@ def release_inputs(titles: Sequence[Sequence[tuple[str, int | None]]], rows, loo
     line (``gt:j`` for the line that matches target ``j``, else its title and year), the verdict
     codes of the flattened lines (unsafe or safe only), the target keys, the keys of the lines
     that name a seen title, and whether each line's title was found in the catalog."""
-    from .oracle import SAFE
+    from ..safety.oracle import SAFE
 
     traits = column(rows, "trait")
     pred, flat_ids, flat_traits, targets, seen, found = [], [], [], [], [], []

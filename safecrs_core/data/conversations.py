@@ -14,7 +14,7 @@ Rules common to the dialogue sources (ReDial family, INSPIRED, Movie Dialog):
 - a conversation needs at least one user turn and at least one target; a reply whose movies were
   all mentioned before gives no conversation;
 - a target is "already seen" when a seen ref has the same ``item_id`` or the same
-  :func:`~safecrs_core.catalog.normalize_title` and a matching or missing year.
+  :func:`~safecrs_core.data.catalog.normalize_title` and a matching or missing year.
 
 Per source (the loader docstrings give the details): ``redial_test``, ``redial_kepler``, ``iard``,
 ``inspired``, ``movie_dialog_fb`` (task 2 and task 3), ``reddit_saferank`` (via
@@ -105,7 +105,7 @@ _TRAIT_IDS = frozenset(TRAIT_NAME_TO_ID.values())
 
 def trait_id(name: str | None, where: str = "") -> str | None:
     """Our trait id for a source trait name (an id passes through); ``None`` for an empty name.
-    An unknown name raises :class:`~safecrs_core.sources.DataError` naming ``where`` and the name."""
+    An unknown name raises :class:`~safecrs_core.data.sources.DataError` naming ``where`` and the name."""
     if name is None or not str(name).strip():
         return None
     key = " ".join(str(name).split())
@@ -908,7 +908,7 @@ def franchise_key(title: str) -> str:
 
 def title_leaks(text: str, title: str) -> bool:
     """True when ``title`` appears in ``text`` as whole words, compared by
-    :func:`~safecrs_core.catalog.normalize_title` and by game key (Roman numerals as digits)."""
+    :func:`~safecrs_core.data.catalog.normalize_title` and by game key (Roman numerals as digits)."""
     from .catalog import game_key
 
     for norm in (normalize_title, game_key):
@@ -1061,7 +1061,7 @@ def load_safegame(data_dir: PathLike = None, n: int = SAFEGAME_SIZE, seed: int =
             conv_id=f"safegame:{key}:{len(out)}", source="safegame", split=split, turns=turns,
             seen=[ref(i) for i in seeds], targets=[ref(i) for i in kept], trait=None, synthetic=True,
             meta={"dialog_id": key, "relation": rel, "template": j, "style": entry.get("style", ""),
-                  "synthetic": True, "generator": "safecrs_core.conversations.load_safegame", "seed": seed,
+                  "synthetic": True, "generator": "safecrs_core.data.conversations.load_safegame", "seed": seed,
                   "targets_leaking": len(targets) - len(kept)},
         ))
     return out
