@@ -888,6 +888,9 @@ SAFEGAME_SPLITS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))  # by gro
 # how the targets relate to the seed games, and how often each relation is drawn
 SAFEGAME_RELATIONS = {"franchise": 0.35, "developer": 0.2, "publisher_genre": 0.25, "platform_genre_year": 0.2}
 SAFEGAME_OPENER_SHARE = 0.5  # share of requests that start with an assistant greeting
+# the generator id SafeGame rows record in their meta: the name it had when the first rows were
+# built (the function now lives in safecrs_core.data.conversations), kept so rows stay identical
+SAFEGAME_GENERATOR = "safecrs_core.conversations.load_safegame"
 SAFEGAME_YEAR_SHARE = 0.3  # share of seed games written "Title (Year)" rather than "Title"
 _MIN_GROUP = 3  # a group needs a seed and a target, and a choice among them
 
@@ -1061,7 +1064,7 @@ def load_safegame(data_dir: PathLike = None, n: int = SAFEGAME_SIZE, seed: int =
             conv_id=f"safegame:{key}:{len(out)}", source="safegame", split=split, turns=turns,
             seen=[ref(i) for i in seeds], targets=[ref(i) for i in kept], trait=None, synthetic=True,
             meta={"dialog_id": key, "relation": rel, "template": j, "style": entry.get("style", ""),
-                  "synthetic": True, "generator": "safecrs_core.data.conversations.load_safegame", "seed": seed,
+                  "synthetic": True, "generator": SAFEGAME_GENERATOR, "seed": seed,
                   "targets_leaking": len(targets) - len(kept)},
         ))
     return out
