@@ -43,10 +43,10 @@ import pandas as pd
 from .safety import phrasing
 from .data import sources
 from .safety import traits as T
-from .data.catalog import load_catalog
 from .domains import DEFAULT as DEFAULT_DOMAIN
 from .domains import get_domain
-from .safety.oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES, load_oracle
+from .safety.oracle import SAFE, UNKNOWN, UNSAFE, VERDICT_NAMES
+from .world import World
 
 SPLITS = ("train", "validation", "test")
 # Part of the cache key: bump when a change to the build alters its output for the same parameters.
@@ -264,8 +264,8 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
 
     cfg = config or BenchmarkConfig()
     rng = np.random.default_rng(cfg.seed)
-    cat = load_catalog(cfg.domain, data_dir=data_dir)
-    oracle = load_oracle(data_dir=data_dir, threshold=cfg.threshold, domain=cfg.domain)
+    world = World.of(cfg.domain, data_dir=data_dir, threshold=cfg.threshold)
+    cat, oracle = world.catalog, world.oracle
 
     convs = list(_load_conversations(get_domain(cfg.domain), tuple(cfg.sources), str(sources.data_dir(data_dir))))
     if cfg.max_per_source_split:

@@ -27,13 +27,12 @@ def check_titles(queries: list[str], trait_ids: list[str], data_dir=None, thresh
                  domain: str = "movies") -> list[dict]:
     """The ``safecrs check`` result: one dict per query (schema in the README). ``domain="games"``
     judges games (SafeGame): queries may name a platform, ``"Doom (PS4)"``."""
-    from .data.catalog import load_catalog
-    from .safety.oracle import DEFAULT_THRESHOLD, Verdict, load_oracle
+    from .safety.oracle import Verdict
+    from .world import World
 
     queries = [_valid_text(q) for q in queries]
-    cat = load_catalog(domain, data_dir=data_dir)
-    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    oracle = load_oracle(data_dir=data_dir, threshold=threshold, domain=domain)
+    world = World.of(domain, data_dir=data_dir, threshold=threshold)
+    cat, oracle = world.catalog, world.oracle
     out = []
     for q, replaced in queries:
         res = cat.resolve(q)

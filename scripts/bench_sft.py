@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     _, _, bench = benchmark_for_profile(args.profile)
     n_examples = args.steps * args.batch_size * args.grad_accum
     cfg = sft.SafeSFTConfig(model_name=args.model, max_train_samples=max(n_examples, 8), max_steps=args.steps,
-                            batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+                            per_device_train_batch_size=args.batch_size,
+                            gradient_accumulation_steps=args.grad_accum, max_length=args.max_length,
                             lora=not args.full, save_steps=10_000, val_samples=0)
     result: dict = {"model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu",
                     "threads": torch.get_num_threads()}

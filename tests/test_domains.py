@@ -135,3 +135,19 @@ def test_an_unregistered_domain_is_gone():
         phrasing.adapt("A movie night", "books")
     with pytest.raises(ValueError, match="unknown domain 'books'"):
         load_oracle(data_dir=DATA, domain="books")
+
+
+def test_the_world_of_a_run(books):
+    """World: one domain, its data folder, catalog and oracle (loaded on first use, then kept)."""
+    from safecrs_core.world import World
+
+    w = World.of("books", data_dir=DATA)
+    assert w._catalog is None and w._oracle is None  # nothing loaded yet
+    assert w.spec is books and w.data_root == DATA.resolve()
+    assert w.catalog is w.catalog and w.catalog.domain == "books"
+    assert w.oracle.domain == "books" and w.oracle.threshold == 0.66
+    assert World.of(w) is w
+    kept = World.of(None, w.catalog)  # the domain comes from the catalog
+    assert kept.domain == "books" and kept.catalog is w.catalog
+    with pytest.raises(ValueError, match="domain 'movies', but got a books catalog"):
+        World.of("movies", w.catalog)

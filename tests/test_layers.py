@@ -17,6 +17,7 @@ LAYERS = [
     ("data", {"data.catalog", "data.conversations", "safety.phrasing"}),
     ("stages", {"pipeline"}),
     ("safety", {"safety.oracle"}),
+    ("world", {"world"}),
     ("benchmark", {"benchmark"}),
     ("recommender", {"train.prompts", "evaluation.metrics", "train.rewards", "train.grounding", "train.models",
                      "evaluation.plots", "evaluation.baselines", "train.candidates"}),

@@ -1,4 +1,5 @@
 """Safe-SFT: target building on real SafeRec rows, and training with the tiny model."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -183,7 +184,7 @@ def test_select_best_prefers_recall_then_lower_svr_then_later_step():
 
 # ---- training (tiny model) ------------------------------------------------------------------
 
-TINY = dict(model_name="tiny-smollm2", max_train_samples=4, batch_size=2, max_length=384, learning_rate=5e-3,
+TINY = dict(model_name="tiny-smollm2", max_train_samples=4, per_device_train_batch_size=2, max_length=384, learning_rate=5e-3,
             lora_r=8, lora_alpha=16, val_samples=2, max_new_tokens=8, eval_batch_size=2)
 
 
@@ -318,3 +319,22 @@ def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_sta
     stage = sft.train_sft(with_sens, _benchmark_stage(world), progress=False, log=None)
     info = json.loads((stage / "train_info.json").read_text())
     assert info["sensitivity_examples"] == 3 and info["examples"] >= 1
+
+
+def test_batch_settings_share_gdpo_names_and_keep_their_stored_keys():
+    """SafeSFTConfig names its batch settings as GDPOParams and transformers do; the stage keys
+    store them under the names the first stages were keyed with, and a manifest's params give
+    the same config back."""
+    from safecrs_core.train.gdpo import GDPOParams
+
+    names = {f.name for f in dataclasses.fields(sft.SafeSFTConfig)}
+    gdpo_names = {f.name for f in dataclasses.fields(GDPOParams)}
+    assert {"per_device_train_batch_size", "gradient_accumulation_steps"} <= names & gdpo_names
+    assert not {"batch_size", "grad_accum"} & names
+    cfg = sft.SafeSFTConfig(per_device_train_batch_size=3, gradient_accumulation_steps=2)
+    params = cfg.to_params()
+    assert (params["batch_size"], params["grad_accum"]) == (3, 2)
+    assert "per_device_train_batch_size" not in params
+    assert sft.SafeSFTConfig.from_params(params) == cfg
+    with pytest.raises(ValueError, match="per_device_train_batch_size must be a positive integer"):
+        sft.SafeSFTConfig(per_device_train_batch_size=0)

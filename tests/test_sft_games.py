@@ -13,7 +13,7 @@ from safecrs_core.data.rows import item_ids
 from safecrs_core.safety.oracle import UNSAFE
 from safecrs_core.train.prompts import build_messages, final_instruction, parse_completion, system_prompt
 
-CFG = sft.SafeSFTConfig(model_name="tiny-smollm2", max_train_samples=8, max_steps=2, save_steps=2, batch_size=2,
+CFG = sft.SafeSFTConfig(model_name="tiny-smollm2", max_train_samples=8, max_steps=2, save_steps=2, per_device_train_batch_size=2,
                         max_length=384, learning_rate=5e-3, lora_r=8, lora_alpha=16, val_samples=2,
                         max_new_tokens=8, eval_batch_size=2)
 

@@ -47,7 +47,7 @@ import pandas as pd
 from . import metrics as M
 from ..data.rows import column, ref_ids, rows_fingerprint  # rows: a Hugging Face Dataset or a list of dicts
 from ..data.catalog import resolve_domain
-from ..safety.oracle import load_world
+from ..world import World
 from ..train.prompts import SOLUTION_CLOSE
 
 KINDS = ("baseline", "llm")
@@ -204,7 +204,8 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
     from . import baselines as B
 
     domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
-    catalog, oracle = load_world(domain, catalog, oracle)
+    world = World.of(domain, catalog, oracle)
+    catalog, oracle = world.catalog, world.oracle
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
@@ -508,43 +509,35 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     from ..train.prompts import EVIDENCE_DEFAULTS, EvidencePrompts, evidence_settings
 
     check_profile(profile)
-    domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
+    world = World.of(domain, catalog, oracle)  # catalog and oracle loaded when first needed
+    domain = world.domain
     say = log or (lambda _m: None)
     evidence = evidence or evidence_n is not None or evidence_max_tags is not None
     built: dict[str, EvidencePrompts] = {}
 
     def evidence_for(settings: Mapping[str, Any]) -> EvidencePrompts:
-        nonlocal catalog, oracle
-        catalog, oracle = load_world(domain, catalog, oracle)
         full = evidence_settings(settings)
         key = json.dumps(full, sort_keys=True)
         if key not in built:
-            built[key] = evidence_prompts(ds, catalog, oracle, **full, progress=progress, log=log)
+            built[key] = evidence_prompts(ds, world.catalog, world.oracle, **full, progress=progress, log=log)
         return built[key]
 
     built_cands: dict[str, Any] = {}
 
     def candidates_for(settings: Mapping[str, Any]):
-        nonlocal catalog
         from ..train.prompts import candidate_settings
         from ..train.candidates import context_prompts
-        if catalog is None:
-            from ..data.catalog import load_catalog
-            catalog = load_catalog(domain)
         key = json.dumps(candidate_settings(settings), sort_keys=True)
         if key not in built_cands:
-            built_cands[key] = context_prompts(settings, ds, catalog)
+            built_cands[key] = context_prompts(settings, ds, world.catalog)
         return built_cands[key]
 
     systems: list[System] = []
     if baselines:
-        systems += baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
-                                    progress=progress, domain=domain)
+        systems += baseline_systems(ds, world.catalog, world.oracle, n_popular=n_popular,
+                                    context_turns=context_turns, progress=progress, domain=domain)
         if candidates is not None:
-            if oracle is None:
-                from ..safety.oracle import load_oracle
-                oracle = load_oracle(domain=domain)
-            systems += candidate_baselines(candidates_for(candidates), oracle)
+            systems += candidate_baselines(candidates_for(candidates), world.oracle)
     if zero_shot:
         systems.append(zero_shot_system(base_model, domain=domain))
         if candidates is not None:
@@ -570,10 +563,7 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
         settings = Grounding.from_value(grounding)
         universe = None
         if settings.mode == "universe":
-            if catalog is None:
-                from ..data.catalog import load_catalog
-                catalog = load_catalog(domain)
-            universe = universe_items(catalog, ds["train"], settings.n_popular)
+            universe = universe_items(world.catalog, ds["train"], settings.n_popular)
         def fits(s: System) -> bool:  # candidates mode grounds the systems whose prompts list candidates
             if s.kind != "llm":
                 return False
@@ -624,8 +614,7 @@ def generation_stage(system: System, rows, k: int = 10, max_new_tokens: int = 25
             prompts = [fit_prompt(p, tok, max_prompt_tokens) or p for p in prompts]
         processor = None
         if system.grounding is not None:
-            from ..data.catalog import load_catalog
-            decoder = system.decoder(catalog if catalog is not None else load_catalog(llm_domain(system)), tok, k)
+            decoder = system.decoder(World.of(llm_domain(system), catalog).catalog, tok, k)
             listed = [dict(r) for r in rows] if not isinstance(rows, list) else rows
             processor = lambda batch: decoder.processor([listed[i] for i in batch])  # noqa: E731
         timings: list[dict] = []
@@ -722,13 +711,10 @@ def run_system(system: System, rows, *, k: int = 10, ks: Sequence[int] = (5, 10)
     (:func:`llm_domain`), else of the given catalog or oracle, else movies. They must agree."""
     domain = resolve_domain(domain, ("system's prompt", llm_domain(system)), ("catalog", catalog),
                              ("oracle", oracle))
-    if oracle is None:
-        from ..safety.oracle import load_oracle
-        oracle = load_oracle(domain=domain)
+    world = World.of(domain, catalog, oracle)
+    oracle = world.oracle
     if system.kind == "llm":
-        if catalog is None:
-            from ..data.catalog import load_catalog
-            catalog = load_catalog(domain)
+        catalog = world.catalog
         texts = generations(system, rows, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             progress=progress, log=log, catalog=catalog, max_prompt_tokens=max_prompt_tokens)
         df = M.score_completions(texts, rows, catalog, oracle, k=k, ks=ks)
@@ -900,14 +886,11 @@ def baselines_stage(profile: str, domain: str = "movies", *, seed: int = 0, k: i
     here, so with the same settings they share one stage. ``catalog``/``oracle`` default to the
     domain's."""
     from ..benchmark import benchmark_for_profile
-    from ..data.catalog import load_catalog
-    from ..safety.oracle import load_oracle
 
     extra = {} if domain == "movies" else {"domain": domain}
     ds, _stats, _stage = benchmark_for_profile(profile, seed=seed, **extra)
-    catalog = catalog if catalog is not None else load_catalog(domain)
-    oracle = oracle if oracle is not None else load_oracle(domain=domain)
-    systems = baseline_systems(ds, catalog, oracle, n_popular=n_popular, context_turns=context_turns,
+    world = World.of(domain, catalog, oracle)
+    systems = baseline_systems(ds, world.catalog, world.oracle, n_popular=n_popular, context_turns=context_turns,
                                progress=progress, domain=domain)
     return results_stage(systems, ds["test"], profile=profile, label=baselines_label(domain), k=k, n_boot=n_boot,
                          seed=seed, catalog=catalog, oracle=oracle, progress=progress, log=log)
@@ -981,7 +964,9 @@ def reasoning_table(results: Results, rows, catalog=None, oracle=None, prompts=N
     :func:`~safecrs_core.train.candidates.context_prompts` of the LLMs; None: that column is left out)."""
     from ..train.sft import reasoning_frame, reasoning_summary
 
-    catalog, oracle = load_world(resolve_domain(None, ("catalog", catalog), ("oracle", oracle)), catalog, oracle)
+    world = World.of(None, catalog, oracle)
+
+    catalog, oracle = world.catalog, world.oracle
     frames = {}
     for name, g in results.per_sample.groupby("system", sort=False):
         if g["kind"].iloc[0] != "llm":

@@ -887,16 +887,3 @@ def load_oracle(data_dir=None, threshold: float = DEFAULT_THRESHOLD, disk_cache:
     :data:`ORACLE_VERSION`) so later processes load them instead of rebuilding."""
     spec = get_domain(domain)  # an unknown domain fails here, naming the known ones
     return _cached(str(sources.data_dir(data_dir)), float(threshold), bool(disk_cache), spec)
-
-
-def load_world(domain: str = "movies", catalog=None, oracle=None, data_dir=None,
-               threshold: float | None = None) -> tuple:
-    """``(catalog, oracle)`` of ``domain``: ``catalog`` / ``oracle`` when given, else loaded
-    (:func:`~safecrs_core.data.catalog.load_catalog`, :func:`load_oracle` at ``threshold``, its
-    default when None); both are built once per process."""
-    if catalog is None:
-        catalog = load_catalog(domain, data_dir=data_dir)
-    if oracle is None:
-        oracle = load_oracle(data_dir=data_dir, domain=domain,
-                             **({} if threshold is None else {"threshold": threshold}))
-    return catalog, oracle

@@ -30,7 +30,7 @@ import pandas as pd
 from ..data import sources
 from ..data.catalog import resolve_domain
 from ..domains import get_domain
-from ..safety.oracle import load_world
+from ..world import World
 from .prompts import CANDIDATE_DEFAULTS, EVIDENCE_DEFAULTS, EvidencePrompts, candidate_settings, evidence_settings
 from ..data.rows import column, item_ids, rows_fingerprint
 
@@ -173,10 +173,8 @@ class Neighbours:
         ``domain``: the catalog's domain when None (movies without a catalog). ``base``: reuse
         that instance's co-rating (games: catalog) signal, built with the same settings, instead
         of building it again (only ``train_rows`` differ)."""
-        domain = resolve_domain(domain, ("catalog", catalog))
-        if catalog is None:
-            from ..data.catalog import load_catalog
-            catalog = load_catalog(domain, data_dir=data_dir)
+        world = World.of(domain, catalog, data_dir=data_dir)
+        domain, catalog = world.domain, world.catalog
         if base is not None:
             ml = base.signals[0][0]
         else:  # the domain plug-in's item co-occurrence (movies: MovieLens co-rating; games: catalog baskets)
@@ -257,7 +255,8 @@ def evidence_prompts(ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULT
     settings = evidence_settings({"n": n, "n_popular": n_popular, "context_turns": context_turns,
                                   "max_tags": max_tags})
     domain = getattr(catalog, "domain", "movies")  # game refs name their domain, movie refs as before
-    catalog, oracle = load_world(domain, catalog, oracle)
+    world = World.of(domain, catalog, oracle)
+    catalog, oracle = world.catalog, world.oracle
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
 
@@ -284,10 +283,8 @@ def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
     never saw it
     (:func:`~safecrs_core.train.prompts.candidate_settings`)."""
     settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds})
-    domain = resolve_domain(domain, ("catalog", catalog))
-    if catalog is None:
-        from ..data.catalog import load_catalog
-        catalog = load_catalog(domain, data_dir=data_dir)
+    world = World.of(domain, catalog, data_dir=data_dir)
+    domain, catalog = world.domain, world.catalog
     train = ds["train"]
     built: dict[Any, Neighbours] = {}
     train_ids = column(train, "id")

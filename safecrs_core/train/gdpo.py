@@ -694,13 +694,9 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     def fn(tmp: Path):
         from transformers.trainer_utils import get_last_checkpoint
 
-        cat, orc = catalog, oracle
-        if cat is None:
-            from ..data.catalog import load_catalog
-            cat = load_catalog(domain=params.domain)
-        if orc is None:
-            from ..safety.oracle import load_oracle
-            orc = load_oracle(domain=params.domain)
+        from ..world import World
+        world = World.of(params.domain, catalog, oracle)
+        cat, orc = world.catalog, world.oracle
         model, tok, base = _load_base(model_or_stage)
         ckpt.mkdir(parents=True, exist_ok=True)
         trainer = build_trainer(params, model, tok, rows, cat, orc, ckpt, callbacks=callbacks, evidence=evidence)

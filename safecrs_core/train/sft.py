@@ -81,7 +81,8 @@ from transformers import TrainerCallback
 
 from ..safety import traits as T
 from ..data.catalog import resolve_domain
-from ..safety.oracle import UNSAFE, load_world
+from ..safety.oracle import UNSAFE
+from ..world import World
 from .prompts import REASONING_OPEN, SOLUTION_CLOSE, build_messages, parse_completion
 from .candidates import Neighbours, context_prompts
 from .models import lora_config
@@ -132,7 +133,9 @@ class SafeSFTConfig:
     Training (the ``sft`` stage): ``model_name`` (:func:`safecrs_core.train.models.load_model` name),
     ``variant`` (``"safe"`` or ``"plain"``), ``epochs`` (ignored when ``max_steps > 0``),
     ``learning_rate``, ``lora`` (False: full fine-tune), ``lora_r``/``lora_alpha``/``lora_dropout``,
-    ``batch_size`` x ``grad_accum`` sequences per optimizer step, ``max_length`` tokens per
+    ``per_device_train_batch_size`` x ``gradient_accumulation_steps`` sequences per optimizer
+    step (transformers' names, as in :class:`~safecrs_core.train.gdpo.GDPOParams`; stage keys
+    store them as ``batch_size``/``grad_accum``, :data:`STORED_NAMES`), ``max_length`` tokens per
     sequence, ``warmup_ratio``, ``save_steps`` (checkpoint and validation every that many steps),
     ``val_samples`` validation conversations scored per checkpoint (0: keep the last checkpoint),
     ``max_new_tokens``/``eval_batch_size`` for that generation, ``bf16`` (None: on CUDA when
@@ -171,8 +174,8 @@ class SafeSFTConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    batch_size: int = 2
-    grad_accum: int = 1
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
     max_length: int = 512
     warmup_ratio: float = 0.05
     save_steps: int = 16
@@ -187,13 +190,15 @@ class SafeSFTConfig:
     candidates: dict | None = None
     sensitivity_examples: int = 0
 
+    # fields whose stage keys carry the names they had when the first stages were keyed
+    STORED_NAMES = {"per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum"}
     DATA_FIELDS = ("k", "max_train_samples", "min_rating", "shrink", "pop_exponent", "conv_weight",
                    "seen_weight", "seed")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        for name in ("k", "batch_size", "grad_accum", "max_length", "save_steps", "max_new_tokens",
+        for name in ("k", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "save_steps", "max_new_tokens",
                      "eval_batch_size", "lora_r"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -227,7 +232,7 @@ class SafeSFTConfig:
                 raise ValueError(f"evidence n={self.evidence['n']} candidates cannot fill a list of k={self.k}")
 
     def to_params(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {self.STORED_NAMES.get(f.name, f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("evidence", "grounding", "candidates"):  # off: the keys of configs without them stay as they were
             if out[name] is None:
                 del out[name]
@@ -278,6 +283,12 @@ class SafeSFTConfig:
         """The config from a notebook's parameters (:func:`~safecrs_core.pipeline.from_values`)."""
         from ..pipeline import from_values
         return from_values(cls, values, **changes)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "SafeSFTConfig":
+        """The config whose :meth:`to_params` gave ``params`` (a stage manifest's)."""
+        field_of = {v: k for k, v in cls.STORED_NAMES.items()}
+        return cls.from_values({field_of.get(k, k): v for k, v in params.items()})
 
 
 def benchmark_decoder(grounding: Mapping[str, Any] | None, benchmark_dir, catalog, tokenizer, k: int = 10,
@@ -380,7 +391,8 @@ def reasoning_frame(completions: Sequence[str], rows, catalog=None, oracle=None,
     * with ``candidates`` (the rows' candidate id lists), ``candidate_unsafe_rate``: the share of
       the row's candidates that are unsafe, what naming candidates at random would reach.
     """
-    catalog, oracle = load_world(resolve_domain(domain, ("catalog", catalog), ("oracle", oracle)), catalog, oracle)
+    world = World.of(domain, catalog, oracle)
+    catalog, oracle = world.catalog, world.oracle
     if len(completions) != len(rows):
         raise ValueError(f"{len(completions)} completions for {len(rows)} rows")
     if candidates is not None and len(candidates) != len(rows):
@@ -443,7 +455,8 @@ def build_targets(rows, variant: str = "safe", *, k: int = 10, neighbours: Neigh
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
+    world = World.of(domain, catalog=catalog, oracle=oracle)
+    catalog, oracle = world.catalog, world.oracle
     if evidence is not None and variant != "safe" and getattr(evidence, "verdicts", True):
         raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
     if neighbours is None and evidence is None:
@@ -589,7 +602,8 @@ def build_sft_data(config: SafeSFTConfig, benchmark_dir: str | os.PathLike, data
     def fn(tmp: Path):
         ds, bstats = load_benchmark(bench)
         domain = benchmark_domain(bstats)
-        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        catalog, oracle = world.catalog, world.oracle
         train = ds["train"]
         nb = Neighbours.from_benchmark(list(train), catalog, data_dir, config.min_rating, config.shrink,
                                        config.pop_exponent, config.conv_weight, config.seen_weight,
@@ -711,7 +725,8 @@ def evaluate_model(model, tok, rows: Sequence[dict], k: int = 10, max_new_tokens
     if not rows:
         raise ValueError("no rows to evaluate")
     domain = resolve_domain(domain, ("catalog", catalog))
-    catalog, oracle = load_world(domain, catalog=catalog, oracle=oracle)
+    world = World.of(domain, catalog=catalog, oracle=oracle)
+    catalog, oracle = world.catalog, world.oracle
     was_training = model.training
     model.eval()
     try:
@@ -850,12 +865,13 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
     elif tok is None:
         raise ValueError("pass the model's tokenizer with model=")
     cuda = torch.cuda.is_available()
-    steps_per_epoch = math.ceil(len(train_dataset) / (config.batch_size * config.grad_accum))
+    steps_per_epoch = math.ceil(len(train_dataset) / (config.per_device_train_batch_size
+                                                      * config.gradient_accumulation_steps))
     total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
     args = SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -950,7 +966,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
             extra = fit_examples(Dataset.from_list(sensitivity_examples(list(drawn), config.k, domain)), tok,
                                  config.max_length)[0]
             fitted, n_sens = concatenate_datasets([fitted, extra]), len(extra)
-        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        catalog, oracle = world.catalog, world.oracle
         evidence = None
         if with_context:
             evidence = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log)
@@ -1020,7 +1037,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
 
 def _config_of(stage_dir: Path) -> SafeSFTConfig:
     from ..pipeline import read_manifest
-    return SafeSFTConfig.from_values(read_manifest(stage_dir)["params"])
+    return SafeSFTConfig.from_params(read_manifest(stage_dir)["params"])
 
 
 def load_checkpoint_model(path: str | os.PathLike, config: SafeSFTConfig, merge: bool = True, device=None):
@@ -1109,7 +1126,8 @@ def evaluate_stage(model: str | os.PathLike, benchmark_dir: str | os.PathLike, n
             m, tok = load_model(str(model))
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
-        catalog, oracle = load_world(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
+        catalog, oracle = world.catalog, world.oracle
         from ..benchmark import load_benchmark
         prompts = context_prompts(candidates, load_benchmark(bench)[0], catalog)
         decoder = benchmark_decoder(grounding, bench, catalog, tok, k=k, prompts=prompts)  # built before the clock
