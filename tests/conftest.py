@@ -4,9 +4,10 @@
   developer machines) when it is not set.
 - ``SAFECRS_ARTIFACTS`` points at a fresh temporary folder for the whole test session unless it is
   set, so tests never read or write the project's own ``artifacts/``.
-- ``SAFECRS_FIGURES`` points at a fresh temporary folder too, and the session fails if the
-  repository's ``figures/`` or ``notebooks/_executed/`` changed while it ran (tests write
-  figures, executed notebooks and stages only under temporary folders).
+- ``SAFECRS_FIGURES`` and ``SAFECRS_GENERATED`` (the published results tables) point at fresh
+  temporary folders too, and the session fails if the repository's ``figures/``,
+  ``notebooks/_executed/`` or ``book/_generated/`` changed while it ran (tests write figures,
+  tables, executed notebooks and stages only under temporary folders).
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ if not os.environ.get("SAFECRS_ARTIFACTS"):
 
 _SESSION_FIGURES = tempfile.mkdtemp(prefix="safecrs-test-figures-")
 os.environ["SAFECRS_FIGURES"] = _SESSION_FIGURES
-_UNTOUCHED = (ROOT / "figures", ROOT / "notebooks" / "_executed")
+_SESSION_GENERATED = tempfile.mkdtemp(prefix="safecrs-test-generated-")
+os.environ["SAFECRS_GENERATED"] = _SESSION_GENERATED
+_UNTOUCHED = (ROOT / "figures", ROOT / "notebooks" / "_executed", ROOT / "book" / "_generated")
 
 
 def _snapshot() -> dict[str, tuple[int, int]]:
@@ -50,8 +53,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     after = _snapshot()
     changed = sorted(set(after) ^ set(_BEFORE) | {p for p in after if p in _BEFORE and after[p] != _BEFORE[p]})
     if changed:
-        print(f"\nFAILED: the tests changed {len(changed)} file(s) of the working tree's figures/ or "
-              f"notebooks/_executed/ (tests must write only under temporary folders): {changed[:5]}")
+        print(f"\nFAILED: the tests changed {len(changed)} file(s) of the working tree's figures/, "
+              f"notebooks/_executed/ or book/_generated/ (tests must write only under temporary folders): "
+              f"{changed[:5]}")
         session.exitstatus = 1
 
 
@@ -59,6 +63,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _SESSION_ARTIFACTS:
         shutil.rmtree(_SESSION_ARTIFACTS, ignore_errors=True)
     shutil.rmtree(_SESSION_FIGURES, ignore_errors=True)
+    shutil.rmtree(_SESSION_GENERATED, ignore_errors=True)
 
 
 @pytest.fixture

@@ -183,5 +183,8 @@ def test_evidence_candidates_ref_names_the_game_domain(monkeypatch, games_world)
     monkeypatch.setattr(B, "retrieval_pool", lambda ds, cat, n_popular: pool)
     games = evidence_prompts({}, catalog, oracle, n=10, context_turns=4)
     assert games.candidates_ref == B.retrieval_ref(pool, 4, domain="games")
-    movies = evidence_prompts({}, _FakeCatalog("movies", pd.DataFrame()), oracle, n=10, context_turns=4)
+    movie_oracle = type("O", (), {"domain": "movies", "brief": lambda self, *a, **kw: None})()
+    movies = evidence_prompts({}, _FakeCatalog("movies", pd.DataFrame()), movie_oracle, n=10, context_turns=4)
     assert movies.candidates_ref == B.retrieval_ref(pool, 4)  # the movie ref is unchanged
+    with pytest.raises(ValueError, match="domain 'movies', but got a games oracle"):  # one world per call
+        evidence_prompts({}, _FakeCatalog("movies", pd.DataFrame()), oracle, n=10, context_turns=4)

@@ -980,13 +980,15 @@ def reasoning_table(results: Results, rows, catalog=None, oracle=None, prompts=N
 def publish_table(results: Results | str | os.PathLike, path: str | os.PathLike | None = None,
                   domain: str = "movies") -> Path:
     """Copy the main results table (``summary.md``) to ``path`` (default
-    ``<repo>/book/_generated/results_table.md``, ``results_table_<domain>.md`` for another
-    domain)."""
+    ``results_table.md``, ``results_table_<domain>.md`` for another domain, in
+    ``$SAFECRS_GENERATED``, else ``<repo>/book/_generated``; the tests point the variable at a
+    temporary folder)."""
     from ..pipeline import repo_root
 
     stage = results.stage if isinstance(results, Results) else Path(results)
     name = "results_table.md" if domain == "movies" else f"results_table_{domain}.md"
-    dest = Path(path) if path is not None else repo_root() / "book" / "_generated" / name
+    folder = Path(os.environ.get("SAFECRS_GENERATED") or repo_root() / "book" / "_generated")
+    dest = Path(path) if path is not None else folder / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(stage / "summary.md", dest)
     return dest
