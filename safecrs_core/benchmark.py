@@ -265,9 +265,9 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     cfg = config or BenchmarkConfig()
     rng = np.random.default_rng(cfg.seed)
     world = World.of(cfg.domain, data_dir=data_dir, threshold=cfg.threshold)
-    cat, oracle = world.catalog, world.oracle
+    cat, oracle, spec = world.catalog, world.oracle, world.spec
 
-    convs = list(_load_conversations(get_domain(cfg.domain), tuple(cfg.sources), str(sources.data_dir(data_dir))))
+    convs = list(_load_conversations(spec, tuple(cfg.sources), str(world.data_root)))
     if cfg.max_per_source_split:
         by = defaultdict(list)
         for c in convs:
@@ -283,7 +283,7 @@ def build_benchmark(config: BenchmarkConfig | None = None, data_dir=None, progre
     split_of = assign_splits(convs, cfg.domain)
 
     stats: dict = {"config": cfg.to_params(), "loaded": dict(Counter(f"{c.source}/{c.split}" for c in convs))}
-    if not get_domain(cfg.domain).legacy_keys:
+    if not spec.legacy_keys:
         stats["domain"] = cfg.domain
     # targets must resolve to catalog items; conversations with none are dropped
     unresolved = Counter()

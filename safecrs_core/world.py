@@ -22,7 +22,7 @@ class World:
     default), the oracle's ``threshold`` and the ``artifacts`` root (None:
     :func:`~safecrs_core.pipeline.artifacts_root`'s default). Build it with :meth:`of`, which
     keeps a catalog or oracle already at hand."""
-    domain: str = DEFAULT_DOMAIN
+    domain: str | None = DEFAULT_DOMAIN  # None: the catalog's or oracle's domain, else the default
     data_dir: str | os.PathLike | None = None
     threshold: float = DEFAULT_THRESHOLD
     artifacts: str | os.PathLike | None = None
@@ -44,7 +44,7 @@ class World:
             w._oracle = w._oracle if oracle is None else oracle
             w.__post_init__()
             return w
-        return cls(domain=resolve_domain(domain, ("catalog", catalog), ("oracle", oracle)), data_dir=data_dir,
+        return cls(domain=domain, data_dir=data_dir,  # __post_init__ resolves the domain
                    threshold=DEFAULT_THRESHOLD if threshold is None else float(threshold),
                    _catalog=catalog, _oracle=oracle)
 

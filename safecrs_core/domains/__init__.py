@@ -121,7 +121,6 @@ def get_domain(name: str | Domain | None = None) -> Domain:
     return _REGISTRY[name]
 
 
-
 def package_data_key(names) -> str:
     """A short sha256 over the package data files ``names`` (``safecrs_core/data/``), for stage
     keys of domains that read them."""

@@ -203,9 +203,8 @@ def baseline_systems(ds, catalog=None, oracle=None, n_popular: int = 5000, conte
     domain in its ref; movie systems keep their refs."""
     from . import baselines as B
 
-    domain = resolve_domain(domain, ("catalog", catalog), ("oracle", oracle))
     world = World.of(domain, catalog, oracle)
-    catalog, oracle = world.catalog, world.oracle
+    domain, catalog, oracle = world.domain, world.catalog, world.oracle
     train_fp = rows_fingerprint(ds["train"])
     pool = B.retrieval_pool(ds, catalog, n_popular=n_popular)
     built: dict[str, Any] = {}
@@ -965,7 +964,6 @@ def reasoning_table(results: Results, rows, catalog=None, oracle=None, prompts=N
     from ..train.sft import reasoning_frame, reasoning_summary
 
     world = World.of(None, catalog, oracle)
-
     catalog, oracle = world.catalog, world.oracle
     frames = {}
     for name, g in results.per_sample.groupby("system", sort=False):
