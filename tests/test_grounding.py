@@ -247,7 +247,8 @@ def test_generate_with_the_tiny_model_writes_grounded_lists(tiny, movies_world):
     assert len(parse_completion(free[0], resolver=cat)) < 10
 
 
-def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path):
+@pytest.mark.parametrize("jump_forward", [False, True])
+def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path, jump_forward, monkeypatch):
     from safecrs_core.train.gdpo import GDPOParams, build_trainer
 
     cat, orc, _ = movies_world
@@ -257,12 +258,17 @@ def test_gdpo_rollouts_are_grounded(tiny, movies_world, tmp_path):
             for i in range(2)]
     params = GDPOParams(k=3, num_generations=2, per_device_train_batch_size=2, max_steps=1, learning_rate=1e-3,
                         max_completion_length=40, lora=False, save_steps=1000, seed=0,
-                        grounding={"n_popular": 100, "min_items": 3})
+                        grounding={"n_popular": 100, "min_items": 3, "jump_forward": jump_forward})
     assert params.to_params()["grounding"]["n_popular"] == 100
     assert "grounding" not in GDPOParams().to_params()
     trainer = build_trainer(params, model, tok, rows, cat, orc, tmp_path / "out")
     assert trainer.decoder is not None
+    calls = []
+    real = GR.jump_forward_generate
+    monkeypatch.setattr(GR, "jump_forward_generate", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     trainer.train()
+    assert bool(calls) is jump_forward  # sampled rollouts went through jump-forward decoding when asked
+    assert all(kw["do_sample"] and kw["temperature"] == params.temperature for kw in calls)
     rr = trainer.rank_rewards.last
     assert all(len(p) == 3 for p in rr.parsed)  # every rollout is a grounded list of k items
     uni = set(trainer.decoder.universe)
@@ -298,3 +304,38 @@ def test_exclude_named_keeps_the_list_to_what_the_reasoning_says(tok):
         GR.Grounding(exclude_named=True)  # no reasoning block to read
     assert "exclude_named" not in GR.grounding_settings({"reasoning_tokens": 8})
     assert GR.grounding_settings({"reasoning_tokens": 8, "exclude_named": True})["exclude_named"] is True
+
+
+@pytest.mark.parametrize("reasoning,max_new", [(0, 90), (12, 120), (12, 30)])
+def test_jump_forward_writes_what_generate_writes_in_fewer_passes(tiny, movies_world, reasoning, max_new):
+    """Greedy jump-forward decoding chooses the tokens generate chooses (float64, so the wider
+    passes cannot flip a choice by rounding), also when a row hits max_new_tokens mid-title,
+    with prompts of different lengths (left padding) in one batch; it runs fewer passes."""
+    from safecrs_core.train.models import generate
+    from safecrs_core.train.prompts import build_messages
+
+    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    cat, _, _ = movies_world
+    uni = GR.universe_items(cat, [], n_popular=80)
+    rows = [{"id": str(i), "seen": [ref(uni[i])],
+             "turns": [{"role": "user", "text": "A film please. " * (1 + 3 * i)}]} for i in range(3)]
+    prompts = [build_messages(r["turns"]) for r in rows]
+    passes = []
+    hook = model.get_decoder().register_forward_hook(lambda *a: passes.append(1))
+    texts, counts = {}, {}
+    for jump in (False, True):
+        dec = GR.GroundedDecoder(GR.Grounding(min_items=3, reasoning_tokens=reasoning, jump_forward=jump), cat,
+                                 tok, k=5, universe=uni)
+        passes.clear()
+        texts[jump] = generate(model, tok, prompts, max_new_tokens=max_new, batch_size=3, progress=False,
+                               processor=lambda batch: dec.processor([rows[i] for i in batch]))
+        counts[jump] = len(passes)
+    hook.remove()
+    assert texts[True] == texts[False]
+    if max_new >= 90:
+        assert all(len(parse_completion(t, resolver=cat)) == 5 for t in texts[True])
+    assert counts[True] < counts[False]
+    assert "jump_forward" not in GR.grounding_settings({"min_items": 3})
+    assert GR.Grounding(jump_forward=True).params()["jump_forward"] is True
+    with pytest.raises(ValueError, match="jump_forward"):
+        GR.Grounding(jump_forward=1)

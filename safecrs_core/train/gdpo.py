@@ -285,10 +285,7 @@ class SafeGDPOTrainer(GRPOTrainer):
         if rows is None or len(rows) != len(prompt_ids):
             raise RuntimeError(f"grounded rollouts: {len(prompt_ids)} prompts but "
                                f"{0 if rows is None else len(rows)} rows of this batch")
-        from transformers import LogitsProcessorList
-
-        processor = LogitsProcessorList([self.decoder.processor(rows)])
-        with _generate_with(self.accelerator.unwrap_model(self.model_wrapped), logits_processor=processor):
+        with _generate_with(self.accelerator.unwrap_model(self.model_wrapped), self.decoder.processor(rows)):
             return super()._generate_single_turn(prompt_ids, *args, **kwargs)
 
     def _generate_and_score_completions(self, inputs):
@@ -499,11 +496,19 @@ class GDPOParams:
 
 
 @contextlib.contextmanager
-def _generate_with(model, **extra):
-    """``model.generate`` takes ``extra`` keyword arguments inside the block (trl calls
-    ``generate`` without a logits processor; this is how grounded rollouts pass theirs)."""
+def _generate_with(model, processor):
+    """Inside the block ``model.generate`` decodes with the grounded ``processor`` (trl calls
+    ``generate`` without a logits processor; this is how grounded rollouts pass theirs), through
+    :func:`~safecrs_core.train.grounding.generate_with_processor`: ``generate`` itself, or
+    jump-forward decoding when the processor asks for it."""
+    from .grounding import generate_with_processor
+
     original = model.generate
-    model.generate = lambda *a, **kw: original(*a, **{**kw, **extra})
+
+    def generate(input_ids=None, attention_mask=None, **kw):
+        return generate_with_processor(model, input_ids, attention_mask, processor, generate=original, **kw)
+
+    model.generate = generate
     try:
         yield model
     finally:

@@ -390,12 +390,13 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]] | Sequence[str]
                 n = len(ids[i])
                 input_ids[r, width - n:] = torch.tensor(ids[i], dtype=torch.long)
                 mask[r, width - n:] = 1
-            extra = {}
-            if processor is not None:
-                from transformers import LogitsProcessorList
-                extra["logits_processor"] = LogitsProcessorList([processor(list(batch))])
             t0 = time.perf_counter()
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs, **extra)
+            if processor is not None:  # grounded: generate, or jump-forward decoding when the processor asks
+                from .grounding import generate_with_processor
+                gen = generate_with_processor(model, input_ids.to(device), mask.to(device), processor(list(batch)),
+                                              **kwargs)
+            else:
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
             if timings is not None:
                 timings.append({"rows": list(batch), "prompt_tokens": [len(ids[i]) for i in batch],
                                 "seconds": time.perf_counter() - t0})
