@@ -38,7 +38,10 @@
 # model chooses the items and their order; the candidate source bounds what it can find, and
 # the `Candidates` baselines show that bound (the first ten candidates, and the first ten the
 # oracle does not mark unsafe). With `exclude_named` a list never holds a title the model's own
-# reasoning block wrote out as left out (the model's text decides, not the oracle). A fixed
+# reasoning block wrote out as left out (the model's text decides, not the oracle). With
+# `jump_forward` the decoder writes the tokens the grammar forces (the rest of a title once it
+# is singled out, the closing tags) without a forward pass per token: the same lists, about 1.6
+# times faster on this CPU (*Reproducing the book*, decoding speed). A fixed
 # universe of popular and training items (`mode: "universe"`) is the alternative; notebook 02
 # compares the two modes on validation conversations. The same LLMs decoding freely are shown on
 # a subset of the conversations below: that is what a 135M model writes without grounding.
@@ -60,7 +63,7 @@ context_turns = 4  # conversation turns the retrieval baseline embeds
 n_boot = 1000
 systems = []  # names of the systems to evaluate; empty: every available one
 candidates = {"n": 20, "source": "neighbours"}  # candidates in the LLM prompts, as in training; None: none
-grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96, "exclude_named": True}  # the LLMs' decoding (exclude_named: the list leaves out what the reasoning named); None: free
+grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96, "exclude_named": True, "jump_forward": True}  # the LLMs' decoding (exclude_named: the list leaves out what the reasoning named; jump_forward: forced tokens in one pass); None: free
 n_free = 20  # test conversations (the first of the sample) on which the LLMs also decode freely; 0: none
 max_prompt_tokens = 384  # longer conversations lose their oldest turns (as in training)
 
