@@ -123,6 +123,26 @@ def shown_path(path: str | os.PathLike) -> str:
     return p.name
 
 
+def logged_path(path: str | os.PathLike) -> str:
+    """How stage log lines name a stage folder: as :func:`shown_path` when it lies in the
+    repository or the artifacts root (so executed notebooks never show the builder's absolute
+    paths), else absolute; :func:`resolve_logged_path` reads it back."""
+    p = Path(path).expanduser().resolve()
+    for base in (repo_root().resolve(), artifacts_root().resolve()):
+        if p.is_relative_to(base):
+            return shown_path(p)
+    return str(p)
+
+
+def resolve_logged_path(text: str) -> Path:
+    """The folder a stage log line named (:func:`logged_path`)."""
+    label = f"${ARTIFACTS_ENV}/"
+    if text.startswith(label):
+        return artifacts_root().resolve() / text[len(label):]
+    p = Path(text)
+    return p if p.is_absolute() else repo_root().resolve() / p
+
+
 def notebooks_root() -> Path:
     return repo_root() / "notebooks"
 
@@ -416,7 +436,7 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
     if not force and final.exists():
         problem = stage_problem(final)
         if problem is None:
-            say(f"[stage {stage}] cached: {final}")
+            say(f"[stage {stage}] cached: {logged_path(final)}")
             return final
         if (final / DONE_FILE).exists():  # said even when the stage logs nothing else
             print(f"[stage {stage}] {key} does not match its record ({problem}); rebuilding it", file=sys.stderr)
@@ -443,9 +463,9 @@ def run_stage(stage: str, params: Mapping[str, Any], inputs: Iterable[Any],
 
     final, manifest = build_atomically(final, build, force=force)
     if manifest is None:  # another process finished the same stage meanwhile
-        say(f"[stage {stage}] cached (built concurrently): {final}")
+        say(f"[stage {stage}] cached (built concurrently): {logged_path(final)}")
         return final
-    say(f"[stage {stage}] done in {manifest['seconds']:.1f} s: {final}")
+    say(f"[stage {stage}] done in {manifest['seconds']:.1f} s: {logged_path(final)}")
     return final
 
 
@@ -828,7 +848,7 @@ def notebook_fingerprint(source: str | os.PathLike, params: Mapping[str, Any], p
 
 
 def _stages_used(executed: Path) -> list[str]:
-    """Stage directories an executed notebook reported (``[stage X] cached|done ...: <dir>``)."""
+    """Stage directories (absolute) an executed notebook reported (``[stage X] cached|done ...: <dir>``)."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
@@ -837,8 +857,9 @@ def _stages_used(executed: Path) -> list[str]:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             text = out.get("text", "") if out.get("output_type") == "stream" else ""
             for m in _STAGE_LINE.finditer(text if isinstance(text, str) else "".join(text)):
-                if m.group(1) not in found:
-                    found.append(m.group(1))
+                stage = str(resolve_logged_path(m.group(1)))
+                if stage not in found:
+                    found.append(stage)
     return found
 
 
@@ -853,7 +874,7 @@ def _up_to_date(out_dir: Path, stem: str, final: Path, fingerprint: str, profile
         return False
     if entry.get("fingerprint") != fingerprint or not isinstance(entry.get("stages"), list):
         return False
-    return all(is_done(d) for d in entry["stages"])
+    return all(is_done(resolve_logged_path(d)) for d in entry["stages"])
 
 
 def _record_timing(out_dir: Path, run: NotebookRun, profile: str, fingerprint: str | None = None) -> None:

@@ -509,3 +509,23 @@ def test_the_training_notebooks_build_their_configs_from_their_parameters():
         w = pl.notebook_values("03_safe_gdpo", prof)
         params = gdpo.GDPOParams.from_values(w)
         assert (params.max_steps, params.num_generations, params.domain) == (w["max_steps"], w["num_generations"], w["domain"])
+
+
+def test_stage_log_lines_never_show_the_builders_absolute_path_and_read_back(tmp_path, monkeypatch):
+    """Executed notebooks print these lines: a stage under the artifacts root is named
+    ``$SAFECRS_ARTIFACTS/<stage>/<key>`` (under the repository: ``artifacts/<stage>/<key>``), and
+    the runner reads the line back to the folder; a folder elsewhere stays absolute."""
+    arts = tmp_path / "arts"
+    monkeypatch.setenv(pl.ARTIFACTS_ENV, str(arts))
+    lines: list[str] = []
+    final = pl.run_stage("demo", {"n": 7}, [], lambda tmp: None, log=lines.append)
+    pl.run_stage("demo", {"n": 7}, [], lambda tmp: None, log=lines.append)
+    shown = f"$SAFECRS_ARTIFACTS/demo/{final.name}"
+    assert lines[-2].endswith(f": {shown}") and lines[-1] == f"[stage demo] cached: {shown}"
+    assert not any(str(tmp_path) in line for line in lines)
+    assert pl.resolve_logged_path(shown) == final.resolve()
+    assert pl.logged_path(pl.repo_root() / "artifacts" / "x" / "k") == "artifacts/x/k"
+    assert pl.resolve_logged_path("artifacts/x/k") == pl.repo_root().resolve() / "artifacts/x/k"
+    elsewhere = pl.run_stage("demo", {"n": 8}, [], lambda tmp: None, root=tmp_path / "other", log=lines.append)
+    assert lines[-1].endswith(f": {elsewhere.resolve()}")
+    assert pl.resolve_logged_path(str(elsewhere.resolve())) == elsewhere.resolve()
