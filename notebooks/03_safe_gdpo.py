@@ -151,4 +151,5 @@ pd.DataFrame({name: log[[c for c in cols if c in log]].tail(last).mean() for nam
     columns=cols).round(3)
 
 # %%
-pd.DataFrame({name: {"stage": stage.name, "base": str(start)} for name, stage in runs.items()}).T
+pd.DataFrame({name: {"stage": stage.name, "base": shown_path(start) if sft_stage is not None else start}
+              for name, stage in runs.items()}).T
