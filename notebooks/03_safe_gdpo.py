@@ -121,7 +121,8 @@ pd.DataFrame({"prompt": ["A", "A", "B", "B"], "reward 1": rewards[0, :, 0].tolis
 # %%
 sft_stage = G.find_sft_stage(ds["train"], benchmark=bench, candidates=candidates is not None) if start_from_sft else None
 start = sft_stage if sft_stage is not None else base_model
-print("starting from", shown_path(start) if sft_stage is not None else start)
+start_name = shown_path(start) if sft_stage is not None else start  # a stage as pages show it, or a model name
+print("starting from", start_name)
 params = G.GDPOParams.from_values(globals())  # the parameters above that are GDPOParams fields
 prompts = context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)
 params
@@ -151,5 +152,4 @@ pd.DataFrame({name: log[[c for c in cols if c in log]].tail(last).mean() for nam
     columns=cols).round(3)
 
 # %%
-pd.DataFrame({name: {"stage": stage.name, "base": shown_path(start) if sft_stage is not None else start}
-              for name, stage in runs.items()}).T
+pd.DataFrame({name: {"stage": stage.name, "base": start_name} for name, stage in runs.items()}).T

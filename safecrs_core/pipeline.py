@@ -110,37 +110,42 @@ def artifacts_root(root: str | os.PathLike | None = None) -> Path:
     return repo_root() / "artifacts"
 
 
+def _root_labels() -> tuple[tuple[Path, str], ...]:
+    """The folders pages name paths under, with the label each path gets instead of the folder."""
+    return (repo_root().resolve(), ""), (artifacts_root().resolve(), f"${ARTIFACTS_ENV}/")
+
+
+def _under_roots(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """``path`` resolved, and its name under the repository or the artifacts root (None: elsewhere)."""
+    p = Path(path).expanduser().resolve()
+    for base, label in _root_labels():
+        if p.is_relative_to(base):
+            return p, label + str(p.relative_to(base))
+    return p, None
+
+
 def shown_path(path: str | os.PathLike) -> str:
     """How pages show an artifact path: relative to the repository (``artifacts/sft/<key>``),
     or ``$SAFECRS_ARTIFACTS/<stage>/<key>`` for an artifacts folder elsewhere; never the
     builder's absolute path."""
-    p = Path(path).expanduser().resolve()
-    for base, label in ((repo_root().resolve(), ""), (artifacts_root().resolve(), f"${ARTIFACTS_ENV}/")):
-        try:
-            return label + str(p.relative_to(base))
-        except ValueError:
-            pass
-    return p.name
+    p, name = _under_roots(path)
+    return p.name if name is None else name
 
 
 def logged_path(path: str | os.PathLike) -> str:
     """How stage log lines name a stage folder: as :func:`shown_path` when it lies in the
     repository or the artifacts root (so executed notebooks never show the builder's absolute
     paths), else absolute; :func:`resolve_logged_path` reads it back."""
-    p = Path(path).expanduser().resolve()
-    for base in (repo_root().resolve(), artifacts_root().resolve()):
-        if p.is_relative_to(base):
-            return shown_path(p)
-    return str(p)
+    p, name = _under_roots(path)
+    return str(p) if name is None else name
 
 
 def resolve_logged_path(text: str) -> Path:
     """The folder a stage log line named (:func:`logged_path`)."""
-    label = f"${ARTIFACTS_ENV}/"
-    if text.startswith(label):
-        return artifacts_root().resolve() / text[len(label):]
-    p = Path(text)
-    return p if p.is_absolute() else repo_root().resolve() / p
+    if Path(text).is_absolute():
+        return Path(text)
+    (repo, _), (arts, label) = _root_labels()
+    return arts / text[len(label):] if text.startswith(label) else repo / text
 
 
 def notebooks_root() -> Path:

@@ -553,7 +553,7 @@ def generate_with_processor(model, input_ids, attention_mask, processor, generat
     if not getattr(processor, "jump_forward", False):
         from transformers import LogitsProcessorList
         return (generate or model.generate)(input_ids=input_ids, attention_mask=attention_mask,
-                              logits_processor=LogitsProcessorList([processor]), **kwargs)
+                                            logits_processor=LogitsProcessorList([processor]), **kwargs)
     from transformers import GenerationConfig
 
     # resolved as generate resolves them: its arguments, then the generation_config passed, then
