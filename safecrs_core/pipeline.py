@@ -896,6 +896,77 @@ def _record_timing(out_dir: Path, run: NotebookRun, profile: str, fingerprint: s
     atomic_write_json(path, dict(sorted(timings.items())))
 
 
+def _parse_time(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text)).timestamp()
+    except ValueError:
+        return None
+
+
+def build_costs(out_dir: str | os.PathLike | None = None, domains: Iterable[str] = (MOVIES,),
+                notebooks_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """What each executed notebook would cost from scratch, from the records a build leaves.
+
+    The runner's ``timings.json`` holds each notebook's last execution (wall seconds, when it
+    finished, the stage folders it used) and each stage's ``DONE.json`` the seconds its build
+    took. A stage counts for the first notebook (in run order) that used it: when it was built
+    during that notebook's last execution, its time is already inside the notebook's seconds;
+    otherwise (built by an earlier run, the notebook then read it from the cache) its recorded
+    seconds are added. One row per executed notebook: ``notebook``, ``domain``, ``run_s`` (last
+    execution), ``built_s`` / ``built`` (stages built during it), ``cached_s`` / ``cached`` (stages
+    it read, built earlier), ``unknown`` (stages without a recorded time or folder) and
+    ``from_scratch_s`` = ``run_s + cached_s``. Stage times are as recorded: a build that shared
+    the CPU with other work recorded a longer time."""
+    nb_dir = (Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()).resolve()
+    out = Path(out_dir).resolve() if out_dir is not None else nb_dir / "_executed"
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for src, domain in notebook_plan(discover_notebooks(nb_dir), domains):
+        dest = out if domain == MOVIES else out / domain
+        try:
+            entry = json.loads((dest / "timings.json").read_text(encoding="utf-8")).get(src.stem)
+        except (FileNotFoundError, json.JSONDecodeError):
+            entry = None
+        if not isinstance(entry, dict) or entry.get("status") != "ok":
+            continue
+        run_s = float(entry.get("seconds") or 0.0)
+        end = _parse_time(entry.get("finished"))
+        row = {"notebook": src.stem, "domain": domain, "run_s": run_s, "built": 0, "built_s": 0.0,
+               "cached": 0, "cached_s": 0.0, "unknown": 0}
+        for stage in entry.get("stages") or []:
+            if stage in seen:
+                continue
+            seen.add(stage)
+            try:
+                man = json.loads((Path(stage) / DONE_FILE).read_text(encoding="utf-8"))
+                seconds, finished = float(man["seconds"]), _parse_time(man["finished"])
+            except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
+                row["unknown"] += 1
+                continue
+            inside = end is not None and finished is not None and end - run_s - 1.0 <= finished <= end + 1.0
+            kind = "built" if inside else "cached"
+            row[kind] += 1
+            row[f"{kind}_s"] += seconds
+        row["from_scratch_s"] = run_s + row["cached_s"]
+        rows.append(row)
+    return rows
+
+
+def format_build_costs(rows: list[dict[str, Any]]) -> str:
+    """:func:`build_costs` as a text table with a total line (minutes)."""
+    head = f"{'notebook':<22} {'domain':<7} {'last run':>9} {'built':>12} {'cached':>12} {'from scratch':>13}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['notebook']:<22} {r['domain']:<7} {r['run_s'] / 60:>7.1f} m "
+                     f"{r['built']:>3} {r['built_s'] / 60:>6.1f} m {r['cached']:>3} {r['cached_s'] / 60:>6.1f} m "
+                     f"{r['from_scratch_s'] / 60:>11.1f} m" + (f"  ({r['unknown']} stage(s) without a time)"
+                                                            if r["unknown"] else ""))
+    total = sum(r["from_scratch_s"] for r in rows)
+    lines.append(f"{'total':<22} {'':<7} {sum(r['run_s'] for r in rows) / 60:>7.1f} m {'':>12} {'':>12} "
+                 f"{total / 60:>11.1f} m")
+    return "\n".join(lines)
+
+
 def run_notebooks(profile: str = DEFAULT_PROFILE, only: Iterable[str] | None = None,
                   stop_on_error: bool = True, *, notebooks_dir: str | os.PathLike | None = None,
                   out_dir: str | os.PathLike | None = None, profiles: Mapping[str, Any] | None = None,
@@ -1033,6 +1104,9 @@ def main(argv: list[str] | None = None) -> int:
                              "every domain: movies games)")
     parser.add_argument("--list", action="store_true", help="list notebooks and parameters; run nothing")
     parser.add_argument("--check", action="store_true", help="check notebooks against profiles.json; run nothing")
+    parser.add_argument("--costs", action="store_true",
+                        help="print what each executed notebook would cost from scratch (its last run plus "
+                             "the recorded build times of the cached stages it read); run nothing")
     args = parser.parse_args(argv)
     try:
         table = load_profiles(args.profiles)
@@ -1043,6 +1117,9 @@ def main(argv: list[str] | None = None) -> int:
             print("ok" if not problems else f"{len(problems)} problem(s)")
             return 1 if problems else 0
         domains = args.domains or (os.environ.get("DOMAINS") or "").split() or [MOVIES, *_other_domains()]
+        if args.costs:
+            print(format_build_costs(build_costs(args.out_dir, domains, args.notebooks_dir)))
+            return 0
         if args.list:
             for src, domain in notebook_plan(_select(discover_notebooks(args.notebooks_dir), args.only), domains):
                 where = "" if domain == MOVIES else f" [{domain}]"

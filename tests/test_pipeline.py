@@ -529,3 +529,47 @@ def test_stage_log_lines_never_show_the_builders_absolute_path_and_read_back(tmp
     elsewhere = pl.run_stage("demo", {"n": 8}, [], lambda tmp: None, root=tmp_path / "other", log=lines.append)
     assert lines[-1].endswith(f": {elsewhere.resolve()}")
     assert pl.resolve_logged_path(str(elsewhere.resolve())) == elsewhere.resolve()
+
+
+def test_build_costs_adds_cached_stage_times_once_and_never_twice(tmp_path, capsys):
+    nbs, out, arts = tmp_path / "nbs", tmp_path / "out", tmp_path / "artifacts"
+    nbs.mkdir()
+    (nbs / "01_dom.py").write_text(DOMAIN_NB)
+    (nbs / "02_after.py").write_text(AFTER_NB)
+
+    def stage(name, seconds, finished):
+        d = arts / name
+        d.mkdir(parents=True)
+        (d / pl.DONE_FILE).write_text(json.dumps({"seconds": seconds, "finished": finished}))
+        return str(d)
+
+    old = stage("sft/a", 600.0, "2026-01-01T10:00:00+00:00")  # built by an earlier run, read from the cache
+    new = stage("eval/b", 100.0, "2026-01-02T10:00:00+00:00")  # built during 01_dom's last run
+    games = stage("eval/g", 50.0, "2026-01-01T09:00:00+00:00")
+    (out / "games").mkdir(parents=True)
+
+    def entry(seconds, finished, stages, status="ok"):
+        return {"seconds": seconds, "finished": finished, "status": status, "stages": stages}
+
+    (out / "timings.json").write_text(json.dumps({
+        "01_dom": entry(130.0, "2026-01-02T10:00:20+00:00", [old, new]),
+        "02_after": entry(5.0, "2026-01-02T11:00:00+00:00", [old, new, str(arts / "gone/c")])}))
+    (out / "games" / "timings.json").write_text(json.dumps({
+        "01_dom": entry(20.0, "2026-01-02T12:00:00+00:00", [games])}))
+    rows = pl.build_costs(out, ("movies", "games"), nbs)
+    got = {(r["notebook"], r["domain"]): r for r in rows}
+    assert [(r["notebook"], r["domain"]) for r in rows] == [("01_dom", "movies"), ("01_dom", "games"),
+                                                             ("02_after", "movies")]
+    m = got["01_dom", "movies"]
+    assert (m["built"], m["built_s"], m["cached"], m["cached_s"]) == (1, 100.0, 1, 600.0)
+    assert m["from_scratch_s"] == 730.0  # the run's 130 s already hold the 100 s build
+    g = got["01_dom", "games"]
+    assert (g["cached"], g["from_scratch_s"]) == (1, 70.0)
+    a = got["02_after", "movies"]  # its stages were counted for 01_dom; a missing folder is unknown
+    assert (a["built"], a["cached"], a["unknown"], a["from_scratch_s"]) == (0, 0, 1, 5.0)
+    # a failed last run has no usable record
+    (out / "games" / "timings.json").write_text(json.dumps({"01_dom": entry(3.0, "x", [], "failed")}))
+    assert [r["domain"] for r in pl.build_costs(out, ("movies", "games"), nbs)] == ["movies", "movies"]
+    assert pl.main(["--costs", "--notebooks-dir", str(nbs), "--out-dir", str(out), "--domains", "movies"]) == 0
+    text = capsys.readouterr().out
+    assert "12.2 m" in text and "total" in text and "1 stage(s) without a time" in text
