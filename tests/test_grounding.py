@@ -339,3 +339,41 @@ def test_jump_forward_writes_what_generate_writes_in_fewer_passes(tiny, movies_w
     assert GR.Grounding(jump_forward=True).params()["jump_forward"] is True
     with pytest.raises(ValueError, match="jump_forward"):
         GR.Grounding(jump_forward=1)
+
+def test_identical_prompts_share_one_prompt_pass(tiny, movies_world, monkeypatch):
+    """The G copies of a prompt (an RL group) are fed once: the first pass holds each distinct
+    prompt once, and sampled answers are the same as with one prompt pass per row (float64)."""
+    import functools
+
+    from safecrs_core.train.models import generate
+    from safecrs_core.train.prompts import build_messages
+
+    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    cat, _, _ = movies_world
+    uni = GR.universe_items(cat, [], n_popular=80)
+    base = [{"id": str(i), "seen": [ref(uni[i])],
+             "turns": [{"role": "user", "text": "A film please. " * (1 + 3 * i)}]} for i in range(2)]
+    rows = [base[i] for i in (0, 1, 0, 0, 1)]
+    prompts = [build_messages(r["turns"]) for r in rows]
+    dec = GR.GroundedDecoder(GR.Grounding(min_items=3, reasoning_tokens=8, jump_forward=True), cat, tok, k=4,
+                             universe=uni)
+    widths = []
+    hook = model.get_decoder().register_forward_hook(lambda _m, _a, kw, *o: widths.append(kw["input_ids"].shape),
+                                                     with_kwargs=True)
+    real = GR.jump_forward_generate
+    texts = {}
+    for share in (True, False):
+        monkeypatch.setattr(GR, "jump_forward_generate", functools.partial(real, share_prompts=share))
+        widths.clear()
+        torch.manual_seed(3)
+        texts[share] = generate(model, tok, prompts, max_new_tokens=60, batch_size=5, progress=False, greedy=False,
+                                temperature=1.0, processor=lambda batch: dec.processor([rows[i] for i in batch]))
+        assert widths[0][0] == (2 if share else 5)  # the prompt pass
+        assert all(w[0] <= 5 for w in widths[1:])
+    hook.remove()
+    assert texts[True] == texts[False]
+    assert len(set(texts[True])) > 2  # the copies were sampled apart
+    assert GR._unique_rows(torch.tensor([[1, 2], [3, 4]]), torch.ones(2, 2, dtype=torch.long)) == (None, None)
+    u, c = GR._unique_rows(torch.tensor([[0, 2], [3, 4], [0, 2], [1, 2]]),
+                           torch.tensor([[0, 1], [1, 1], [0, 1], [1, 1]]))
+    assert u.tolist() == [0, 1, 3] and c.tolist() == [0, 1, 0, 2]  # same ids, other mask: distinct

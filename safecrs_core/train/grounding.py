@@ -436,11 +436,26 @@ def pass_width(pending: Sequence[int], batch: int, max_chunk: int = 16, overhead
     return best_w
 
 
+def _unique_rows(input_ids: torch.LongTensor, attention_mask: torch.LongTensor):
+    """``(unique, copies)``: the indices of the first of each distinct row (ids and mask) and, per
+    row, the position of its copy among them; ``(None, None)`` when every row is distinct."""
+    first: dict[tuple, int] = {}
+    copies = []
+    for ids, m in zip(input_ids.tolist(), attention_mask.tolist()):
+        copies.append(first.setdefault((tuple(ids), tuple(m)), len(first)))
+    if len(first) == len(copies):
+        return None, None
+    unique = [0] * len(first)
+    for r, c in reversed(list(enumerate(copies))):
+        unique[c] = r
+    return torch.tensor(unique, dtype=torch.long), torch.tensor(copies, dtype=torch.long)
+
+
 def jump_forward_generate(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor,
                           processor: GroundedLogitsProcessor, max_new_tokens: int, *, pad_token_id: int,
                           do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
                           top_p: float | None = None, max_chunk: int = 16,
-                          pass_overhead: int = PASS_OVERHEAD) -> torch.LongTensor:
+                          pass_overhead: int = PASS_OVERHEAD, share_prompts: bool = True) -> torch.LongTensor:
     """Grounded decoding that writes every token the grammar forces without asking the model.
 
     Inside a list most tokens have no alternative: once a title's first token or two single it
@@ -457,6 +472,10 @@ def jump_forward_generate(model, input_ids: torch.LongTensor, attention_mask: to
     runs continue in the next pass. The width depends only on the pending runs, so decoding
     stays deterministic. A finished row leaves the batch and its cache at once (``generate``
     keeps computing padded rows until the whole batch ends).
+
+    ``share_prompts``: rows whose prompts are identical (token for token, padding included; the
+    ``G`` copies of each prompt of an RL group) share one prompt pass, whose cache is then copied
+    to each of them; what follows is the same as with separate passes.
 
     Same contract as ``model.generate`` with the processor in its ``logits_processor``: returns
     ``[input_ids | new tokens]`` with finished rows padded by ``pad_token_id``; greedy
@@ -491,19 +510,31 @@ def jump_forward_generate(model, input_ids: torch.LongTensor, attention_mask: to
     done = [False] * n
     alive = list(range(n))  # the rows still in the batch's tensors and cache, in their order
     last = torch.full((n,), width - 1, dtype=torch.long)  # each alive row's last fed position in the pass
+    # identical prompts (the G copies of each prompt in an RL group) share one prompt pass
+    uniq, copies = _unique_rows(input_ids, attention_mask) if share_prompts else (None, None)
     feed, feed_mask, mask, cache = input_ids, attention_mask, None, None
     while True:
         mask = feed_mask if mask is None else torch.cat([mask, feed_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1]:]
-        out = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True,
-                      **{cache_arg: cache})
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = out.past_key_values
+        if cache is None and uniq is not None:
+            u = uniq.to(device)
+            out = decoder(input_ids=feed[u], attention_mask=mask[u], position_ids=positions[u], use_cache=True)
+            cache = getattr(out, "cache", None)
+            if cache is None:
+                cache = out.past_key_values
+            cache.batch_select_indices(copies.to(device))
+            states = out.last_hidden_state[copies.to(device)]
+        else:
+            out = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{cache_arg: cache})
+            cache = getattr(out, "cache", None)
+            if cache is None:
+                cache = out.past_key_values
+            states = out.last_hidden_state
         deciding = [j for j, r in enumerate(alive) if not pending[r]]
         if deciding:
             at = torch.tensor(deciding, dtype=torch.long)
-            hidden = out.last_hidden_state[at.to(device), last[at].to(device)]
+            hidden = states[at.to(device), last[at].to(device)]
             scores = processor.apply(head(hidden).float(), [alive[j] for j in deciding])
             if do_sample:
                 scores = warpers(None, scores)
