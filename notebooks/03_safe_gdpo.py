@@ -62,7 +62,7 @@ grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96, "exc
 import pandas as pd
 import torch
 
-from safecrs_core.pipeline import shown_path
+from safecrs_core.pipeline import is_done, shown_path
 from safecrs_core.train import gdpo as G
 from safecrs_core.evaluation import plots
 from safecrs_core.train import sft
@@ -119,9 +119,9 @@ pd.DataFrame({"prompt": ["A", "A", "B", "B"], "reward 1": rewards[0, :, 0].tolis
 # `artifacts/gdpo/`; an interrupted run resumes from its last checkpoint.
 
 # %%
-sft_stage = G.find_sft_stage(ds["train"], benchmark=bench, candidates=candidates is not None) if start_from_sft else None
-start = sft_stage if sft_stage is not None else base_model
-start_name = shown_path(start) if sft_stage is not None else start  # a stage as pages show it, or a model name
+sft_stage = sft.profile_sft_stage(profile, bench, domain) if start_from_sft else None  # notebook 02's Safe-SFT
+start = sft_stage if sft_stage is not None and is_done(sft_stage) else base_model
+start_name = shown_path(start) if start is sft_stage else start  # a stage as pages show it, or a model name
 print("starting from", start_name)
 params = G.GDPOParams.from_values(globals())  # the parameters above that are GDPOParams fields
 prompts = context_prompts(candidates, ds, catalog)  # the candidates of each prompt (None without)

@@ -90,13 +90,15 @@ figure_suffix = "" if domain == "movies" else f"_{domain}"
 
 # %% [markdown]
 # ## The systems
-# Fine-tuned systems are found among the completed training stages built on this profile's
-# training split; those not built yet are listed in the note below and left out.
+# The fine-tuned systems are the stages notebooks 02 and 03 train under this profile (their
+# parameters cells with the profile's overrides); those not built yet are listed in the note below
+# and left out. Stages that other settings left in the artifacts folder are not shown.
 
 # %%
+stages = E.profile_stages(profile, ds, bench, domain=domain, catalog=catalog)  # what notebooks 02 and 03 train
 available = E.available_systems(profile, ds, benchmark=bench, base_model=base_model, catalog=catalog, oracle=oracle,
                                 n_popular=n_popular, context_turns=context_turns, grounding=grounding,
-                                candidates=candidates)
+                                candidates=candidates, stages=stages)
 chosen = [s for s in available if not systems or s.name in systems]
 pd.DataFrame([{"system": s.name, "group": s.group, "what": s.description} for s in chosen]).set_index("system")
 

@@ -15,6 +15,7 @@ import pytest
 from safecrs_core.evaluation import evaluate as E
 from safecrs_core.evaluation import metrics as M
 from safecrs_core import pipeline as pl
+from safecrs_core.benchmark import benchmark_for_profile
 
 
 def _text(page: Path) -> str:
@@ -51,6 +52,11 @@ def test_smoke_chain_builds_a_book_with_the_results_table(tmp_path, repo_root):
     for name, row in table.iterrows():
         assert name in page, f"{name!r} missing from the rendered results page"
         assert row["recall@10"] in page and row["svr@10"] in page, (name, row.to_dict())
+    # the fine-tuned rows are the stages notebooks 02 and 03 train under the profile
+    ds_s, _, bench_s = benchmark_for_profile("smoke")
+    trained = E.profile_stages("smoke", ds_s, bench_s, domain="movies")
+    assert trained and all(pl.is_done(d) for d in trained.values())
+    assert set(trained) <= set(res.summary.index)
     # numbers in the prose are glued from the same results
     recall = f"{res.summary.loc['Retrieval', 'recall@10']:.3f}"
     assert f"Embedding retrieval finds {recall} of the ground truth" in page

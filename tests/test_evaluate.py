@@ -136,6 +136,27 @@ def test_trained_systems_are_found_by_the_training_rows(artifacts_root):
     assert [s.name for s in E.trained_systems(ds, log=None)] == ["Safe-GDPO"]
 
 
+def test_given_stages_are_scored_and_stale_stages_are_not(artifacts_root):
+    """With the profile's stages given (notebook 04 passes :func:`profile_stages`), a newer stage
+    that other settings left in the artifacts folder is not scored, and a stage of the profile
+    that is not built is named in the note."""
+    pytest.importorskip("safecrs_core.train.gdpo")
+    train = [{"id": "t", "trait": "anti_gore", "turns": TURNS[0], "targets": [_ref("a")], "seen": []}]
+    fp = rows_fingerprint(train)
+    ours = _fake_stage(artifacts_root, "gdpo", "aaaa", {"mode": "gdpo"}, ["sft/x", f"rows:{fp}"], "2026-01-01T00:00:00")
+    _fake_stage(artifacts_root, "gdpo", "bbbb", {"mode": "gdpo"}, ["sft/x", f"rows:{fp}"], "2026-02-01T00:00:00")
+    _fake_stage(artifacts_root, "gdpo", "cccc", {"mode": "gdpo", "use_count": False}, ["sft/x", f"rows:{fp}"],
+                "2026-02-01T00:00:00")
+    kw = dict(baselines=False, zero_shot=False, domain="movies")
+    every = E.available_systems("smoke", {"train": train}, log=None, **kw)
+    assert [(s.name, s.ref) for s in every] == [("Safe-GDPO", "gdpo/bbbb"), ("Safe-GDPO (no count reward)", "gdpo/cccc")]
+    notes = []
+    given = E.available_systems("smoke", {"train": train}, log=notes.append, **kw,
+                                stages={"Safe-GDPO": ours, "Safe-SFT": artifacts_root / "sft" / "dddd"})
+    assert [(s.name, s.ref) for s in given] == [("Safe-GDPO", "gdpo/aaaa")]
+    assert any("not built" in n and "Safe-SFT" in n and "Safe-GDPO" not in n for n in notes)
+
+
 # --------------------------------------------------------------------------------------------
 # Running systems
 

@@ -262,8 +262,12 @@ def test_train_gdpo_stage_is_cached_and_loads(catalog_oracle, artifacts_root):
     cat, orc = catalog_oracle
     params = GDPOParams(k=2, num_generations=2, per_device_train_batch_size=2, max_steps=1,
                         max_completion_length=4, lora=True, lora_r=2, save_steps=1)
+    from safecrs_core.train.gdpo import gdpo_stage_dir
+
+    where = gdpo_stage_dir(params, "tiny-smollm2", ROWS)  # found without building
+    assert not where.exists()
     path = train_gdpo(params, "tiny-smollm2", ROWS, catalog=cat, oracle=orc, log=None)
-    assert path.parent.name == "gdpo" and (path / "DONE.json").is_file()
+    assert path == where and path.parent.name == "gdpo" and (path / "DONE.json").is_file()
     assert (path / "model" / "adapter_config.json").is_file() and (path / "log_history.json").is_file()
     assert not any(p.name.endswith(".checkpoints") for p in path.parent.iterdir())
     assert train_gdpo(params, "tiny-smollm2", ROWS, catalog=cat, oracle=orc, log=None) == path  # cached
@@ -283,30 +287,6 @@ def test_params_validation():
     p = GDPOParams(mode="grpo")
     assert p.to_params()["mode"] == "grpo" and p.reward_names == ("relevance", "safety", "count")
     assert p.grpo_config("/tmp/x").multi_objective_aggregation == "sum_then_normalize"
-
-
-def test_find_sft_stage_follows_the_stage_lineage_to_the_benchmark(tmp_path):
-    from safecrs_core.train import gdpo as G
-    from safecrs_core import pipeline as pl
-
-    root = tmp_path / "artifacts"
-    rows = [{"id": "a", "turns": [], "trait": "anti_gore", "targets": [], "seen": []}]
-    bench = pl.run_stage("benchmark", {"n": 1}, [], lambda tmp: None, root=root, log=None)
-    other = pl.run_stage("benchmark", {"n": 2}, [], lambda tmp: None, root=root, log=None)
-
-    def sft_stage(upstream, **params):
-        data = pl.run_stage("sft_data", {"of": upstream.name}, [upstream], lambda tmp: None, root=root, log=None)
-        return pl.run_stage("sft", params, [data], lambda tmp: None, root=root, log=None)
-
-    safe = sft_stage(bench, variant="safe")
-    sft_stage(bench, variant="plain")
-    sft_stage(bench, variant="safe", evidence={"n": 10})
-    sft_stage(other, variant="safe", seed=1)
-    assert G.find_sft_stage(rows, benchmark=bench, root=root) == safe
-    assert G.find_sft_stage(rows, root=root) is None  # neither the rows nor the benchmark named
-    assert G.find_sft_stage(rows, variant="plain", benchmark=bench, root=root).parent.name == "sft"
-    ev = G.find_sft_stage(rows, benchmark=bench, root=root, evidence=True)
-    assert ev is not None and ev != safe
 
 
 class _Interrupted(Exception):

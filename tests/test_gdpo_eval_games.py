@@ -10,7 +10,7 @@ from safecrs_core.data.rows import rows_fingerprint
 from safecrs_core.evaluation import evaluate as E
 from safecrs_core.train import gdpo as G
 from safecrs_core.safety.oracle import UNKNOWN, UNSAFE
-from safecrs_core.pipeline import read_manifest, run_stage, stage_ref
+from safecrs_core.pipeline import read_manifest
 from test_evaluate import _fake_stage  # a completed stage folder with a given manifest
 from test_games_eval import games_world  # noqa: F401  (fixture: game catalog and oracle)
 
@@ -253,16 +253,3 @@ def test_train_gdpo_on_games_uses_the_game_catalog_and_oracle(games_world, games
     # evaluation finds the stage by its training rows and prompts it with games
     found = E.trained_systems({"train": rows}, log=None)
     assert [(s.name, s.prompt) for s in found] == [("Safe-GDPO (from the base model)", {"domain": "games"})]
-
-
-def test_find_sft_stage_on_the_games_benchmark(games_bench, artifacts_root):
-    ds, _, bench = games_bench
-
-    def sft_stage(benchmark_ref, **params):
-        data = run_stage("sft_data", {"of": benchmark_ref}, [benchmark_ref], lambda tmp: None, log=None)
-        return run_stage("sft", params, [data], lambda tmp: None, log=None)
-
-    games = sft_stage(stage_ref(bench), variant="safe", domain="games")
-    sft_stage("benchmark/0123456789abcdef", variant="safe", seed=1)  # another benchmark's (newer)
-    assert G.find_sft_stage(ds["train"], benchmark=bench) == games
-    assert G.find_sft_stage(ds["train"]) is None

@@ -254,6 +254,7 @@ def test_train_sft_resumes_after_an_interruption_and_is_cached(world, artifacts_
 
     monkeypatch.setattr(sft.CheckpointScorer, "on_save", real_on_save)
     stage = sft.train_sft(cfg, bench, progress=False, log=None)
+    assert sft.sft_stage_dir(cfg, bench) == stage  # found without building
     info = json.loads((stage / "train_info.json").read_text())
     assert info["resumed_from"] == "checkpoint-2" and info["final_step"] == 4
     steps = [h["step"] for h in json.loads((stage / "log_history.json").read_text()) if "loss" in h]

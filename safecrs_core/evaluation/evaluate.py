@@ -472,6 +472,38 @@ def trained_systems(ds, benchmark: str | os.PathLike | None = None, root: str | 
     return sorted(out, key=rank)
 
 
+def profile_stages(profile: str, ds, benchmark: str | os.PathLike, *, domain: str = "movies",
+                   catalog=None) -> dict[str, Path]:
+    """``{label: folder}`` of the training stages the notebooks train under ``profile`` for
+    ``domain``, built or not: notebook 02's SFT variants and notebook 03's Safe-GDPO run and
+    ablations, from their parameters cells with the profile's overrides
+    (:func:`~safecrs_core.pipeline.notebook_values`). Safe-GDPO starts from this Safe-SFT stage when
+    notebook 03 asks for it (``start_from_sft``) and the stage is built, else from its base model,
+    as notebook 03 does. The evaluation scores exactly these stages, so a stage left in the
+    artifacts by another setting never appears as one of this profile's systems. ``ds``: the
+    benchmark (its train split keys the Safe-GDPO stages); ``catalog``: the domain's (for the
+    candidates in context)."""
+    from ..pipeline import is_done, notebook_values
+    from ..train import gdpo as G
+    from ..train import sft as S
+    from ..train.candidates import context_prompts
+
+    v02 = notebook_values("02_safe_sft", profile, domain=domain)
+    out = {trained_label({"stage": "sft", "params": {"variant": v}}):
+           S.sft_stage_dir(S.SafeSFTConfig.from_values(v02, variant=v), benchmark) for v in v02["variants"]}
+    v03 = notebook_values("03_safe_gdpo", profile, domain=domain)
+    start = out.get("Safe-SFT")
+    if not (v03["start_from_sft"] and start is not None and is_done(start)):
+        start = v03["base_model"]
+    params = G.GDPOParams.from_values(v03)
+    prompts = context_prompts(v03["candidates"], ds, catalog or World.of(domain).catalog)
+    for p in [params, *G.ablation_params(params, v03["ablations"]).values()]:
+        folder = G.gdpo_stage_dir(p, start, ds["train"], prompts)
+        inputs = [] if isinstance(start, Path) else [f"model:{start}"]
+        out[trained_label({"stage": "gdpo", "params": p.to_params(), "inputs": inputs})] = folder
+    return out
+
+
 def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None = None,
                       base_model: str = "smollm2-135m-instruct", baselines: bool = True,
                       zero_shot: bool = True, trained: bool = True, catalog=None, oracle=None,
@@ -479,11 +511,14 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                       evidence: bool = False, evidence_n: int | None = None, evidence_max_tags: int | None = None,
                       log: Callable[[str], Any] | None = print, domain: str | None = None,
                       grounding: Mapping[str, Any] | None = None,
-                      candidates: Mapping[str, Any] | None = None) -> list[System]:
+                      candidates: Mapping[str, Any] | None = None,
+                      stages: Mapping[str, str | os.PathLike] | None = None) -> list[System]:
     """Every system that can be evaluated for ``profile`` on the benchmark ``ds``: the baselines,
     the zero-shot ``base_model`` and the fine-tuned models whose training stages are complete
     (:func:`trained_systems`; ``benchmark``: the benchmark stage folder of ``ds``); prints a note
-    for the fine-tuned systems that are not built.
+    for the fine-tuned systems that are not built. ``stages`` (``{label: folder}``, e.g.
+    :func:`profile_stages`): the training stages to score, those not built named in the note;
+    None: every completed stage built on this benchmark (:func:`trained_systems`).
 
     ``evidence=True`` (or an ``evidence_n``) adds the evidence-in-context systems: the zero-shot
     model prompted with ``evidence_n`` (default 20) retrieved candidates and their oracle
@@ -547,11 +582,16 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
                         "n_popular": n_popular, "context_turns": context_turns}
             systems.append(evidence_system(systems[-1], evidence_for(settings)))
     if trained:
+        from ..pipeline import is_done
+
+        built = None if stages is None else [Path(d) for d in stages.values() if is_done(d)]
         found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None,
-                                domain=domain, candidates=candidates_for if candidates is not None else None)
+                                domain=domain, candidates=candidates_for if candidates is not None else None,
+                                stages=built)
         names = {s.name.split(" (")[0] for s in found}
         wanted = ("SFT", "Safe-SFT", "Safe-GDPO") + (("Safe-SFT + evidence", "Safe-GDPO + evidence") if evidence else ())
-        missing = [n for n in wanted if n not in names]
+        missing = ([n for n in wanted if n not in names] if stages is None
+                   else [label for label, d in stages.items() if not is_done(d)])
         if missing:
             say(f"[evaluate] not built for profile {profile!r} (no completed training stage for this "
                 f"benchmark): {', '.join(missing)}; run the training notebooks first")

@@ -668,6 +668,21 @@ def _base_input(model_or_stage) -> str:
     raise TypeError("model_or_stage must be a model name or a completed stage folder")
 
 
+def _stage_inputs(model_or_stage, rows, evidence=None) -> list[str]:
+    inputs = [_base_input(model_or_stage), f"rows:{rows_fingerprint(rows)}"]
+    if evidence is not None:
+        inputs.append(f"candidates:{evidence.candidates_ref}")
+    return inputs
+
+
+def gdpo_stage_dir(params: GDPOParams, model_or_stage, rows, evidence=None) -> Path:
+    """The folder of the ``gdpo`` stage :func:`train_gdpo` trains for these arguments, built or
+    not, found without building anything."""
+    from ..pipeline import stage_dir, stage_key
+
+    return stage_dir("gdpo", stage_key("gdpo", params.to_params(), _stage_inputs(model_or_stage, rows, evidence)))
+
+
 def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle=None, force: bool = False,
                keep_checkpoints: bool = False, callbacks: Sequence | None = None, evidence=None,
                log: Callable[[str], Any] | None = print) -> Path:
@@ -685,15 +700,13 @@ def train_gdpo(params: GDPOParams, model_or_stage, rows, *, catalog=None, oracle
     :class:`~safecrs_core.train.prompts.EvidencePrompts` (``candidates.evidence_prompts(ds, catalog,
     oracle, **params.evidence)``); its candidate source is then an input of the stage.
     ``catalog``/``oracle`` default to those of ``params.domain``."""
-    from ..pipeline import run_stage, stage_dir, stage_key
+    from ..pipeline import run_stage
 
     _check_evidence(params, evidence)
     resolve_domain(params.domain, ("catalog", catalog), ("oracle", oracle))
-    inputs = [_base_input(model_or_stage), f"rows:{rows_fingerprint(rows)}"]
-    if evidence is not None:
-        inputs.append(f"candidates:{evidence.candidates_ref}")
-    key = stage_key("gdpo", params.to_params(), inputs)
-    ckpt = stage_dir("gdpo", key).parent / f".{key}.checkpoints"
+    inputs = _stage_inputs(model_or_stage, rows, evidence)
+    final = gdpo_stage_dir(params, model_or_stage, rows, evidence)
+    ckpt = final.parent / f".{final.name}.checkpoints"
     say = log or (lambda _m: None)
 
     def fn(tmp: Path):
@@ -787,33 +800,6 @@ def ablation_params(params: GDPOParams, names: Sequence[str] = tuple(ABLATIONS))
         keep = params.reward_weights is not None and len(trial.reward_names) == len(params.reward_names)
         out[name] = dataclasses.replace(trial, reward_weights=params.reward_weights) if keep else trial
     return out
-
-
-def find_sft_stage(train_rows, variant: str = "safe", root: str | os.PathLike | None = None,
-                   evidence: bool = False, benchmark: str | os.PathLike | None = None,
-                   candidates: bool | None = None) -> Path | None:
-    """The newest completed ``sft`` stage built on these training rows, directly or through its
-    upstream stages (an input named ``rows:<rows_fingerprint(train_rows)>``, or the
-    ``benchmark`` stage folder they come from), whose ``variant`` parameter is ``variant``,
-    trained with evidence prompts when ``evidence`` and without them otherwise (and, when
-    ``candidates`` is a bool, with or without candidates in context); None when there is none."""
-    from ..pipeline import artifacts_root, built_on, is_done, read_manifest, stage_ref
-
-    wanted = {f"rows:{rows_fingerprint(train_rows)}"}
-    if benchmark is not None:
-        wanted.add(stage_ref(benchmark))
-    folder = artifacts_root(root) / "sft"
-    found = []
-    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if d.name.startswith(".") or not is_done(d):
-            continue
-        man = read_manifest(d)
-        params = man.get("params") or {}
-        if (params.get("variant", "safe") == variant and bool(params.get("evidence")) == evidence
-                and (candidates is None or bool(params.get("candidates")) == candidates)
-                and built_on(man, wanted, root)):
-            found.append((man.get("finished", ""), d))
-    return max(found)[1] if found else None
 
 
 def training_log(stage_dir: str | os.PathLike) -> "pd.DataFrame":

@@ -908,6 +908,26 @@ def resume_dir(config: SafeSFTConfig, inputs: Sequence[str]) -> Path:
     return artifacts_root() / "sft" / f".{key}{RESUME_SUFFIX}"
 
 
+def sft_stage_dir(config: SafeSFTConfig, benchmark_dir: str | os.PathLike) -> Path:
+    """The folder of ``config``'s ``sft`` stage on ``benchmark_dir``, built or not: the folder
+    :func:`train_sft` returns, found without building anything."""
+    from ..pipeline import stage_dir, stage_key, stage_ref
+
+    data = stage_dir("sft_data", stage_key("sft_data", config.data_params(), [stage_ref(benchmark_dir)]))
+    return stage_dir("sft", stage_key("sft", config.train_params(), [stage_ref(data)]))
+
+
+def profile_sft_stage(profile: str, benchmark_dir: str | os.PathLike, domain: str = "movies",
+                      variant: str = "safe") -> Path:
+    """The folder (built or not) of the ``sft`` stage that notebook 02 trains for ``variant``
+    under ``profile`` and ``domain``: its parameters cell with the profile's overrides
+    (:func:`~safecrs_core.pipeline.notebook_values`), on the benchmark stage ``benchmark_dir``."""
+    from ..pipeline import notebook_values
+
+    values = notebook_values("02_safe_sft", profile, domain=domain)
+    return sft_stage_dir(SafeSFTConfig.from_values(values, variant=variant), benchmark_dir)
+
+
 def _save_model_files(src_checkpoint: Path, dest: Path, tok) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     keep = re.compile(r"(adapter_.*|config\.json|generation_config\.json|model.*\.safetensors|model\.safetensors\.index\.json)$")
