@@ -222,6 +222,13 @@ def test_results_stage_tables_ci_columns_and_find_results(world, tiny_cache, art
     md = (stage / "summary.md").read_text()
     assert "recall@10" in md and "[" in md
     assert E.find_results("smoke", root=artifacts_root) == stage
+    # a newer stage of another setting (two of the systems) is served only while it is the last asked for
+    again = dict(profile="smoke", k=10, n_boot=50, seed=0, max_new_tokens=8, batch_size=4, catalog=cat, oracle=orc,
+                 progress=False, log=None)
+    subset = E.results_stage(systems[:2], rows, **again)
+    assert subset != stage and E.find_results("smoke", root=artifacts_root) == subset
+    assert E.results_stage(systems, rows, **again) == stage  # cached, older than the subset's
+    assert E.find_results("smoke", root=artifacts_root) == stage
     with pytest.raises(FileNotFoundError, match="notebook 04"):
         E.find_results("paper", root=artifacts_root)
     dest = E.publish_table(res, tmp_path / "t.md")

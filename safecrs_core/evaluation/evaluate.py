@@ -834,7 +834,16 @@ def results_stage(systems: Sequence[System], rows, *, profile: str | None = None
             [{**s.key(), "group": s.group, "description": s.description} for s in systems], indent=1))
         return {s: {m: _finite(summary.loc[s, m]) for m in main_metrics(k)} for s in names}
 
-    return run_stage("results", params, [], fn, force=force, log=log)
+    stage = run_stage("results", params, [], fn, force=force, log=log)
+    if profile is not None:  # what find_results serves for this profile and label from now on
+        from ..pipeline import atomic_write_json, stage_ref
+        atomic_write_json(_last_results_file(profile, label), {"stage": stage_ref(stage)})
+    return stage
+
+
+def _last_results_file(profile: str, label: str, root: str | os.PathLike | None = None) -> Path:
+    from ..pipeline import artifacts_root
+    return artifacts_root(root) / "results" / ".last" / f"{profile}--{label}.json"
 
 
 def _finite(x) -> float | None:
@@ -887,10 +896,19 @@ def load_results(stage: str | os.PathLike) -> Results:
 
 
 def find_results(profile: str, label: str = "main", root: str | os.PathLike | None = None) -> Path:
-    """The newest completed results stage of ``profile`` and ``label`` (written by notebook 04)."""
+    """The results stage of ``profile`` and ``label`` that :func:`results_stage` last computed or
+    loaded (notebook 04 writes them), so a results stage of another setting (a subset of the
+    systems, other rows) that is newer is not served in its place; when that record is missing
+    or names a stage that is gone, the newest completed one."""
     from ..pipeline import artifacts_root, is_done, read_manifest
 
     folder = artifacts_root(root) / "results"
+    try:
+        last = folder.parent / json.loads(_last_results_file(profile, label, root).read_text(encoding="utf-8"))["stage"]
+        if is_done(last):
+            return last
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     found = []
     for d in sorted(folder.glob("*")) if folder.is_dir() else []:
         if d.name.startswith(".") or not is_done(d):
