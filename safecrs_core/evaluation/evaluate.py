@@ -584,10 +584,10 @@ def available_systems(profile: str, ds, *, benchmark: str | os.PathLike | None =
     if trained:
         from ..pipeline import is_done
 
-        built = None if stages is None else [Path(d) for d in stages.values() if is_done(d)]
+        given = None if stages is None else [Path(d) for d in stages.values() if is_done(d)]
         found = trained_systems(ds, benchmark=benchmark, log=log, evidence=evidence_for if evidence else None,
                                 domain=domain, candidates=candidates_for if candidates is not None else None,
-                                stages=built)
+                                stages=given)
         names = {s.name.split(" (")[0] for s in found}
         wanted = ("SFT", "Safe-SFT", "Safe-GDPO") + (("Safe-SFT + evidence", "Safe-GDPO + evidence") if evidence else ())
         missing = ([n for n in wanted if n not in names] if stages is None
