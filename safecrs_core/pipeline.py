@@ -912,38 +912,56 @@ def build_costs(out_dir: str | os.PathLike | None = None, domains: Iterable[str]
     took. A stage counts for the first notebook (in run order) that used it: when it was built
     during that notebook's last execution, its time is already inside the notebook's seconds;
     otherwise (built by an earlier run, the notebook then read it from the cache) its recorded
-    seconds are added. One row per executed notebook: ``notebook``, ``domain``, ``run_s`` (last
+    seconds are added. A stage built inside another stage's build (a results stage builds its
+    generations) is not counted again. One row per executed notebook: ``notebook``, ``domain``, ``run_s`` (last
     execution), ``built_s`` / ``built`` (stages built during it), ``cached_s`` / ``cached`` (stages
     it read, built earlier), ``unknown`` (stages without a recorded time or folder) and
     ``from_scratch_s`` = ``run_s + cached_s``. Stage times are as recorded: a build that shared
     the CPU with other work recorded a longer time."""
     nb_dir = (Path(notebooks_dir) if notebooks_dir is not None else notebooks_root()).resolve()
     out = Path(out_dir).resolve() if out_dir is not None else nb_dir / "_executed"
-    seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
+    entries = []
     for src, domain in notebook_plan(discover_notebooks(nb_dir), domains):
         dest = out if domain == MOVIES else out / domain
         try:
             entry = json.loads((dest / "timings.json").read_text(encoding="utf-8")).get(src.stem)
         except (FileNotFoundError, json.JSONDecodeError):
             entry = None
-        if not isinstance(entry, dict) or entry.get("status") != "ok":
-            continue
+        if isinstance(entry, dict) and entry.get("status") == "ok":
+            entries.append((src.stem, domain, entry))
+    spans: dict[str, tuple[float, float, float] | None] = {}  # stage: (seconds, start, end) of its build
+    for *_, entry in entries:
+        for stage in entry.get("stages") or []:
+            try:
+                man = json.loads((Path(stage) / DONE_FILE).read_text(encoding="utf-8"))
+                seconds, finished = float(man["seconds"]), _parse_time(man["finished"])
+                spans[stage] = None if finished is None else (seconds, finished - seconds, finished)
+            except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
+                spans[stage] = None
+
+    def nested(stage: str) -> bool:  # built inside another stage's build: its time is in that one's
+        sec, start, end = spans[stage]
+        return any(o is not None and o[0] > sec and o[1] - 1.0 <= start and end <= o[2] + 1.0
+                   for other, o in spans.items() if other != stage)
+
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for stem, domain, entry in entries:
         run_s = float(entry.get("seconds") or 0.0)
         end = _parse_time(entry.get("finished"))
-        row = {"notebook": src.stem, "domain": domain, "run_s": run_s, "built": 0, "built_s": 0.0,
+        row = {"notebook": stem, "domain": domain, "run_s": run_s, "built": 0, "built_s": 0.0,
                "cached": 0, "cached_s": 0.0, "unknown": 0}
         for stage in entry.get("stages") or []:
             if stage in seen:
                 continue
             seen.add(stage)
-            try:
-                man = json.loads((Path(stage) / DONE_FILE).read_text(encoding="utf-8"))
-                seconds, finished = float(man["seconds"]), _parse_time(man["finished"])
-            except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError):
+            if spans[stage] is None:
                 row["unknown"] += 1
                 continue
-            inside = end is not None and finished is not None and end - run_s - 1.0 <= finished <= end + 1.0
+            if nested(stage):
+                continue
+            seconds, _, finished = spans[stage]
+            inside = end is not None and end - run_s - 1.0 <= finished <= end + 1.0
             kind = "built" if inside else "cached"
             row[kind] += 1
             row[f"{kind}_s"] += seconds

@@ -546,6 +546,7 @@ def test_build_costs_adds_cached_stage_times_once_and_never_twice(tmp_path, caps
     old = stage("sft/a", 600.0, "2026-01-01T10:00:00+00:00")  # built by an earlier run, read from the cache
     new = stage("eval/b", 100.0, "2026-01-02T10:00:00+00:00")  # built during 01_dom's last run
     games = stage("eval/g", 50.0, "2026-01-01T09:00:00+00:00")
+    inner = stage("gen/i", 30.0, "2026-01-01T08:59:50+00:00")  # built inside eval/g's build: in its 50 s
     (out / "games").mkdir(parents=True)
 
     def entry(seconds, finished, stages, status="ok"):
@@ -555,7 +556,7 @@ def test_build_costs_adds_cached_stage_times_once_and_never_twice(tmp_path, caps
         "01_dom": entry(130.0, "2026-01-02T10:00:20+00:00", [old, new]),
         "02_after": entry(5.0, "2026-01-02T11:00:00+00:00", [old, new, str(arts / "gone/c")])}))
     (out / "games" / "timings.json").write_text(json.dumps({
-        "01_dom": entry(20.0, "2026-01-02T12:00:00+00:00", [games])}))
+        "01_dom": entry(20.0, "2026-01-02T12:00:00+00:00", [games, inner])}))
     rows = pl.build_costs(out, ("movies", "games"), nbs)
     got = {(r["notebook"], r["domain"]): r for r in rows}
     assert [(r["notebook"], r["domain"]) for r in rows] == [("01_dom", "movies"), ("01_dom", "games"),
