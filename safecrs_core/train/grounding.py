@@ -439,15 +439,16 @@ def pass_width(pending: Sequence[int], batch: int, max_chunk: int = 16, overhead
 def _unique_rows(input_ids: torch.LongTensor, attention_mask: torch.LongTensor):
     """``(unique, copies)``: the indices of the first of each distinct row (ids and mask) and, per
     row, the position of its copy among them; ``(None, None)`` when every row is distinct."""
-    first: dict[tuple, int] = {}
-    copies = []
-    for ids, m in zip(input_ids.tolist(), attention_mask.tolist()):
-        copies.append(first.setdefault((tuple(ids), tuple(m)), len(first)))
-    if len(first) == len(copies):
+    position: dict[tuple, int] = {}
+    unique, copies = [], []
+    for r, (ids, m) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+        key = (tuple(ids), tuple(m))
+        if key not in position:
+            position[key] = len(unique)
+            unique.append(r)
+        copies.append(position[key])
+    if len(unique) == len(copies):
         return None, None
-    unique = [0] * len(first)
-    for r, c in reversed(list(enumerate(copies))):
-        unique[c] = r
     return torch.tensor(unique, dtype=torch.long), torch.tensor(copies, dtype=torch.long)
 
 
@@ -516,21 +517,17 @@ def jump_forward_generate(model, input_ids: torch.LongTensor, attention_mask: to
     while True:
         mask = feed_mask if mask is None else torch.cat([mask, feed_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1]:]
-        if cache is None and uniq is not None:
-            u = uniq.to(device)
-            out = decoder(input_ids=feed[u], attention_mask=mask[u], position_ids=positions[u], use_cache=True)
-            cache = getattr(out, "cache", None)
-            if cache is None:
-                cache = out.past_key_values
+        shared = cache is None and uniq is not None  # the prompt pass, over each distinct prompt once
+        rows = uniq.to(device) if shared else slice(None)
+        out = decoder(input_ids=feed[rows], attention_mask=mask[rows], position_ids=positions[rows], use_cache=True,
+                      **{cache_arg: cache})
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
+        states = out.last_hidden_state
+        if shared:  # each row gets its prompt's cache and states
             cache.batch_select_indices(copies.to(device))
-            states = out.last_hidden_state[copies.to(device)]
-        else:
-            out = decoder(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True,
-                          **{cache_arg: cache})
-            cache = getattr(out, "cache", None)
-            if cache is None:
-                cache = out.past_key_values
-            states = out.last_hidden_state
+            states = states[copies.to(device)]
         deciding = [j for j, r in enumerate(alive) if not pending[r]]
         if deciding:
             at = torch.tensor(deciding, dtype=torch.long)
