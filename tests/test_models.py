@@ -142,3 +142,37 @@ def test_unknown_model_error_names_the_choices(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="not a built-in name .*tiny-smollm2"):
         load_model(str(tmp_path / "no-such-model"))
+
+
+def test_cpu_models_let_sdpa_do_grouped_query_attention(smollm2_cache, monkeypatch):
+    """On CPU, load_model turns on transformers' switch for sdpa's own grouped-query attention
+    (unless the user set it), and a masked multi-token pass over a KV cache (a jump-forward
+    pass) gives the same logits either way."""
+    monkeypatch.delenv(models.SDPA_GQA_ENV, raising=False)
+    model, tok = load_model("tiny-smollm2", device="cpu")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the tiny model has GQA too
+    import os
+    assert os.environ[models.SDPA_GQA_ENV] == "1"
+    monkeypatch.setenv(models.SDPA_GQA_ENV, "0")
+    load_model("tiny-smollm2", device="cpu")
+    assert os.environ[models.SDPA_GQA_ENV] == "0"  # a user's choice is kept
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, len(tok), (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    feed = torch.randint(5, len(tok), (3, 4))
+    feed_mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]])  # padding inside the pass
+
+    def logits(flag):
+        monkeypatch.setenv(models.SDPA_GQA_ENV, flag)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+            full = torch.cat([mask, feed_mask], dim=1)
+            pos = (full.cumsum(-1) - 1).clamp(min=0)[:, -feed.shape[1]:]
+            return model(input_ids=feed, attention_mask=full, position_ids=pos,
+                         past_key_values=out.past_key_values, use_cache=True).logits
+
+    default, gqa = logits("0"), logits("1")
+    keep = feed_mask.bool()
+    assert torch.allclose(default[keep], gqa[keep], atol=1e-5)
