@@ -182,6 +182,21 @@ def test_select_best_prefers_recall_then_lower_svr_then_later_step():
     assert sft.select_best({2: {"recall@10": float("nan")}, 4: {"recall@10": 0.0}}) == 4
 
 
+def test_fit_examples_names_the_examples_it_drops(world):
+    from datasets import Dataset
+
+    from safecrs_core.train.models import load_tokenizer
+    tok = load_tokenizer("tiny-smollm2")
+    examples = list(world["safe"])[:6]
+    sizes = [sft._n_tokens(tok, list(e["prompt"]) + list(e["completion"]), False) for e in examples]
+    limit = sorted(sizes)[len(sizes) // 2]  # about half of them are longer
+    dropped: list[int] = []
+    data, n_trim, n_drop = sft.fit_examples(Dataset.from_list(examples), tok, limit, dropped_rows=dropped)
+    assert n_drop >= 1 and n_drop == len(dropped) and len(data) + n_drop == len(examples)
+    assert all(sizes[i] > limit for i in dropped)  # only examples longer than the limit go
+    assert all(sft._n_tokens(tok, list(p) + list(c), False) <= limit for p, c in zip(data["prompt"], data["completion"]))
+
+
 # ---- training (tiny model) ------------------------------------------------------------------
 
 TINY = dict(model_name="tiny-smollm2", max_train_samples=4, per_device_train_batch_size=2, max_length=384, learning_rate=5e-3,

@@ -661,13 +661,14 @@ def fit_prompt(messages: Sequence[dict], tok, max_tokens: int) -> list[dict] | N
             del msgs[first]
 
 
-def fit_examples(ds, tok, max_length: int):
+def fit_examples(ds, tok, max_length: int, dropped_rows: list | None = None):
     """Prompt-completion rows trimmed by :func:`fit_prompt` so prompt plus completion fit
-    ``max_length`` tokens; rows that cannot fit are dropped. Returns (Dataset, n_trimmed, n_dropped)."""
+    ``max_length`` tokens; rows that cannot fit are dropped (their indices are appended to
+    ``dropped_rows`` when given). Returns (Dataset, n_trimmed, n_dropped)."""
     from datasets import Dataset
 
     rows, trimmed, dropped = [], 0, 0
-    for ex in ds:
+    for i, ex in enumerate(ds):
         full = _n_tokens(tok, list(ex["prompt"]) + list(ex["completion"]), False)
         if full <= max_length:
             rows.append({"prompt": ex["prompt"], "completion": ex["completion"]})
@@ -676,6 +677,8 @@ def fit_examples(ds, tok, max_length: int):
         fitted = fit_prompt(ex["prompt"], tok, budget) if budget > 0 else None
         if fitted is None:
             dropped += 1
+            if dropped_rows is not None:
+                dropped_rows.append(i)
             continue
         trimmed += 1
         rows.append({"prompt": fitted, "completion": ex["completion"]})
@@ -969,10 +972,18 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         work.mkdir(parents=True, exist_ok=True)
         train_ds, _ = load_sft_data(data, config.variant)
         model, tok = load_model(config.model_name)
-        fitted, n_trim, n_drop = fit_examples(train_ds, tok, config.max_length)
+        too_long: list[int] = []
+        fitted, n_trim, n_drop = fit_examples(train_ds, tok, config.max_length, dropped_rows=too_long)
         if len(fitted) == 0:
             raise ValueError(f"no training example fits max_length={config.max_length} tokens "
                              f"({n_drop} too long even without their older turns); raise max_length")
+        # the longest targets are the ones whose oracle-removed items the reasoning names: dropping
+        # them takes the avoidance examples out of Safe-SFT first, so say so
+        n_drop_filtered = sum(bool(train_ds[i]["dropped"]) for i in too_long) if "dropped" in train_ds.column_names else 0
+        if n_drop and log:
+            log(f"[sft] warning: {n_drop} of {len(train_ds)} training examples ({n_drop_filtered} with items the "
+                f"oracle removed from the target) do not fit max_length={config.max_length} tokens even without "
+                "their older turns and are left out; raise max_length to keep them")
         bstats = json.loads((bench / "stats.json").read_text())
         domain = benchmark_domain(bstats)
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
@@ -1034,7 +1045,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         atomic_write_json(tmp / "validation.json", val)
         n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
         info = {"examples": len(fitted) - n_sens, "sensitivity_examples": n_sens, "trimmed": n_trim,
-                "dropped_too_long": n_drop,
+                "dropped_too_long": n_drop, "dropped_too_long_filtered": n_drop_filtered,
                 "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
                 "seconds_per_step": round(train_seconds / max(steps_run, 1), 2),
                 "scoring_seconds": round(scorer.seconds, 1),
