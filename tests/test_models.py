@@ -1,6 +1,7 @@
 """Model names, the SmolLM2 cache (offline loads, sha256 check) and batched generation."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -151,7 +152,6 @@ def test_cpu_models_let_sdpa_do_grouped_query_attention(smollm2_cache, monkeypat
     monkeypatch.delenv(models.SDPA_GQA_ENV, raising=False)
     model, tok = load_model("tiny-smollm2", device="cpu")
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # the tiny model has GQA too
-    import os
     assert os.environ[models.SDPA_GQA_ENV] == "1"
     monkeypatch.setenv(models.SDPA_GQA_ENV, "0")
     load_model("tiny-smollm2", device="cpu")

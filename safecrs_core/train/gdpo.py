@@ -747,7 +747,7 @@ def load_gdpo_model(stage_dir: str | os.PathLike, device: str | torch.device | N
     adapter is loaded onto its base model and merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import default_device, prepare_tokenizer
+    from .models import prepare_tokenizer, to_device
     from ..pipeline import is_done
 
     path = Path(stage_dir)
@@ -761,7 +761,7 @@ def load_gdpo_model(stage_dir: str | os.PathLike, device: str | torch.device | N
     else:
         model = AutoModelForCausalLM.from_pretrained(path / "model")
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path / "model"))
-    model.to(device or default_device())
+    to_device(model, device)
     model.eval()
     return model, tok
 

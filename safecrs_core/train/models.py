@@ -319,12 +319,19 @@ def load_model(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = 
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
+    to_device(model, device)
+    model.eval()
+    return model, tok
+
+
+def to_device(model, device: str | torch.device | None = None):
+    """``model`` moved to ``device`` (default: :func:`default_device`); on CPU, attention shares
+    its key/value heads itself (:func:`use_sdpa_gqa`). Every loader of the package places its
+    models here."""
     device = torch.device(device or default_device())
     if device.type == "cpu":
         use_sdpa_gqa()
-    model.to(device)
-    model.eval()
-    return model, tok
+    return model.to(device)
 
 
 SDPA_GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"
@@ -335,14 +342,15 @@ def use_sdpa_gqa() -> None:
     on CPU, by setting transformers' switch ``TRANSFORMERS_SDPA_FORCE_GQA=1`` unless it is set.
 
     SmolLM2-135M has 9 query heads over 3 key/value heads. For any masked attention call (a
-    padded batch, every wider pass of jump-forward decoding, training on padded batches)
-    transformers otherwise copies the key/value heads three times (``repeat_kv``) before
-    calling attention, which on a CPU costs several times the attention itself: measured here
-    with a 600-700-token cache at batch 30, 42-59 ms per layer call copied against 4-11 ms
-    with ``enable_gqa``, the same outputs (``scripts/bench_decode.py`` shows the effect on
-    whole decoding). transformers enables it by default only without a mask, because some GPU
-    kernels fall back to slow paths with one; so this is set for CPU models only. Set the
-    variable to ``0`` to keep transformers' default."""
+    padded batch, every wider pass of jump-forward decoding) transformers otherwise copies the
+    key/value heads three times (``repeat_kv``) before calling attention, which on a CPU costs
+    several times the attention itself when decoding over a KV cache: measured here with a
+    600-700-token cache at batch 30, 42-59 ms per layer call copied against 4-11 ms with
+    ``enable_gqa``, the same outputs (*Reproducing the book* shows the effect on whole
+    decoding; training and the prompt pass took the same time either way). transformers
+    enables it by default only without a mask, because some GPU kernels fall back to slow
+    paths with one; so this is set for CPU models only. Set the variable to ``0`` to keep
+    transformers' default."""
     os.environ.setdefault(SDPA_GQA_ENV, "1")
 
 

@@ -979,7 +979,7 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                              f"({n_drop} too long even without their older turns); raise max_length")
         # the longest targets are the ones whose oracle-removed items the reasoning names: dropping
         # them takes the avoidance examples out of Safe-SFT first, so say so
-        n_drop_filtered = sum(bool(train_ds[i]["dropped"]) for i in too_long) if "dropped" in train_ds.column_names else 0
+        n_drop_filtered = sum(bool(train_ds[i]["dropped"]) for i in too_long)
         if n_drop and log:
             log(f"[sft] warning: {n_drop} of {len(train_ds)} training examples ({n_drop_filtered} with items the "
                 f"oracle removed from the target) do not fit max_length={config.max_length} tokens even without "
@@ -1085,11 +1085,11 @@ def load_checkpoint_model(path: str | os.PathLike, config: SafeSFTConfig, merge:
     else:
         from transformers import AutoModelForCausalLM
 
-        from .models import default_device
+        from .models import to_device
         tok = load_tokenizer(config.model_name)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
         model.config.pad_token_id = tok.pad_token_id
-        model.to(device or default_device())
+        to_device(model, device)
     model.eval()
     return model, tok
 
