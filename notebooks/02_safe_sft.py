@@ -72,6 +72,7 @@ candidates = {"n": 20, "source": "neighbours"}  # candidates in the prompt (no o
 grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # None: free decoding
 universe_grounding = {"mode": "universe", "n_popular": 5000, "min_items": 10, "reasoning_tokens": 96}  # the other mode, compared zero-shot on validation; None: skip
 sensitivity_examples = 0  # Safe-SFT only: extra short examples, last user turn -> the reasoning's first sentence (the user's sensitivity); 0: none
+item_knowledge = None  # Safe-SFT only: e.g. {"n_items": 200, "examples": 512} adds short examples whose reasoning names which of the n_items most frequent training candidates are unsafe for the user's sensitivity; None: none (see Limitations)
 n_examples = 2
 
 # %%
@@ -140,7 +141,7 @@ stages = {}
 for variant in variants:
     stages[variant] = sft.train_sft(config.replace(variant=variant), bench, threads=torch_threads)
 runs = pd.DataFrame({v: {**sft.stage_summary(p)["train"], "stage": p.name} for v, p in stages.items()}).T
-runs.reindex(columns=["examples", "sensitivity_examples", "trimmed", "dropped_too_long", "final_step", "best_step",
+runs.reindex(columns=["examples", "sensitivity_examples", "knowledge_examples", "trimmed", "dropped_too_long", "final_step", "best_step",
                      "seconds_per_step", "train_seconds", "stage"])
 
 # %% [markdown]

@@ -11,6 +11,7 @@ from safecrs_core.train import candidates as C
 from safecrs_core.train import sft
 from safecrs_core.safety.oracle import UNSAFE
 from safecrs_core.train.prompts import parse_completion
+from safecrs_core.data.rows import item_ids
 
 # two sources keep the build small; Reddit-v2 samples carry many oracle-removed targets
 BENCH = dict(sources=("reddit_saferank", "redial_kepler"), max_per_source_split=30, seed=0)
@@ -335,6 +336,53 @@ def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_sta
     stage = sft.train_sft(with_sens, _benchmark_stage(world), progress=False, log=None)
     info = json.loads((stage / "train_info.json").read_text())
     assert info["sensitivity_examples"] == 3 and info["examples"] >= 1
+
+
+def test_knowledge_examples_name_only_unsafe_frequent_candidates(world):
+    from collections import Counter
+    cat, orc = world["cat"], world["orc"]
+    rows = list(world["ds"]["train"])
+    cands = [[i for i, _ in world["nb"].candidates([], sorted(set(item_ids(r["seen"]))), 20)] for r in rows]
+    counts = Counter(i for c in cands for i in c)
+    top = {i for i, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:40]}
+    ex = sft.knowledge_examples(rows, cands, cat, orc, n_items=40, examples=12, seed=0)
+    assert 0 < len(ex) <= 12
+    assert ex == sft.knowledge_examples(rows, cands, cat, orc, n_items=40, examples=12, seed=0)  # deterministic
+    by_constraint = {r["constraint"]: r for r in rows if r.get("constraint")}
+    n_named = 0
+    for e in ex:
+        assert [m["role"] for m in e["prompt"]] == ["system", "user"]
+        assert "candidate" not in e["prompt"][0]["content"]
+        text = e["completion"][0]["content"]
+        assert text.startswith("<reasoning>") and text.endswith("</reasoning>")
+        name, titles = sft.parse_reasoning(text[len("<reasoning>"):-len("</reasoning>")])
+        row = next(r for c, r in by_constraint.items() if c in e["prompt"][1]["content"])
+        assert name == row["trait_name"] and 1 <= len(titles) <= sft.MAX_NAMED_DROPS
+        ids = [cat.resolve(t).item_id for t in titles]
+        assert None not in ids and set(ids) <= top  # only the most frequent training candidates
+        assert (orc.check(ids, [row["trait"]] * len(ids))[0] == UNSAFE).all()  # every named item is unsafe
+        n_named += len(ids)
+    assert n_named > len(ex)  # groups, not single titles
+    with pytest.raises(ValueError, match="candidate lists"):
+        sft.knowledge_examples(rows, cands[:-1], cat, orc, n_items=40, examples=12)
+    for bad in ({"n_items": 0}, {"examples": True}, {"items": 3}, 5):
+        with pytest.raises((ValueError, TypeError), match="item_knowledge"):
+            sft.knowledge_settings(bad)
+    assert sft.knowledge_settings({"n_items": 7}) == {**sft.KNOWLEDGE_DEFAULTS, "n_items": 7}
+
+
+def test_item_knowledge_keys_only_the_safe_stage_and_trains(world, artifacts_root):
+    base = sft.SafeSFTConfig(**{**TINY, "val_samples": 0, "max_length": 768}, max_steps=2, save_steps=2,
+                             candidates={"n": 20, "source": "neighbours"})  # candidates make prompts long
+    with pytest.raises(ValueError, match="item_knowledge needs candidates"):
+        sft.SafeSFTConfig(item_knowledge={"n_items": 10})
+    know = base.replace(item_knowledge={"n_items": 30, "examples": 4})
+    assert "item_knowledge" not in base.to_params()  # off: keys as before
+    assert know.to_params()["item_knowledge"] == {"n_items": 30, "examples": 4}
+    assert know.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    stage = sft.train_sft(know, _benchmark_stage(world), progress=False, log=None)
+    info = json.loads((stage / "train_info.json").read_text())
+    assert 1 <= info["knowledge_examples"] <= 4 and info["examples"] >= 1
 
 
 def test_batch_settings_share_gdpo_names_and_keep_their_stored_keys():

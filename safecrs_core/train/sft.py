@@ -83,7 +83,7 @@ from ..safety import traits as T
 from ..data.catalog import resolve_domain
 from ..safety.oracle import UNSAFE
 from ..world import World
-from .prompts import REASONING_OPEN, SOLUTION_CLOSE, build_messages, parse_completion
+from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, build_messages, parse_completion
 from .candidates import Neighbours, context_prompts
 from .models import lora_config
 from ..data.rows import column, item_ids
@@ -151,6 +151,11 @@ class SafeSFTConfig:
     with it, batches group examples of similar length (transformers' ``group_by_length``
     sampler), so the short examples are not padded to the length of a full one.
 
+    ``item_knowledge`` (safe variant only; None: off; needs ``candidates``): a dict of
+    :func:`knowledge_settings` (``n_items``, ``examples``) that adds :func:`knowledge_examples`,
+    short examples naming which of the most frequent training candidates are unsafe for a
+    sensitivity. It keys the safe stage only when set; batches then group similar lengths too.
+
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.train.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
     ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
@@ -189,6 +194,7 @@ class SafeSFTConfig:
     grounding: dict | None = None
     candidates: dict | None = None
     sensitivity_examples: int = 0
+    item_knowledge: dict | None = None
 
     # fields whose stage keys carry the names they had when the first stages were keyed
     STORED_NAMES = {"per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum"}
@@ -212,6 +218,10 @@ class SafeSFTConfig:
             raise ValueError(f"sensitivity_examples must be an integer >= 0, got {v!r}")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
+        self.item_knowledge = knowledge_settings(self.item_knowledge)
+        if self.item_knowledge is not None and self.candidates is None:
+            raise ValueError("item_knowledge needs candidates in the prompt (its items are the training "
+                             "candidates seen most often): set candidates")
         from .grounding import grounding_settings
         from .prompts import candidate_settings, evidence_settings
         self.grounding = grounding_settings(self.grounding)
@@ -238,6 +248,8 @@ class SafeSFTConfig:
                 del out[name]
         if not self.applied_sensitivity_examples:  # off, or the plain variant (which never uses them)
             del out["sensitivity_examples"]
+        if self.applied_item_knowledge is None:  # off, or the plain variant: keys stay as they were
+            del out["item_knowledge"]
         return out
 
     def decoder(self, benchmark_dir, catalog, tokenizer, prompts=None):
@@ -277,6 +289,16 @@ class SafeSFTConfig:
     def applied_sensitivity_examples(self) -> int:
         """The sensitivity examples this variant trains on (the plain variant: none)."""
         return self.sensitivity_examples if self.variant == "safe" else 0
+
+    @property
+    def applied_item_knowledge(self) -> dict | None:
+        """The item-knowledge settings this variant trains with (the plain variant: none)."""
+        return self.item_knowledge if self.variant == "safe" else None
+
+    @property
+    def short_examples(self) -> bool:
+        """Whether short extra examples join the full ones (batches then group similar lengths)."""
+        return bool(self.applied_sensitivity_examples) or self.applied_item_knowledge is not None
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **changes) -> "SafeSFTConfig":
@@ -344,6 +366,74 @@ def sensitivity_examples(rows, k: int = 10, domain: str = "movies") -> list[dict
             raise ValueError(f"row {row.get('id')!r} has no user turn")
         out.append({"prompt": build_messages([users[-1]], k=k, domain=domain),
                     "completion": [{"role": "assistant", "content": REASONING_OPEN + reasoning_head(row["trait_name"])}]})
+    return out
+
+
+KNOWLEDGE_DEFAULTS = {"n_items": 200, "examples": 512}
+
+
+def knowledge_settings(settings: Mapping[str, Any] | None) -> dict | None:
+    """Validated **item-knowledge** settings (None stays None): ``n_items``, how many of the
+    items seen most often among the training conversations' candidates the examples cover, and
+    ``examples``, how many short examples to add (:func:`knowledge_examples`)."""
+    from .prompts import _with_defaults
+
+    out = _with_defaults(settings, KNOWLEDGE_DEFAULTS, "item_knowledge")
+    for name, v in (out or {}).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"item_knowledge setting {name} must be a positive integer, got {v!r}")
+    return out
+
+
+def knowledge_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, oracle, *, n_items: int,
+                       examples: int, seed: int = 0, k: int = 10, domain: str = "movies") -> list[dict]:
+    """Short Safe-SFT examples of **item knowledge**: which frequent candidates are unsafe for a
+    sensitivity.
+
+    A 135M model knows almost nothing about films, so it cannot tell from a title which
+    candidate touches the user's sensitivity; a full Safe-SFT example shows it two or three such
+    facts for about 600 tokens. These show up to :data:`MAX_NAMED_DROPS` for about 280. The items
+    are the ``n_items`` seen most often in ``candidate_ids`` (the candidate lists of the
+    **training** rows ``rows``; ties: the smaller id). Each example takes a training row (drawn
+    with ``seed``, so sensitivities come as often as users have them): its prompt is the system
+    message without candidates and the row's last user turn (its phrased constraint), its
+    completion a full reasoning block in the format of :func:`reasoning_text` naming the next
+    :data:`MAX_NAMED_DROPS` of those items the oracle marks unsafe for the row's trait (each
+    trait's items shuffled once, then taken in turn, round and round). Rows whose trait has no
+    unsafe item among them are skipped. ``examples`` examples at most."""
+    rows = list(rows)
+    if len(candidate_ids) != len(rows):
+        raise ValueError(f"{len(candidate_ids)} candidate lists for {len(rows)} rows")
+    counts = Counter(i for ids in candidate_ids for i in ids)
+    top = [i for i, _ in sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:n_items]]
+    rng = np.random.default_rng(seed)
+    unsafe: dict[str, list] = {}
+    at: dict[str, int] = {}
+    out = []
+    for j in rng.permutation(len(rows)):
+        if len(out) >= examples:
+            break
+        row = rows[int(j)]
+        trait = row.get("trait")
+        if trait is None or not top:
+            continue
+        if trait not in unsafe:
+            verdicts, risks = oracle.check(top, [trait] * len(top))
+            bad = [(catalog.display(i), None if np.isnan(r) else float(r))
+                   for i, v, r in zip(top, verdicts, risks) if int(v) == UNSAFE]
+            unsafe[trait] = [bad[x] for x in rng.permutation(len(bad))]
+            at[trait] = 0
+        bad = unsafe[trait]
+        if not bad:
+            continue
+        users = [t for t in row["turns"] if t["role"] == "user"]
+        if not users:
+            raise ValueError(f"row {row.get('id')!r} has no user turn")
+        group = [bad[(at[trait] + x) % len(bad)] for x in range(min(MAX_NAMED_DROPS, len(bad)))]
+        at[trait] = (at[trait] + len(group)) % len(bad)
+        text = reasoning_text(row["trait_name"], trait, group)
+        out.append({"prompt": build_messages([users[-1]], k=k, domain=domain),
+                    "completion": [{"role": "assistant", "content": REASONING_OPEN + text + REASONING_CLOSE}]})
     return out
 
 
@@ -898,7 +988,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         use_cpu=not cuda,
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
         # short sensitivity examples batched together, not padded to a full example's length
-        train_sampling_strategy="group_by_length" if config.applied_sensitivity_examples else "random",
+        train_sampling_strategy="group_by_length" if config.short_examples else "random",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
                       peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout) if config.lora else None, callbacks=list(callbacks))
@@ -1000,8 +1090,21 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         catalog, oracle = world.catalog, world.oracle
         evidence = None
-        if with_context:
+        if with_context or config.applied_item_knowledge is not None:
+            bench_ds = bench_ds if bench_ds is not None else load_benchmark(bench)[0]
             evidence = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log)
+        n_know = 0
+        if config.applied_item_knowledge is not None:
+            from datasets import Dataset, concatenate_datasets
+
+            train_rows = list(bench_ds["train"])  # every training row's candidates: item frequencies
+            extra = knowledge_examples(train_rows, evidence.ids(train_rows), catalog, oracle,
+                                       **config.applied_item_knowledge, seed=config.seed, k=config.k, domain=domain)
+            extra = fit_examples(Dataset.from_list(extra), tok, config.max_length)[0] if extra else None
+            if extra is not None and len(extra):
+                fitted, n_know = concatenate_datasets([fitted, extra]), len(extra)
+        if not with_context:
+            evidence = None
         decoder = config.decoder(bench, catalog, tok, evidence) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
                                   domain=domain, decoder=decoder)
@@ -1044,7 +1147,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                    "scores": json.loads(df.drop(columns=["ids"]).to_json(orient="records"))}
         atomic_write_json(tmp / "validation.json", val)
         n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-        info = {"examples": len(fitted) - n_sens, "sensitivity_examples": n_sens, "trimmed": n_trim,
+        info = {"examples": len(fitted) - n_sens - n_know, "sensitivity_examples": n_sens,
+                "knowledge_examples": n_know, "trimmed": n_trim,
                 "dropped_too_long": n_drop, "dropped_too_long_filtered": n_drop_filtered,
                 "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
                 "seconds_per_step": round(train_seconds / max(steps_run, 1), 2),
