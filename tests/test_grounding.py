@@ -332,6 +332,14 @@ def test_jump_forward_writes_what_generate_writes_in_fewer_passes(tiny, movies_w
         counts[jump] = len(passes)
     hook.remove()
     assert texts[True] == texts[False]
+    # sft.evaluate_model asks for the KV cache explicitly; jump-forward always keeps one
+    dec = GR.GroundedDecoder(GR.Grounding(min_items=3, reasoning_tokens=reasoning, jump_forward=True), cat,
+                             tok, k=5, universe=uni)
+    run = lambda **kw: generate(model, tok, prompts, max_new_tokens=max_new, batch_size=3, progress=False,  # noqa: E731
+                                processor=lambda batch: dec.processor([rows[i] for i in batch]), **kw)
+    assert run(use_cache=True) == texts[True]
+    with pytest.raises(NotImplementedError, match="use_cache"):
+        run(use_cache=False)
     if max_new >= 90:
         assert all(len(parse_completion(t, resolver=cat)) == 5 for t in texts[True])
     assert counts[True] < counts[False]

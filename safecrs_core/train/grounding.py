@@ -586,6 +586,8 @@ def generate_with_processor(model, input_ids, attention_mask, processor, generat
 
     # resolved as generate resolves them: its arguments, then the generation_config passed, then
     # the model's own generation config, then transformers' defaults (top_k 50 when sampling)
+    if kwargs.pop("use_cache", True) is False:  # True (or not given): the cache it always keeps
+        raise NotImplementedError("jump-forward decoding always uses the KV cache; got use_cache=False")
     sources = [kwargs, kwargs.pop("generation_config", None), getattr(model, "generation_config", None),
                GenerationConfig._get_default_generation_params()]
 
