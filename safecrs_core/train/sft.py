@@ -359,14 +359,18 @@ def sensitivity_examples(rows, k: int = 10, domain: str = "movies") -> list[dict
 
     Naming the sensitivity is the first thing Safe-SFT's reasoning must get right, and a full
     example teaches it once at the price of about 550 tokens; one of these costs about 100."""
-    out = []
-    for row in rows:
-        users = [t for t in row["turns"] if t["role"] == "user"]
-        if not users:
-            raise ValueError(f"row {row.get('id')!r} has no user turn")
-        out.append({"prompt": build_messages([users[-1]], k=k, domain=domain),
-                    "completion": [{"role": "assistant", "content": REASONING_OPEN + reasoning_head(row["trait_name"])}]})
-    return out
+    return [{"prompt": last_turn_prompt(row, k, domain),
+             "completion": [{"role": "assistant", "content": REASONING_OPEN + reasoning_head(row["trait_name"])}]}
+            for row in rows]
+
+
+def last_turn_prompt(row: Mapping[str, Any], k: int = 10, domain: str = "movies") -> list[dict]:
+    """The prompt of a short Safe-SFT example: the system message without candidates and the
+    row's last user turn (which carries its phrased sensitivity)."""
+    users = [t for t in row["turns"] if t["role"] == "user"]
+    if not users:
+        raise ValueError(f"row {row.get('id')!r} has no user turn")
+    return build_messages([users[-1]], k=k, domain=domain)
 
 
 KNOWLEDGE_DEFAULTS = {"n_items": 200, "examples": 512}
@@ -418,7 +422,7 @@ def knowledge_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, or
         if trait is None or not top:
             continue
         if trait not in unsafe:
-            verdicts, risks = oracle.check(top, [trait] * len(top))
+            verdicts, risks = oracle.check(top, trait)
             bad = [(catalog.display(i), None if np.isnan(r) else float(r))
                    for i, v, r in zip(top, verdicts, risks) if int(v) == UNSAFE]
             unsafe[trait] = [bad[x] for x in rng.permutation(len(bad))]
@@ -426,13 +430,10 @@ def knowledge_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, or
         bad = unsafe[trait]
         if not bad:
             continue
-        users = [t for t in row["turns"] if t["role"] == "user"]
-        if not users:
-            raise ValueError(f"row {row.get('id')!r} has no user turn")
         group = [bad[(at[trait] + x) % len(bad)] for x in range(min(MAX_NAMED_DROPS, len(bad)))]
         at[trait] = (at[trait] + len(group)) % len(bad)
         text = reasoning_text(row["trait_name"], trait, group)
-        out.append({"prompt": build_messages([users[-1]], k=k, domain=domain),
+        out.append({"prompt": last_turn_prompt(row, k, domain),
                     "completion": [{"role": "assistant", "content": REASONING_OPEN + text + REASONING_CLOSE}]})
     return out
 
@@ -775,6 +776,15 @@ def fit_examples(ds, tok, max_length: int, dropped_rows: list | None = None):
     return Dataset.from_list(rows), trimmed, dropped
 
 
+def _add_examples(fitted, examples: list[dict], tok, max_length: int):
+    """``fitted`` (a Dataset of prompt-completion rows) with the short ``examples`` that fit
+    ``max_length`` appended (:func:`fit_examples`), and how many were appended."""
+    from datasets import concatenate_datasets
+
+    extra = fit_examples(examples, tok, max_length)[0] if examples else []
+    return (concatenate_datasets([fitted, extra]), len(extra)) if len(extra) else (fitted, 0)
+
+
 def validation_prompts(rows, tok, k: int = 10, max_prompt_tokens: int | None = None, domain: str = "movies",
                        evidence=None):
     """Chat prompts of benchmark rows (with their sensitivity), trimmed to ``max_prompt_tokens``;
@@ -987,7 +997,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         dataloader_num_workers=0,
         use_cpu=not cuda,
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
-        # short sensitivity examples batched together, not padded to a full example's length
+        # short extra examples (sensitivity, item knowledge) batched together, not padded to a full one
         train_sampling_strategy="group_by_length" if config.short_examples else "random",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
@@ -1078,33 +1088,24 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         domain = benchmark_domain(bstats)
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         with_context = (config.evidence is not None or config.candidates is not None) and rows
-        bench_ds = load_benchmark(bench)[0] if config.applied_sensitivity_examples or with_context else None
-        n_sens = 0
+        knowledge = config.applied_item_knowledge
+        bench_ds = load_benchmark(bench)[0] if config.applied_sensitivity_examples or with_context or knowledge \
+            else None
+        n_sens = n_know = 0
         if config.applied_sensitivity_examples:
-            from datasets import Dataset, concatenate_datasets
-
             drawn = _train_subset(bench_ds["train"], config.applied_sensitivity_examples, config.seed)
-            extra = fit_examples(Dataset.from_list(sensitivity_examples(list(drawn), config.k, domain)), tok,
-                                 config.max_length)[0]
-            fitted, n_sens = concatenate_datasets([fitted, extra]), len(extra)
+            fitted, n_sens = _add_examples(fitted, sensitivity_examples(list(drawn), config.k, domain), tok,
+                                           config.max_length)
         world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         catalog, oracle = world.catalog, world.oracle
-        evidence = None
-        if with_context or config.applied_item_knowledge is not None:
-            bench_ds = bench_ds if bench_ds is not None else load_benchmark(bench)[0]
-            evidence = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log)
-        n_know = 0
-        if config.applied_item_knowledge is not None:
-            from datasets import Dataset, concatenate_datasets
-
+        prompts = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log) \
+            if with_context or knowledge else None
+        if knowledge is not None:
             train_rows = list(bench_ds["train"])  # every training row's candidates: item frequencies
-            extra = knowledge_examples(train_rows, evidence.ids(train_rows), catalog, oracle,
-                                       **config.applied_item_knowledge, seed=config.seed, k=config.k, domain=domain)
-            extra = fit_examples(Dataset.from_list(extra), tok, config.max_length)[0] if extra else None
-            if extra is not None and len(extra):
-                fitted, n_know = concatenate_datasets([fitted, extra]), len(extra)
-        if not with_context:
-            evidence = None
+            fitted, n_know = _add_examples(fitted, knowledge_examples(
+                train_rows, prompts.ids(train_rows), catalog, oracle, **knowledge, seed=config.seed, k=config.k,
+                domain=domain), tok, config.max_length)
+        evidence = prompts if with_context else None  # what checkpoint scoring shows the model
         decoder = config.decoder(bench, catalog, tok, evidence) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
                                   domain=domain, decoder=decoder)
