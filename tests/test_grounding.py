@@ -385,3 +385,92 @@ def test_identical_prompts_share_one_prompt_pass(tiny, movies_world, monkeypatch
     u, c = GR._unique_rows(torch.tensor([[0, 2], [3, 4], [0, 2], [1, 2]]),
                            torch.tensor([[0, 1], [1, 1], [0, 1], [1, 1]]))
     assert u.tolist() == [0, 1, 3] and c.tolist() == [0, 1, 0, 2]  # same ids, other mask: distinct
+
+
+class GenreCatalog(FakeCatalog):
+    """FakeCatalog with catalog genres (``items``), as :func:`~safecrs_core.train.prompts.screen_line` reads them."""
+
+    def __init__(self):
+        import pandas as pd
+        self.items = pd.DataFrame({"genres": [["horror", "thriller"] if "Saw" in t else ["animation"] if t == "Up (2009)"
+                                              else None for t in TITLES]}, index=TITLES)
+
+
+def _feed_allowed(proc, tok, text):
+    """Feed ``text``'s tokens to ``proc`` (row 0) and return how many of them the grammar did not allow."""
+    ids = torch.zeros((1, 1), dtype=torch.long)
+    scores = proc(ids, torch.zeros((1, len(tok))))
+    refused = 0
+    for t in tok(text, add_special_tokens=False)["input_ids"]:
+        refused += not bool(torch.isfinite(scores[0, t]))
+        ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        scores = proc(ids, torch.zeros((1, len(tok))))
+    return refused
+
+
+def test_screen_block_is_a_grammar_path_and_its_yes_lines_leave_the_list(tok):
+    """A Safe-SFT target with a screen block is a path of the grammar token for token (so training
+    and decoding agree); a candidate screened ``yes`` can no longer be listed; the model writes
+    only the verdicts, on the candidates' own lines in prompt order."""
+    from safecrs_core.train.prompts import format_completion, screen_line
+
+    cat, cands = GenreCatalog(), ["Heat (1995)", "Saw (2004)", "Up (2009)", "Jaws (1975)"]
+    assert screen_line(cat, "Saw (2004)") == "Saw (2004) [horror, thriller]:"
+    assert screen_line(cat, "Heat (1995)") == "Heat (1995):"
+    dec = GR.GroundedDecoder(GR.Grounding(mode="candidates", min_items=1, reasoning_tokens=40, screen=True), cat, tok,
+                             k=3, candidates=lambda rows: [cands for _ in rows])
+    text = format_completion(["Heat (1995)", "Up (2009)", "Jaws (1975)"], "The user is sensitive to Gore.",
+                             [(screen_line(cat, c), c == "Saw (2004)") for c in cands]) + tok.eos_token
+    proc = dec.processor([{"id": "0", "seen": []}])
+    assert _feed_allowed(proc, tok, text) == 0
+    row = proc.rows[0]
+    assert row.phase == GR.DONE and row.screened == 4 and row.screened_out == ["Saw (2004)"]
+    assert not proc._open(row, row.trie.path["Saw (2004)"][-1])
+    # the model decides only the verdicts: screening every candidate out leaves an empty list
+    yes = tok(" yes", add_special_tokens=False)["input_ids"][0]
+    for reasoning in ("The user is sensitive to Gore.</reasoning>", "The user is sensitive to Gore.</reasoning>\n",
+                      "The user is sensitive"):  # closed without and with a line break, or by the budget
+        proc = GR.GroundedDecoder(GR.Grounding(mode="candidates", min_items=0, reasoning_tokens=6, screen=True),
+                                  cat, tok, k=3, candidates=lambda rows: [cands for _ in rows]).processor([{"seen": []}])
+        script = tok("<reasoning>" + reasoning, add_special_tokens=False)["input_ids"]
+        texts, done = _drive(proc, tok, lambda r, s, allowed: script[s] if s < len(script) and script[s] in allowed
+                             else yes if yes in allowed else allowed[0], steps=200)
+        assert done[0] and proc.rows[0].screened_out == cands, texts[0]
+        assert "<screen>\nHeat (1995): yes\nSaw (2004) [horror, thriller]: yes\n" in texts[0]
+        assert parse_completion(texts[0]).items == [] and texts[0].endswith("<solution>\n</solution>")
+    with pytest.raises(ValueError, match="screen"):
+        GR.Grounding(mode="universe", reasoning_tokens=8, screen=True)
+    with pytest.raises(ValueError, match="screen"):
+        GR.Grounding(mode="candidates", screen=True)  # no reasoning block to follow
+    assert "screen" not in GR.grounding_settings({"mode": "candidates", "reasoning_tokens": 8})
+
+
+def test_jump_forward_writes_the_screen_block_generate_writes(tiny, movies_world):
+    """With a screen block, jump-forward decoding (the forced screen lines in wide passes) writes
+    what generate writes (float64), every candidate gets one verdict line in prompt order, and no
+    candidate screened ``yes`` is listed."""
+    import re
+
+    from safecrs_core.train.models import generate
+    from safecrs_core.train.prompts import build_messages, screen_line
+
+    model, tok = copy.deepcopy(tiny[0]).double(), tiny[1]
+    cat, _, _ = movies_world
+    uni = GR.universe_items(cat, [], n_popular=40)
+    cands = [uni[0:8], uni[8:16]]
+    rows = [{"id": str(i), "seen": [], "turns": [{"role": "user", "text": "A film please. " * (1 + 3 * i)}]}
+            for i in range(2)]
+    prompts = [build_messages(r["turns"], k=4, candidates=[cat.display(c) for c in cands[i]]) for i, r in enumerate(rows)]
+    texts = {}
+    for jump in (False, True):
+        dec = GR.GroundedDecoder(GR.Grounding(mode="candidates", min_items=0, reasoning_tokens=6, screen=True,
+                                              jump_forward=jump), cat, tok, k=4,
+                                 candidates=lambda rs: [cands[int(r["id"])] for r in rs])
+        texts[jump] = generate(model, tok, prompts, max_new_tokens=400, batch_size=2, progress=False,
+                               processor=lambda batch: dec.processor([rows[i] for i in batch]))
+    assert texts[True] == texts[False]
+    for text, ids in zip(texts[True], cands):
+        block = text[text.index("<screen>\n") + 9:text.index("\n</screen>")].split("\n")
+        assert [re.sub(r" (yes|no)$", "", line) for line in block] == [screen_line(cat, i) for i in ids]
+        out = {cat.display(i) for i, line in zip(ids, block) if line.endswith(" yes")}
+        assert not out & {it.display for it in parse_completion(text)}

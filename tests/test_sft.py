@@ -402,3 +402,41 @@ def test_batch_settings_share_gdpo_names_and_keep_their_stored_keys():
     assert sft.SafeSFTConfig.from_params(params) == cfg
     with pytest.raises(ValueError, match="per_device_train_batch_size must be a positive integer"):
         sft.SafeSFTConfig(per_device_train_batch_size=0)
+
+
+def test_screen_targets_give_every_candidate_its_oracle_verdict_and_need_the_screen_grammar(world):
+    """With the candidate setting ``screen`` each Safe-SFT target holds a screen block: every
+    prompt candidate in order, ``yes`` exactly where the oracle marks it unsafe for the row's
+    trait; the plain variant has none; the config asks for the grounding to decode it."""
+    from safecrs_core.train.prompts import SCREEN_CLOSE, SCREEN_OPEN, screen_line
+
+    rows = list(world["ds"]["train"])[:12]
+    prompts = C.neighbour_prompts(world["ds"], world["cat"], n=12, screen=True)
+    assert prompts.params()["screen"] is True
+    assert "screen" not in C.neighbour_prompts(world["ds"], world["cat"], n=12).params()
+    safe = sft.build_targets(rows, "safe", catalog=world["cat"], oracle=world["orc"], evidence=prompts)
+    plain = sft.build_targets(rows, "plain", catalog=world["cat"], oracle=world["orc"], evidence=prompts)
+    assert safe and all(SCREEN_OPEN not in e["completion"][0]["content"] for e in plain)
+    n_yes, ex_row = 0, {r["id"]: r for r in rows}
+    for ex, cands in zip(safe, prompts.ids([r for r in rows if r["id"] in {e["id"] for e in safe}])):
+        text = ex["completion"][0]["content"]
+        block = text[text.index(SCREEN_OPEN) + len(SCREEN_OPEN):text.index(SCREEN_CLOSE)].strip().split("\n")
+        verdicts, _ = world["orc"].check(cands, ex["trait"])
+        assert block == [screen_line(world["cat"], c) + (" yes" if int(v) == UNSAFE else " no")
+                         for c, v in zip(cands, verdicts)]
+        assert text.index("</reasoning>") < text.index(SCREEN_OPEN) < text.index("<solution>")
+        assert ex["reasoning"] == sft.reasoning_head(ex_row[ex["id"]]["trait_name"])  # the screen names what is left out
+        n_yes += sum(int(v) == UNSAFE for v in verdicts)
+        assert parse_completion(text).has_solution_tags and len(parse_completion(text).items) == len(ex["items"])
+    assert n_yes > 0
+    cands = {"n": 20, "source": "neighbours", "screen": True}
+    grounding = {"mode": "candidates", "reasoning_tokens": 96}
+    with pytest.raises(ValueError, match="switch both on"):
+        sft.SafeSFTConfig(candidates=cands, grounding=grounding)
+    with pytest.raises(ValueError, match="switch both on"):
+        sft.SafeSFTConfig(candidates={"n": 20}, grounding={**grounding, "screen": True})
+    ok = sft.SafeSFTConfig(candidates=cands, grounding={**grounding, "screen": True})
+    assert ok.data_params()["candidates"]["screen"] is True
+    plain = ok.replace(variant="plain")  # plain SFT is not taught the screen block, so it decodes without one
+    assert "screen" not in plain.grounding and plain.candidates["screen"] is True
+    assert "screen" in ok.grounding

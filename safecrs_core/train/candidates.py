@@ -272,7 +272,8 @@ def evidence_prompts(ds, catalog=None, oracle=None, *, n: int = EVIDENCE_DEFAULT
 
 def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
                       source: str = CANDIDATE_DEFAULTS["source"], genres: bool = False,
-                      train_folds: int = 0, domain: str | None = None, data_dir=None) -> EvidencePrompts:
+                      train_folds: int = 0, screen: bool = False, domain: str | None = None,
+                      data_dir=None) -> EvidencePrompts:
     """**Candidates in context** without oracle verdicts (``verdicts=False``): each row's ``n``
     candidates are the :class:`Neighbours` of the items the user mentioned (``seen``), built
     from the benchmark's **train** split and co-rating data only, then the train split's most
@@ -280,9 +281,10 @@ def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
     row's ``seen`` items. ``genres``: each candidate line shows the item's catalog genres;
     ``train_folds``: a training row's candidates come from neighbours built without its fold
     (folds of whole dialog groups, :func:`_folds`), as a test row's come from neighbours that
-    never saw it
+    never saw it; ``screen``: Safe-SFT targets carry a screen block
     (:func:`~safecrs_core.train.prompts.candidate_settings`)."""
-    settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds})
+    settings = candidate_settings({"n": n, "source": source, "genres": genres, "train_folds": train_folds,
+                                   "screen": screen})
     world = World.of(domain, catalog, data_dir=data_dir)
     domain, catalog = world.domain, world.catalog
     train = ds["train"]
@@ -306,7 +308,8 @@ def neighbour_prompts(ds, catalog=None, *, n: int = CANDIDATE_DEFAULTS["n"],
 
     folds = f",train_group_folds={train_folds}" if train_folds else ""  # keys only when on
     ref = f"neighbours(train={rows_fingerprint(train)},domain={domain}{folds})"
-    return EvidencePrompts(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres)
+    return EvidencePrompts(candidates, ref, catalog, None, n=n, settings=settings, verdicts=False, genres=genres,
+                           screen=screen)
 
 
 def context_prompts(candidates: Mapping[str, Any] | None, ds, catalog=None):

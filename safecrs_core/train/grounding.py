@@ -25,6 +25,15 @@ The grammar (:class:`GroundedLogitsProcessor`)
     allowed to write gets a logit of ``-inf``; among the allowed tokens the model's own scores
     decide (greedy, or sampling in RL rollouts).
 
+    With ``screen`` (candidates mode), a **screen block** follows the reasoning block:
+    ``<screen>``, one line per candidate in prompt order
+    (:func:`~safecrs_core.train.prompts.screen_line`: ``"Saw (2004) [horror, thriller]:"``), each
+    forced except its verdict, which the model writes: ``" yes"`` (leave the candidate out) or
+    ``" no"``, then ``</screen>`` and the list. A candidate screened ``yes`` is blocked like a
+    seen item. The block makes the model judge every candidate for the user's sensitivity, next
+    to the item's genres, instead of picking titles to name; a model that was not trained on it
+    should not decode with it.
+
 The same processor serves validation (:func:`~safecrs_core.train.sft.evaluate_model`), evaluation
 (:func:`~safecrs_core.evaluation.evaluate.generation_stage`) and the Safe-GDPO rollouts
 (:class:`~safecrs_core.train.gdpo.SafeGDPOTrainer`), so what RL samples is what evaluation scores.
@@ -43,7 +52,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .prompts import REASONING_CLOSE, REASONING_OPEN, SOLUTION_CLOSE, SOLUTION_OPEN
+from .prompts import (REASONING_CLOSE, REASONING_OPEN, SCREEN_CLOSE, SCREEN_OPEN, SCREEN_VERDICTS, SOLUTION_CLOSE,
+                      SOLUTION_OPEN, screen_line)
 from ..data.rows import column, ref_ids
 
 MODES = ("universe", "candidates")
@@ -181,7 +191,7 @@ def check_tokenization(tokenizer, displays: Sequence[str]) -> float:
 # --------------------------------------------------------------------------------------------
 # The processor
 
-START, REASONING, FORCED, LINE, TITLE, EOS, DONE = range(7)
+START, REASONING, FORCED, LINE, TITLE, EOS, DONE, VERDICT = range(8)
 _ALL_BUT_EOS = torch.empty(0, dtype=torch.long)  # marker: a free reasoning token, anything but end-of-turn
 
 
@@ -197,18 +207,22 @@ class _Row:
     reasoning_len: int = 0
     items: int = 0
     named: list = field(default_factory=list)  # titles its reasoning left out (exclude_named)
+    screen: list = field(default_factory=list)  # (title, line tokens) of its screen block, in order
+    screened: int = 0  # screen lines with a verdict so far
+    screened_out: list = field(default_factory=list)  # titles its screen block left out
 
 
 class GroundedLogitsProcessor:
     """A transformers logits processor for one batch (module docstring). ``tries[r]``: row
     ``r``'s title trie (shared in universe mode); ``blocked[r]``: display titles row ``r`` may
     not write (its seen items). Rows are the batch rows in order (a row repeated for several
-    samples appears once per copy). Works with greedy search and sampling, one new token per
-    step; after the end-of-turn token a row is left alone."""
+    samples appears once per copy). ``screens[r]`` (with a screen block): row ``r``'s candidates
+    in prompt order as ``(display title, screen line)`` pairs. Works with greedy search and
+    sampling, one new token per step; after the end-of-turn token a row is left alone."""
 
     def __init__(self, tokenizer, tries: Sequence[TokenTrie], blocked: Sequence[Sequence[str]] | None = None,
                  min_items: int = 1, max_items: int = 10, reasoning_tokens: int = 0, exclude_named: bool = False,
-                 jump_forward: bool = False):
+                 jump_forward: bool = False, screens: Sequence[Sequence[tuple[str, str]]] | None = None):
         self.tokenizer = tokenizer
         self.exclude_named = bool(exclude_named)
         self.jump_forward = bool(jump_forward)  # generate with jump_forward_generate (models.generate reads it)
@@ -217,6 +231,21 @@ class GroundedLogitsProcessor:
         self.close_solution = enc(SOLUTION_CLOSE)
         self.close_reasoning = enc(REASONING_CLOSE + "\n" + SOLUTION_OPEN + "\n")
         self.after_reasoning = enc("\n" + SOLUTION_OPEN + "\n")
+        self.screens = screens is not None
+        if self.screens:
+            if reasoning_tokens <= 0:
+                raise ValueError("a screen block follows the reasoning block: reasoning_tokens must be > 0")
+            if len(screens) != len(tries):
+                raise ValueError(f"{len(screens)} screen lists for {len(tries)} rows")
+            self.verdicts = [enc(v) for v in SCREEN_VERDICTS]
+            if any(len(v) != 1 for v in self.verdicts):
+                raise ValueError(f"screen verdicts {SCREEN_VERDICTS} must be one token each, got {self.verdicts}")
+            self.verdicts = [v[0] for v in self.verdicts]
+            # whole strings where the model's text joins the grammar's (tokens may span the joint)
+            self.open_screen = {"newline": enc(SCREEN_OPEN + "\n"), "": enc("\n" + SCREEN_OPEN + "\n"),
+                                "close": enc(REASONING_CLOSE + "\n" + SCREEN_OPEN + "\n")}
+            self.newline = enc("\n")
+            self.close_screen = enc("\n" + SCREEN_CLOSE + "\n" + SOLUTION_OPEN + "\n")
         if tokenizer.eos_token_id is None:
             raise ValueError("grounded decoding needs a tokenizer with an end-of-turn (eos) token")
         self.eos = int(tokenizer.eos_token_id)
@@ -229,10 +258,12 @@ class GroundedLogitsProcessor:
         if len(blocked) != len(tries):
             raise ValueError(f"{len(blocked)} blocked lists for {len(tries)} rows")
         self.rows: list[_Row] = []
-        for trie, bl in zip(tries, blocked):
+        for r, (trie, bl) in enumerate(zip(tries, blocked)):
             row = _Row(trie, {})
             for d in bl:
                 self._block(row, d)
+            if self.screens:
+                row.screen = [(key, enc(line)) for key, line in screens[r] if key in trie.path]
             self.rows.append(row)
         self._length: int | None = None
 
@@ -274,6 +305,8 @@ class GroundedLogitsProcessor:
             return token == row.forced[0]
         if row.phase == START:
             return token in self.openers.children[row.node]
+        if row.phase == VERDICT:
+            return token in self.verdicts
         if row.phase in (LINE, TITLE):
             return token in row.trie.children[row.node] or (row.phase == LINE and token == self.close_solution[0])
         return True
@@ -305,10 +338,20 @@ class GroundedLogitsProcessor:
             if at >= 0:
                 tail = row.reasoning[at + len(REASONING_CLOSE):]
                 self._exclude_named(row, row.reasoning[:at])
-                self._force(row, self.open_solution if "\n" in tail else self.after_reasoning, LINE)
+                self._after_reasoning(row, newline="\n" in tail)
             elif row.reasoning_len >= self.reasoning_tokens:
                 self._exclude_named(row, row.reasoning)
-                self._force(row, self.close_reasoning, LINE)
+                self._after_reasoning(row, close=True)
+        elif row.phase == VERDICT:
+            if token == self.verdicts[1]:
+                key = row.screen[row.screened][0]
+                self._block(row, key)
+                row.screened_out.append(key)
+            row.screened += 1
+            if row.screened < len(row.screen):
+                self._force(row, self.newline + row.screen[row.screened][1], VERDICT)
+            else:
+                self._force(row, self.close_screen, LINE)
         elif row.phase == LINE and token == self.close_solution[0] and token not in row.trie.children[0]:
             self._force(row, self.close_solution[1:], EOS)
         else:  # LINE (a title's first token) or TITLE
@@ -318,6 +361,17 @@ class GroundedLogitsProcessor:
                 row.items += 1
                 self._block(row, key)
                 self._enter(row, LINE)
+
+    def _after_reasoning(self, row: _Row, newline: bool = False, close: bool = False) -> None:
+        """Leave the reasoning block: ``close``: the processor closes it (its token budget ran
+        out); else the model closed it, ``newline``: and wrote the line break after it. Then the
+        screen block (its first line forced, the model writes the verdict) or the list."""
+        if not self.screens or not row.screen:
+            self._force(row, self.close_reasoning if close else self.open_solution if newline else self.after_reasoning,
+                        LINE)
+            return
+        head = self.open_screen["close" if close else "newline" if newline else ""]
+        self._force(row, head + row.screen[0][1], VERDICT)
 
     def _exclude_named(self, row: _Row, reasoning: str) -> None:
         """With ``exclude_named``: block every title of the row's trie that its own reasoning
@@ -342,6 +396,8 @@ class GroundedLogitsProcessor:
             return torch.tensor([self.eos], dtype=torch.long)
         if row.phase == FORCED:
             return torch.tensor([row.forced[0]], dtype=torch.long)
+        if row.phase == VERDICT:
+            return torch.tensor(self.verdicts, dtype=torch.long)
         if row.phase == START:
             return self.openers.allowed(row.node)
         trie, node = row.trie, row.node
@@ -628,7 +684,11 @@ class Grounding:
     may be written; the list closes after ``k`` items. ``reasoning_tokens``: the longest
     reasoning block (0: none; the answer opens with ``<solution>``). ``exclude_named``: the list
     leaves out the titles its reasoning wrote out. ``jump_forward``: decode with
-    :func:`jump_forward_generate` (forced tokens in one forward pass) instead of ``generate``."""
+    :func:`jump_forward_generate` (forced tokens in one forward pass) instead of ``generate``.
+    ``screen`` (candidates mode, after a reasoning block): the answer holds a screen block, one
+    forced line per candidate in prompt order (:func:`~safecrs_core.train.prompts.screen_line`)
+    on which the model writes only the verdict, ``yes`` (leave it out) or ``no``; the list never
+    holds a candidate screened out."""
 
     mode: str = "universe"
     n_popular: int = 5000
@@ -636,6 +696,7 @@ class Grounding:
     reasoning_tokens: int = 0
     exclude_named: bool = False
     jump_forward: bool = False
+    screen: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -644,17 +705,19 @@ class Grounding:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"grounding {name} must be an integer >= {low}, got {v!r}")
-        for name in ("exclude_named", "jump_forward"):
+        for name in ("exclude_named", "jump_forward", "screen"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"grounding {name} must be true or false, got {getattr(self, name)!r}")
         if self.exclude_named and self.reasoning_tokens == 0:
             raise ValueError("exclude_named needs a reasoning block (reasoning_tokens > 0)")
+        if self.screen and (self.reasoning_tokens == 0 or self.mode != "candidates"):
+            raise ValueError("screen needs candidates mode and a reasoning block (reasoning_tokens > 0)")
 
     def as_dict(self) -> dict:
-        """The settings as a dict; ``exclude_named`` and ``jump_forward`` only when on, so the
+        """The settings as a dict; ``exclude_named``, ``jump_forward`` and ``screen`` only when on, so the
         keys of settings without them stay as they were."""
         out = asdict(self)
-        for name in ("exclude_named", "jump_forward"):
+        for name in ("exclude_named", "jump_forward", "screen"):
             if not out[name]:
                 del out[name]
         return out
@@ -716,13 +779,18 @@ class GroundedDecoder:
     def params(self) -> dict:
         return self.settings.params(self.universe if self.settings.mode == "universe" else None)
 
-    def tries(self, rows: Sequence[Mapping]) -> list[TokenTrie]:
-        if self.settings.mode == "universe":
-            return [self._trie] * len(rows)
+    def candidate_ids(self, rows: Sequence[Mapping]) -> list[list[str]]:
+        """Candidates mode: each row's candidate ids that the catalog names, in prompt order."""
         lists = self.candidates(rows)
         if len(lists) != len(rows):
             raise ValueError(f"candidates gave {len(lists)} lists for {len(rows)} rows")
-        return [self.titles.trie([self.catalog.display(i) for i in ids if i in self.catalog]) for ids in lists]
+        return [[i for i in ids if i in self.catalog] for ids in lists]
+
+    def tries(self, rows: Sequence[Mapping], lists: Sequence[Sequence[str]] | None = None) -> list[TokenTrie]:
+        if self.settings.mode == "universe":
+            return [self._trie] * len(rows)
+        lists = self.candidate_ids(rows) if lists is None else lists
+        return [self.titles.trie([self.catalog.display(i) for i in ids]) for ids in lists]
 
     def processor(self, rows: Sequence[Mapping]) -> GroundedLogitsProcessor:
         """The processor for a batch of ``rows`` (dicts with ``seen``; in candidates mode what
@@ -730,10 +798,15 @@ class GroundedDecoder:
 
         blocked = [[self.catalog.display(i) for i in sorted(ref_ids(r.get("seen"))) if i in self.catalog]
                    for r in rows]
-        return GroundedLogitsProcessor(self.tokenizer, self.tries(rows), blocked, min_items=self.settings.min_items,
+        lists = self.candidate_ids(rows) if self.settings.mode == "candidates" else None
+        screens = None
+        if self.settings.screen:
+            screens = [[(self.catalog.display(i), screen_line(self.catalog, i)) for i in ids] for ids in lists]
+        return GroundedLogitsProcessor(self.tokenizer, self.tries(rows, lists), blocked,
+                                       min_items=self.settings.min_items,
                                        max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens,
                                        exclude_named=self.settings.exclude_named,
-                                       jump_forward=self.settings.jump_forward)
+                                       jump_forward=self.settings.jump_forward, screens=screens)
 
 
 def decoder_for(settings: Grounding | Mapping | None, catalog, tokenizer, train_rows=None, k: int = 10,

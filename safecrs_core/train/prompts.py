@@ -80,6 +80,8 @@ from ..data.rows import column
 
 REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
 SOLUTION_OPEN, SOLUTION_CLOSE = "<solution>", "</solution>"
+SCREEN_OPEN, SCREEN_CLOSE = "<screen>", "</screen>"
+SCREEN_VERDICTS = (" no", " yes")  # after a screen line: keep the candidate / leave it out
 ROLES = ("user", "assistant")
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +253,25 @@ CANDIDATES_FORMAT = 1  # part of the cache key of candidate prompts: change it w
 CANDIDATE_DEFAULTS = {"n": 20, "source": "neighbours"}
 CANDIDATE_SOURCES = ("neighbours",)
 # options that key a setting only when switched on (so settings without them keep their keys)
-CANDIDATE_OPTIONS = {"genres": False, "train_folds": 0}
+CANDIDATE_OPTIONS = {"genres": False, "train_folds": 0, "screen": False}
 CANDIDATE_GENRES = 5  # the most genres shown after a candidate
+SCREEN_GENRES = 3  # the most genres on a screen line (each line is part of every answer, so kept short)
+
+
+def genre_line(catalog, item_id: str, n: int = CANDIDATE_GENRES) -> str:
+    """The first ``n`` catalog genres of an item, comma-joined ("" when the catalog has none)."""
+    genres = catalog.items.at[item_id, "genres"] if "genres" in catalog.items else None
+    if genres is None or isinstance(genres, float):
+        return ""
+    return ", ".join(str(g) for g in list(genres)[:n])
+
+
+def screen_line(catalog, item_id: str) -> str:
+    """A candidate's line in the screen block, before its verdict: ``"Saw (2004) [horror,
+    mystery, thriller]:"`` (the display title, its first :data:`SCREEN_GENRES` catalog genres in
+    brackets when it has any, a colon). The verdict follows as one of :data:`SCREEN_VERDICTS`."""
+    genres = genre_line(catalog, item_id, SCREEN_GENRES)
+    return catalog.display(item_id) + (f" [{genres}]" if genres else "") + ":"
 
 
 def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
@@ -264,7 +283,10 @@ def candidate_settings(settings: Mapping[str, Any] | None) -> dict | None:
     ``train_folds`` (default 0, off; else an integer >= 2): a **training** row's candidates come
     from neighbours built without its fold of the train split, so its own ground truth does not
     put itself among its candidates (validation and test rows, never part of the neighbours,
-    are unaffected); present only when on. None stays None."""
+    are unaffected); present only when on. ``screen`` (default False): Safe-SFT targets carry a
+    **screen block** after the reasoning, one line per candidate in prompt order with a verdict
+    (:func:`format_completion`), and grounded decoding with the grounding setting ``screen``
+    writes it (:mod:`~safecrs_core.train.grounding`); present only when True. None stays None."""
     out = _with_defaults(settings, {**CANDIDATE_DEFAULTS, **CANDIDATE_OPTIONS}, "candidate")
     if out is None:
         return None
@@ -303,6 +325,7 @@ class EvidencePrompts:
     settings: dict | None = None
     verdicts: bool = True
     genres: bool = False  # without verdicts: show each candidate's catalog genres
+    screen: bool = False  # without verdicts: Safe-SFT targets carry a screen block (candidate_settings)
 
     def __post_init__(self):
         if not callable(self.candidates):
@@ -323,7 +346,7 @@ class EvidencePrompts:
         threshold; without verdicts the source, ``n`` and the candidate format)."""
         if not self.verdicts:
             out = {"candidates": self.candidates_ref, "n": self.n, "verdicts": False, "format": CANDIDATES_FORMAT}
-            return {**out, "genres": True} if self.genres else out
+            return {**out, **{name: True for name in ("genres", "screen") if getattr(self, name)}}
         return {"candidates": self.candidates_ref, "n": self.n, "max_tags": self.max_tags,
                 "max_chars": EVIDENCE_CHARS, "threshold": float(self.oracle.threshold), "format": EVIDENCE_FORMAT}
 
@@ -335,12 +358,8 @@ class EvidencePrompts:
         return out
 
     def genre_line(self, item_id: str) -> str:
-        """The first :data:`CANDIDATE_GENRES` catalog genres of an item, comma-joined ("" when
-        the catalog has none)."""
-        genres = self.catalog.items.at[item_id, "genres"] if "genres" in self.catalog.items else None
-        if genres is None or isinstance(genres, float):
-            return ""
-        return ", ".join(str(g) for g in list(genres)[:CANDIDATE_GENRES])
+        """The item's :func:`genre_line`."""
+        return genre_line(self.catalog, item_id)
 
     def lines(self, item_ids: Sequence[str | None], trait: str) -> list[str]:
         """One :func:`evidence_line` per item for the constraint ``trait``."""
@@ -378,9 +397,13 @@ class EvidencePrompts:
 # Completion
 
 
-def format_completion(items: Sequence[str], reasoning: str | None = None) -> str:
-    """The target completion: optional ``<reasoning>text</reasoning>`` line(s), then
-    ``<solution>``, one item (``"Title (Year)"``) per line, ``</solution>``."""
+def format_completion(items: Sequence[str], reasoning: str | None = None,
+                      screen: Sequence[tuple[str, bool]] | None = None) -> str:
+    """The target completion: optional ``<reasoning>text</reasoning>`` line(s), an optional
+    screen block, then ``<solution>``, one item (``"Title (Year)"``) per line, ``</solution>``.
+    ``screen``: ``(line, leave_out)`` pairs (:func:`screen_line`), written as ``<screen>``, one
+    ``line + " yes"`` (leave it out) or ``line + " no"`` per line, ``</screen>``; it needs a
+    reasoning block."""
     if isinstance(items, str):
         raise TypeError("items must be a list of 'Title (Year)' strings, not one string")
     lines = [_one_line(it, "item") for it in items]
@@ -390,9 +413,16 @@ def format_completion(items: Sequence[str], reasoning: str | None = None) -> str
     if reasoning is not None:
         if not isinstance(reasoning, str) or not reasoning.strip():
             raise ValueError("reasoning must be a non-empty string or None")
-        if re.search(r"</?(?:reasoning|solution)>", reasoning, re.I):
-            raise ValueError("reasoning must not contain <reasoning> or <solution> tags")
+        if re.search(r"</?(?:reasoning|solution|screen)>", reasoning, re.I):
+            raise ValueError("reasoning must not contain <reasoning>, <screen> or <solution> tags")
         out = f"{REASONING_OPEN}{reasoning.strip()}{REASONING_CLOSE}\n"
+    if screen is not None:
+        if reasoning is None:
+            raise ValueError("a screen block follows the reasoning block: pass reasoning too")
+        if not screen:
+            raise ValueError("screen is empty")
+        body = "\n".join(_one_line(line, "screen line") + SCREEN_VERDICTS[bool(out_)] for line, out_ in screen)
+        out += f"{SCREEN_OPEN}\n{body}\n{SCREEN_CLOSE}\n"
     return out + SOLUTION_OPEN + "\n" + "\n".join(lines) + "\n" + SOLUTION_CLOSE
 
 

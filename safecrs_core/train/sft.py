@@ -235,6 +235,16 @@ class SafeSFTConfig:
         if self.grounding is not None and self.grounding["mode"] == "candidates" and self.candidates is None \
                 and self.evidence is None:
             raise ValueError("candidates grounding needs prompts with candidates: set candidates (or evidence)")
+        screen_targets = bool(self.candidates and self.candidates.get("screen")) and self.variant == "safe"
+        if self.grounding is not None and self.grounding.get("screen") and self.variant == "plain" \
+                and self.candidates and self.candidates.get("screen"):
+            # plain SFT's targets have no screen block (it is not taught safety), so it decodes without one
+            self.grounding = {k: v for k, v in self.grounding.items() if k != "screen"}
+        if self.grounding is not None and bool(self.grounding.get("screen")) != screen_targets:
+            raise ValueError("the grounding setting screen decodes the screen block that the candidate setting screen "
+                             "puts in Safe-SFT targets: switch both on (safe variant) or both off, got grounding "
+                             f"screen={bool(self.grounding.get('screen'))}, candidates screen="
+                             f"{bool(self.candidates and self.candidates.get('screen'))}, variant={self.variant!r}")
         if self.evidence is not None:
             if self.variant != "safe":
                 raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
@@ -610,7 +620,7 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
     without the user's stated sensitivity."""
     from tqdm.auto import tqdm
 
-    from .prompts import format_completion
+    from .prompts import format_completion, screen_line
 
     ids = evidence.ids(rows)
     kwargs = evidence.kwargs(rows, ids)
@@ -632,14 +642,18 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
                 origins.append("ground_truth" if cands[j] in gt else "candidate")
         if not items:
             continue
-        reasoning = reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped]) \
+        screen = [(screen_line(catalog, c), int(v) == UNSAFE) for c, v in zip(cands, verdicts)] \
+            if safe and getattr(evidence, "screen", False) else None
+        # with a screen block the reasoning is its first sentence: the screen names what is left out
+        reasoning = (reasoning_head(row["trait_name"]) if screen else
+                     reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped])) \
             if safe else None
         turns = row["turns"] if safe else strip_constraint(row["turns"], row.get("constraint"))
         out.append({
             "id": row["id"], "trait": row["trait"], "source": row["source"],
             "prompt": build_messages(turns, k=k, domain=domain, **kw),
             "completion": [{"role": "assistant", "content": format_completion([catalog.display(i) for i in items],
-                                                                              reasoning)}],
+                                                                              reasoning, screen)}],
             "items": items, "origins": origins, "dropped": [i for i, _ in dropped], "reasoning": reasoning,
         })
     return out
