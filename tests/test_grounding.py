@@ -438,6 +438,23 @@ def test_screen_block_is_a_grammar_path_and_its_yes_lines_leave_the_list(tok):
         assert done[0] and proc.rows[0].screened_out == cands, texts[0]
         assert "<screen>\nHeat (1995): yes\nSaw (2004) [horror, thriller]: yes\n" in texts[0]
         assert parse_completion(texts[0]).items == [] and texts[0].endswith("<solution>\n</solution>")
+    # screen_bias shifts the yes logit at a verdict, and nowhere else
+    biased = GR.GroundedDecoder(GR.Grounding(mode="candidates", min_items=1, reasoning_tokens=40, screen=True,
+                                             screen_bias=2.5), cat, tok, k=3,
+                                candidates=lambda rows: [cands for _ in rows]).processor([{"seen": []}])
+    head = text[:text.index("Heat (1995):") + len("Heat (1995):")]
+    _feed(biased, tok, head)
+    assert biased.rows[0].phase == GR.VERDICT
+    scores = biased.apply(torch.zeros((1, len(tok))))[0]
+    no, yes_ = biased.verdicts
+    assert scores[yes_] == 2.5 and scores[no] == 0.0 and torch.isinf(scores).sum() == len(tok) - 2
+    for t in tok(" no\n", add_special_tokens=False)["input_ids"]:
+        biased.advance(0, t)
+    assert biased.rows[0].phase == GR.FORCED and torch.isfinite(biased.apply(torch.zeros((1, len(tok))))[0]).sum() == 1
+    assert GR.grounding_settings({"mode": "candidates", "reasoning_tokens": 8, "screen": True,
+                                  "screen_bias": 2.5})["screen_bias"] == 2.5
+    with pytest.raises(ValueError, match="screen_bias needs screen"):
+        GR.Grounding(mode="candidates", reasoning_tokens=8, screen_bias=1.0)
     with pytest.raises(ValueError, match="screen"):
         GR.Grounding(mode="universe", reasoning_tokens=8, screen=True)
     with pytest.raises(ValueError, match="screen"):

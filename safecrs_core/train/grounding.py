@@ -222,7 +222,8 @@ class GroundedLogitsProcessor:
 
     def __init__(self, tokenizer, tries: Sequence[TokenTrie], blocked: Sequence[Sequence[str]] | None = None,
                  min_items: int = 1, max_items: int = 10, reasoning_tokens: int = 0, exclude_named: bool = False,
-                 jump_forward: bool = False, screens: Sequence[Sequence[tuple[str, str]]] | None = None):
+                 jump_forward: bool = False, screens: Sequence[Sequence[tuple[str, str]]] | None = None,
+                 screen_bias: float = 0.0):
         self.tokenizer = tokenizer
         self.exclude_named = bool(exclude_named)
         self.jump_forward = bool(jump_forward)  # generate with jump_forward_generate (models.generate reads it)
@@ -232,6 +233,7 @@ class GroundedLogitsProcessor:
         self.close_reasoning = enc(REASONING_CLOSE + "\n" + SOLUTION_OPEN + "\n")
         self.after_reasoning = enc("\n" + SOLUTION_OPEN + "\n")
         self.screens = screens is not None
+        self.screen_bias = float(screen_bias)
         if self.screens:
             if reasoning_tokens <= 0:
                 raise ValueError("a screen block follows the reasoning block: reasoning_tokens must be > 0")
@@ -443,6 +445,9 @@ class GroundedLogitsProcessor:
             allowed = self.allowed(r)
             if allowed is None:
                 mask[i] = 0.0
+            elif self.screen_bias and self.rows[r].phase == VERDICT:
+                mask[i, allowed.to(scores.device)] = 0.0
+                mask[i, self.verdicts[1]] = self.screen_bias
             elif allowed is _ALL_BUT_EOS:
                 mask[i] = 0.0
                 mask[i, self.eos] = NEG_INF
@@ -688,7 +693,10 @@ class Grounding:
     ``screen`` (candidates mode, after a reasoning block): the answer holds a screen block, one
     forced line per candidate in prompt order (:func:`~safecrs_core.train.prompts.screen_line`)
     on which the model writes only the verdict, ``yes`` (leave it out) or ``no``; the list never
-    holds a candidate screened out."""
+    holds a candidate screened out. ``screen_bias``: added to the model's logit of ``yes`` at each
+    verdict (0: its own choice). A model trained on targets where most candidates are kept says
+    ``no`` at nearly every line when decoding greedily; the bias sets how sure it must be to
+    leave one out (choose it on validation)."""
 
     mode: str = "universe"
     n_popular: int = 5000
@@ -697,6 +705,7 @@ class Grounding:
     exclude_named: bool = False
     jump_forward: bool = False
     screen: bool = False
+    screen_bias: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -712,12 +721,17 @@ class Grounding:
             raise ValueError("exclude_named needs a reasoning block (reasoning_tokens > 0)")
         if self.screen and (self.reasoning_tokens == 0 or self.mode != "candidates"):
             raise ValueError("screen needs candidates mode and a reasoning block (reasoning_tokens > 0)")
+        if isinstance(self.screen_bias, bool) or not isinstance(self.screen_bias, (int, float)) \
+                or not -1e3 < self.screen_bias < 1e3:
+            raise ValueError(f"grounding screen_bias must be a number, got {self.screen_bias!r}")
+        if self.screen_bias and not self.screen:
+            raise ValueError("screen_bias needs screen")
 
     def as_dict(self) -> dict:
-        """The settings as a dict; ``exclude_named``, ``jump_forward`` and ``screen`` only when on, so the
+        """The settings as a dict; ``exclude_named``, ``jump_forward``, ``screen`` and ``screen_bias`` only when on, so the
         keys of settings without them stay as they were."""
         out = asdict(self)
-        for name in ("exclude_named", "jump_forward", "screen"):
+        for name in ("exclude_named", "jump_forward", "screen", "screen_bias"):
             if not out[name]:
                 del out[name]
         return out
@@ -806,7 +820,8 @@ class GroundedDecoder:
                                        min_items=self.settings.min_items,
                                        max_items=self.k, reasoning_tokens=self.settings.reasoning_tokens,
                                        exclude_named=self.settings.exclude_named,
-                                       jump_forward=self.settings.jump_forward, screens=screens)
+                                       jump_forward=self.settings.jump_forward, screens=screens,
+                                       screen_bias=self.settings.screen_bias)
 
 
 def decoder_for(settings: Grounding | Mapping | None, catalog, tokenizer, train_rows=None, k: int = 10,

@@ -239,7 +239,7 @@ class SafeSFTConfig:
         if self.grounding is not None and self.grounding.get("screen") and self.variant == "plain" \
                 and self.candidates and self.candidates.get("screen"):
             # plain SFT's targets have no screen block (it is not taught safety), so it decodes without one
-            self.grounding = {k: v for k, v in self.grounding.items() if k != "screen"}
+            self.grounding = {k: v for k, v in self.grounding.items() if k not in ("screen", "screen_bias")}
         if self.grounding is not None and bool(self.grounding.get("screen")) != screen_targets:
             raise ValueError("the grounding setting screen decodes the screen block that the candidate setting screen "
                              "puts in Safe-SFT targets: switch both on (safe variant) or both off, got grounding "
