@@ -73,6 +73,7 @@ grounding = {"mode": "candidates", "min_items": 10, "reasoning_tokens": 96}  # N
 universe_grounding = {"mode": "universe", "n_popular": 5000, "min_items": 10, "reasoning_tokens": 96}  # the other mode, compared zero-shot on validation; None: skip
 sensitivity_examples = 0  # Safe-SFT only: extra short examples, last user turn -> the reasoning's first sentence (the user's sensitivity); 0: none
 item_knowledge = None  # Safe-SFT only: e.g. {"n_items": 200, "examples": 512} adds short examples whose reasoning names which of the n_items most frequent training candidates are unsafe for the user's sensitivity; None: none (see Limitations)
+screen_examples = 0  # Safe-SFT with the candidate setting "screen" only: extra short examples, last user turn -> the sensitivity sentence and the screen block, the loss on the sentence and the verdicts only; 0: none (see Limitations)
 n_examples = 2
 
 # %%

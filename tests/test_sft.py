@@ -385,6 +385,72 @@ def test_item_knowledge_keys_only_the_safe_stage_and_trains(world, artifacts_roo
     assert 1 <= info["knowledge_examples"] <= 4 and info["examples"] >= 1
 
 
+def test_screen_examples_train_only_the_sensitivity_and_the_verdicts(world, artifacts_root):
+    """A screen example is the last user turn, the sensitivity sentence and the screen block of
+    the row's candidates with the oracle's verdicts; tokenized, exactly its sensitivity sentence
+    and its verdict tokens carry the loss, while a full example's loss covers its whole
+    completion as trl's own tokenization has it. The option keys only the safe stage and trains."""
+    from safecrs_core.train.models import load_tokenizer
+    from safecrs_core.train.prompts import SCREEN_CLOSE, screen_line
+
+    cat, orc, tok = world["cat"], world["orc"], load_tokenizer("tiny-smollm2")
+    rows = list(world["ds"]["train"])[:6]
+    prompts = C.neighbour_prompts(world["ds"], cat, n=12, screen=True)
+    ex = sft.screen_examples(rows, prompts.ids(rows), cat, orc)
+    assert len(ex) == 6
+    full = sft.build_targets(rows[:2], "safe", catalog=cat, oracle=orc, evidence=prompts)
+    data = sft.fit_examples(full + ex, tok, 2048)[0]
+    assert data["loss"] == [sft.FULL_LOSS] * len(full) + [sft.SCREEN_LOSS] * 6
+    tokenized = sft.tokenize_examples(data, tok)
+    n_yes = 0
+    for e, r, cands, t in zip(ex, rows, prompts.ids(rows), tokenized.select(range(len(full), len(data)))):
+        text = e["completion"][0]["content"]
+        assert e["prompt"] == sft.last_turn_prompt(r) and text.endswith(SCREEN_CLOSE)
+        verdicts = orc.check(cands, r["trait"])[0] == UNSAFE
+        assert [line for line in text.split("\n")[2:-1]] == [
+            screen_line(cat, c) + (" yes" if v else " no") for c, v in zip(cands, verdicts)]
+        trained = [i for i, m in zip(t["input_ids"], t["completion_mask"]) if m]
+        head = "<reasoning>" + sft.reasoning_head(r["trait_name"]) + "</reasoning>"
+        verdict_text = "".join(" yes" if v else " no" for v in verdicts)
+        assert tok.decode(trained) == head + verdict_text  # the titles and genres are context only
+        n_yes += int(verdicts.sum())
+    assert n_yes > 0
+    for e, t in zip(full, tokenized):  # a full example: the whole completion and the end of turn
+        trained = tok.decode([i for i, m in zip(t["input_ids"], t["completion_mask"]) if m])
+        assert trained.startswith(e["completion"][0]["content"]) and trained.strip().endswith("<|im_end|>")
+    with pytest.raises(ValueError, match="loss must be"):
+        sft.loss_spans("x", "verdicts")
+    with pytest.raises(ValueError, match="screen_examples teach the screen block"):
+        sft.SafeSFTConfig(candidates={"n": 20}, screen_examples=3)
+    cands = {"n": 12, "source": "neighbours", "screen": True}
+    base = sft.SafeSFTConfig(**{**TINY, "val_samples": 0, "max_length": 1024}, max_steps=2, save_steps=2,
+                             candidates=cands)
+    screened = base.replace(screen_examples=3)
+    assert "screen_examples" not in base.to_params()  # off: keys as before
+    assert screened.to_params()["screen_examples"] == 3
+    assert screened.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    stage = sft.train_sft(screened, _benchmark_stage(world), progress=False, log=None)
+    info = json.loads((stage / "train_info.json").read_text())
+    assert info["screen_examples"] == 3 and info["examples"] >= 1
+
+
+def test_tokenized_examples_are_what_trl_builds_from_prompt_completion_rows(world, tmp_path):
+    """Training on :func:`sft.tokenize_examples` is training on what trl's ``SFTTrainer`` makes
+    of the same prompt-completion rows: the same token ids and the same loss labels."""
+    from safecrs_core.train.models import load_model
+
+    model, tok = load_model("tiny-smollm2")
+    rows = list(world["ds"]["train"])[:3]
+    data = sft.fit_examples(sft.build_targets(rows, "safe", neighbours=world["nb"], catalog=world["cat"], oracle=world["orc"])
+                            + sft.sensitivity_examples(rows), tok, 512)[0]
+    cfg = sft.SafeSFTConfig(**{**TINY, "val_samples": 0}, max_steps=1)
+    ours = sft.make_trainer(cfg, sft.tokenize_examples(data, tok), tmp_path / "a", model, tok, progress=False)
+    trls = sft.make_trainer(cfg, data.remove_columns("loss"), tmp_path / "b", load_model("tiny-smollm2")[0], tok,
+                            progress=False)
+    assert ours.train_dataset["input_ids"] == trls.train_dataset["input_ids"]
+    assert ours.train_dataset["labels"] == trls.train_dataset["labels"]
+
+
 def test_batch_settings_share_gdpo_names_and_keep_their_stored_keys():
     """SafeSFTConfig names its batch settings as GDPOParams and transformers do; the stage keys
     store them under the names the first stages were keyed with, and a manifest's params give

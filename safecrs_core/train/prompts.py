@@ -419,11 +419,17 @@ def format_completion(items: Sequence[str], reasoning: str | None = None,
     if screen is not None:
         if reasoning is None:
             raise ValueError("a screen block follows the reasoning block: pass reasoning too")
-        if not screen:
-            raise ValueError("screen is empty")
-        body = "\n".join(_one_line(line, "screen line") + SCREEN_VERDICTS[bool(out_)] for line, out_ in screen)
-        out += f"{SCREEN_OPEN}\n{body}\n{SCREEN_CLOSE}\n"
+        out += screen_block(screen) + "\n"
     return out + SOLUTION_OPEN + "\n" + "\n".join(lines) + "\n" + SOLUTION_CLOSE
+
+
+def screen_block(screen: Sequence[tuple[str, bool]]) -> str:
+    """``<screen>``, one ``line + " yes"`` (leave it out) or ``line + " no"`` per ``(line,
+    leave_out)`` pair (:func:`screen_line`), ``</screen>``."""
+    if not screen:
+        raise ValueError("screen is empty")
+    body = "\n".join(_one_line(line, "screen line") + SCREEN_VERDICTS[bool(out_)] for line, out_ in screen)
+    return f"{SCREEN_OPEN}\n{body}\n{SCREEN_CLOSE}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,6 +156,11 @@ class SafeSFTConfig:
     short examples naming which of the most frequent training candidates are unsafe for a
     sensitivity. It keys the safe stage only when set; batches then group similar lengths too.
 
+    ``screen_examples`` (safe variant only; 0: off; needs the candidate setting ``screen``): that
+    many extra short examples (:func:`screen_examples`) of the screen block alone, with the loss
+    on the sensitivity sentence and the verdicts only. It keys the safe stage only when set;
+    batches then group similar lengths too.
+
     ``evidence`` (safe variant only; None: off): train with evidence prompts, a dict of
     :func:`~safecrs_core.train.prompts.evidence_settings` (``n`` candidates, ``n_popular``,
     ``context_turns``, ``max_tags``; missing ones take their defaults). It keys both stages
@@ -195,6 +200,7 @@ class SafeSFTConfig:
     candidates: dict | None = None
     sensitivity_examples: int = 0
     item_knowledge: dict | None = None
+    screen_examples: int = 0
 
     # fields whose stage keys carry the names they had when the first stages were keyed
     STORED_NAMES = {"per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum"}
@@ -213,9 +219,10 @@ class SafeSFTConfig:
             raise ValueError(f"max_train_samples must be >= 1 or None, got {self.max_train_samples!r}")
         if self.max_steps <= 0 and not self.epochs > 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
-        v = self.sensitivity_examples
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"sensitivity_examples must be an integer >= 0, got {v!r}")
+        for name in ("sensitivity_examples", "screen_examples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         if self.val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {self.val_samples!r}")
         self.item_knowledge = knowledge_settings(self.item_knowledge)
@@ -245,6 +252,8 @@ class SafeSFTConfig:
                              "puts in Safe-SFT targets: switch both on (safe variant) or both off, got grounding "
                              f"screen={bool(self.grounding.get('screen'))}, candidates screen="
                              f"{bool(self.candidates and self.candidates.get('screen'))}, variant={self.variant!r}")
+        if self.screen_examples and not (self.candidates and self.candidates.get("screen")):
+            raise ValueError("screen_examples teach the screen block: set the candidate setting screen")
         if self.evidence is not None:
             if self.variant != "safe":
                 raise ValueError("evidence prompts are for the safe variant (the plain prompt has no sensitivity)")
@@ -260,6 +269,8 @@ class SafeSFTConfig:
             del out["sensitivity_examples"]
         if self.applied_item_knowledge is None:  # off, or the plain variant: keys stay as they were
             del out["item_knowledge"]
+        if not self.applied_screen_examples:
+            del out["screen_examples"]
         return out
 
     def decoder(self, benchmark_dir, catalog, tokenizer, prompts=None):
@@ -306,9 +317,15 @@ class SafeSFTConfig:
         return self.item_knowledge if self.variant == "safe" else None
 
     @property
+    def applied_screen_examples(self) -> int:
+        """The screen examples this variant trains on (the plain variant: none)."""
+        return self.screen_examples if self.variant == "safe" else 0
+
+    @property
     def short_examples(self) -> bool:
         """Whether short extra examples join the full ones (batches then group similar lengths)."""
-        return bool(self.applied_sensitivity_examples) or self.applied_item_knowledge is not None
+        return bool(self.applied_sensitivity_examples or self.applied_screen_examples) \
+            or self.applied_item_knowledge is not None
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], **changes) -> "SafeSFTConfig":
@@ -446,6 +463,54 @@ def knowledge_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, or
         out.append({"prompt": last_turn_prompt(row, k, domain),
                     "completion": [{"role": "assistant", "content": REASONING_OPEN + text + REASONING_CLOSE}]})
     return out
+
+
+SCREEN_LOSS = "screen"  # an example's ``loss``: the sensitivity sentence and the screen verdicts only
+FULL_LOSS = "completion"  # the whole completion (trl's completion-only loss)
+
+
+def screen_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, oracle, k: int = 10,
+                    domain: str = "movies") -> list[dict]:
+    """Short Safe-SFT examples of the **screen block**, one per row: the prompt of
+    :func:`last_turn_prompt` (no candidates; the last user turn carries the phrased sensitivity),
+    the completion the reasoning's first sentence and the screen block of the row's candidates
+    ``candidate_ids`` with the oracle's verdicts, as in a full target, without the list.
+
+    Their ``loss`` is :data:`SCREEN_LOSS`: only the sensitivity sentence and the verdict tokens
+    are trained (:func:`loss_spans`). In a full target the verdicts are about 20 tokens among 500,
+    most of them titles and genres that the decoder forces anyway; here the titles are context."""
+    from .prompts import screen_block, screen_line
+
+    rows = list(rows)
+    if len(candidate_ids) != len(rows):
+        raise ValueError(f"{len(candidate_ids)} candidate lists for {len(rows)} rows")
+    out = []
+    for row, cands in zip(rows, candidate_ids):
+        if not cands:
+            continue
+        verdicts, _ = oracle.check(list(cands), row["trait"])
+        block = screen_block([(screen_line(catalog, c), int(v) == UNSAFE) for c, v in zip(cands, verdicts)])
+        text = REASONING_OPEN + reasoning_head(row["trait_name"]) + REASONING_CLOSE + "\n" + block
+        out.append({"prompt": last_turn_prompt(row, k, domain),
+                    "completion": [{"role": "assistant", "content": text}], "loss": SCREEN_LOSS})
+    return out
+
+
+def loss_spans(text: str, loss: str = FULL_LOSS) -> list[tuple[int, int]]:
+    """The character spans of a completion ``text`` that carry the loss: all of it, or for
+    :data:`SCREEN_LOSS` its reasoning block and each screen verdict (``" yes"``/``" no"``)."""
+    from .prompts import SCREEN_CLOSE, SCREEN_OPEN, SCREEN_VERDICTS
+
+    if loss == FULL_LOSS:
+        return [(0, len(text))]
+    if loss != SCREEN_LOSS:
+        raise ValueError(f"loss must be {FULL_LOSS!r} or {SCREEN_LOSS!r}, got {loss!r}")
+    head, start, end = text.find(REASONING_CLOSE), text.find(SCREEN_OPEN), text.find(SCREEN_CLOSE)
+    if not 0 <= head < start < end:
+        raise ValueError(f"a {SCREEN_LOSS!r} example needs a reasoning block and a screen block: {text[:80]!r}")
+    verdicts = "|".join(re.escape(v) for v in SCREEN_VERDICTS)
+    return [(0, head + len(REASONING_CLOSE))] + [
+        m.span(1) for m in re.finditer(f"({verdicts})$", text[:end], re.M) if m.start() > start]
 
 
 def reasoning_text(trait_name: str, trait_id: str, dropped: Sequence[tuple[str, float | None]],
@@ -769,14 +834,16 @@ def fit_prompt(messages: Sequence[dict], tok, max_tokens: int) -> list[dict] | N
 def fit_examples(ds, tok, max_length: int, dropped_rows: list | None = None):
     """Prompt-completion rows trimmed by :func:`fit_prompt` so prompt plus completion fit
     ``max_length`` tokens; rows that cannot fit are dropped (their indices are appended to
-    ``dropped_rows`` when given). Returns (Dataset, n_trimmed, n_dropped)."""
+    ``dropped_rows`` when given). Each row keeps its ``loss`` (:func:`loss_spans`; default the
+    whole completion). Returns (Dataset, n_trimmed, n_dropped)."""
     from datasets import Dataset
 
     rows, trimmed, dropped = [], 0, 0
     for i, ex in enumerate(ds):
         full = _n_tokens(tok, list(ex["prompt"]) + list(ex["completion"]), False)
+        loss = ex.get("loss") or FULL_LOSS
         if full <= max_length:
-            rows.append({"prompt": ex["prompt"], "completion": ex["completion"]})
+            rows.append({"prompt": ex["prompt"], "completion": ex["completion"], "loss": loss})
             continue
         budget = max_length - (full - _n_tokens(tok, ex["prompt"], True))
         fitted = fit_prompt(ex["prompt"], tok, budget) if budget > 0 else None
@@ -786,8 +853,37 @@ def fit_examples(ds, tok, max_length: int, dropped_rows: list | None = None):
                 dropped_rows.append(i)
             continue
         trimmed += 1
-        rows.append({"prompt": fitted, "completion": ex["completion"]})
+        rows.append({"prompt": fitted, "completion": ex["completion"], "loss": loss})
     return Dataset.from_list(rows), trimmed, dropped
+
+
+def tokenize_examples(ds, tok):
+    """Prompt-completion rows as trl's ``SFTTrainer`` takes them tokenized: ``input_ids`` of the
+    templated prompt and completion, and ``completion_mask``, 1 on the tokens that carry the loss.
+    That is every completion token (the end-of-turn tokens included), as trl's completion-only
+    loss has it, or for a row whose ``loss`` is :data:`SCREEN_LOSS` only the tokens inside its
+    :func:`loss_spans`."""
+    from datasets import Dataset
+    from trl.data_utils import common_prefix_length
+
+    out = []
+    for ex in ds:
+        prompt, completion = list(ex["prompt"]), list(ex["completion"])
+        prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+        text = tok.apply_chat_template(prompt + completion, tokenize=False)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, n_prompt = enc["input_ids"], common_prefix_length(prompt_ids, enc["input_ids"])
+        mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+        loss = ex.get("loss") or FULL_LOSS
+        if loss != FULL_LOSS:
+            content = completion[-1]["content"]
+            at = text.rindex(content)
+            spans = [(at + a, at + b) for a, b in loss_spans(content, loss)]
+            mask = [int(m and any(a <= s and e <= b for a, b in spans))
+                    for m, (s, e) in zip(mask, enc["offset_mapping"])]
+        out.append({"input_ids": ids, "completion_mask": mask})
+    return Dataset.from_list(out)
 
 
 def _add_examples(fitted, examples: list[dict], tok, max_length: int):
@@ -967,9 +1063,10 @@ class CheckpointScorer(TrainerCallback):
 
 def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.PathLike, model=None, tok=None,
                  callbacks: Sequence = (), progress: bool = True):
-    """A trl ``SFTTrainer`` for ``config`` on a prompt-completion ``train_dataset``: LoRA (or a
-    full fine-tune), completion-only loss, fp32 on CPU, no gradient checkpointing unless asked,
-    a checkpoint every ``save_steps`` steps into ``output_dir``, loss logged every step."""
+    """A trl ``SFTTrainer`` for ``config`` on ``train_dataset`` (prompt-completion rows, or their
+    :func:`tokenize_examples`): LoRA (or a full fine-tune), completion-only loss, fp32 on CPU,
+    no gradient checkpointing unless asked, a checkpoint every ``save_steps`` steps into
+    ``output_dir``, loss logged every step."""
     import torch
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -1011,7 +1108,7 @@ def make_trainer(config: SafeSFTConfig, train_dataset, output_dir: str | os.Path
         dataloader_num_workers=0,
         use_cpu=not cuda,
         use_cache=True,  # kept in the model config for generation; trl switches it off for the loss
-        # short extra examples (sensitivity, item knowledge) batched together, not padded to a full one
+        # short extra examples (sensitivity, item knowledge, screen) batched together, not padded to a full one
         train_sampling_strategy="group_by_length" if config.short_examples else "random",
     )
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tok,
@@ -1102,9 +1199,9 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         domain = benchmark_domain(bstats)
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         with_context = (config.evidence is not None or config.candidates is not None) and rows
-        knowledge = config.applied_item_knowledge
-        bench_ds = load_benchmark(bench)[0] if config.applied_sensitivity_examples or with_context or knowledge \
-            else None
+        knowledge, n_screen = config.applied_item_knowledge, config.applied_screen_examples
+        bench_ds = load_benchmark(bench)[0] \
+            if config.applied_sensitivity_examples or with_context or knowledge or n_screen else None
         n_sens = n_know = 0
         if config.applied_sensitivity_examples:
             drawn = _train_subset(bench_ds["train"], config.applied_sensitivity_examples, config.seed)
@@ -1113,17 +1210,21 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         catalog, oracle = world.catalog, world.oracle
         prompts = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log) \
-            if with_context or knowledge else None
+            if with_context or knowledge or n_screen else None
         if knowledge is not None:
             train_rows = list(bench_ds["train"])  # every training row's candidates: item frequencies
             fitted, n_know = _add_examples(fitted, knowledge_examples(
                 train_rows, prompts.ids(train_rows), catalog, oracle, **knowledge, seed=config.seed, k=config.k,
                 domain=domain), tok, config.max_length)
+        if n_screen:
+            drawn = list(_train_subset(bench_ds["train"], n_screen, config.seed))
+            fitted, n_screen = _add_examples(fitted, screen_examples(drawn, prompts.ids(drawn), catalog, oracle,
+                                                                     config.k, domain), tok, config.max_length)
         evidence = prompts if with_context else None  # what checkpoint scoring shows the model
         decoder = config.decoder(bench, catalog, tok, evidence) if rows else None
         scorer = CheckpointScorer(rows, tok, config, work, catalog, oracle, progress, log=log, evidence=evidence,
                                   domain=domain, decoder=decoder)
-        trainer = make_trainer(config, fitted, work, model, tok, [scorer], progress)
+        trainer = make_trainer(config, tokenize_examples(fitted, tok), work, model, tok, [scorer], progress)
         last = last_checkpoint(work)
         if last is not None:
             say = log or (lambda _m: None)
@@ -1162,8 +1263,8 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
                    "scores": json.loads(df.drop(columns=["ids"]).to_json(orient="records"))}
         atomic_write_json(tmp / "validation.json", val)
         n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
-        info = {"examples": len(fitted) - n_sens - n_know, "sensitivity_examples": n_sens,
-                "knowledge_examples": n_know, "trimmed": n_trim,
+        info = {"examples": len(fitted) - n_sens - n_know - n_screen, "sensitivity_examples": n_sens,
+                "knowledge_examples": n_know, "screen_examples": n_screen, "trimmed": n_trim,
                 "dropped_too_long": n_drop, "dropped_too_long_filtered": n_drop_filtered,
                 "final_step": final_step, "best_step": best, "train_seconds": round(train_seconds, 1),
                 "seconds_per_step": round(train_seconds / max(steps_run, 1), 2),
