@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         fitted, _, _ = sft.fit_examples(ds, tok, args.max_length)
         timer = StepTimer()
         with tempfile.TemporaryDirectory() as out:
-            trainer = sft.make_trainer(cfg, fitted, out, model, tok, [timer], progress=False)
+            trainer = sft.make_trainer(cfg, sft.tokenize_examples(fitted, tok), out, model, tok, [timer], progress=False)
             trainer.train()
             hist = [h for h in trainer.state.log_history if "num_tokens" in h]
             model = trainer.model

@@ -878,7 +878,10 @@ def tokenize_examples(ds, tok):
         loss = ex.get("loss") or FULL_LOSS
         if loss != FULL_LOSS:
             content = completion[-1]["content"]
-            at = text.rindex(content)
+            at = text.rfind(content)
+            if at < 0:
+                raise ValueError(f"the chat template changed the completion text, so its {loss!r} loss cannot be "
+                                 f"placed: {content[:60]!r}")
             spans = [(at + a, at + b) for a, b in loss_spans(content, loss)]
             mask = [int(m and any(a <= s and e <= b for a, b in spans))
                     for m, (s, e) in zip(mask, enc["offset_mapping"])]
