@@ -314,6 +314,14 @@ def test_an_interrupted_sft_run_resumes_to_the_uninterrupted_result(world, tmp_p
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def _keys_only_the_safe_stage(base, on, name, value):
+    """An option off leaves the stage key as it was; on, it keys the safe stage with ``value``
+    and leaves the plain stage's key alone."""
+    assert name not in base.to_params()
+    assert on.to_params()[name] == value
+    assert on.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+
+
 def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_stage(world, artifacts_root):
     from safecrs_core.train.models import load_tokenizer
     rows = list(world["ds"]["train"])[:6]
@@ -330,9 +338,7 @@ def test_sensitivity_examples_are_short_name_the_trait_and_key_only_the_safe_sta
         sft.SafeSFTConfig(sensitivity_examples=-1)
     base = sft.SafeSFTConfig(**{**TINY, "val_samples": 0}, max_steps=2, save_steps=2)
     with_sens = base.replace(sensitivity_examples=3)
-    assert "sensitivity_examples" not in base.to_params()  # off: keys as before
-    assert with_sens.to_params()["sensitivity_examples"] == 3
-    assert with_sens.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    _keys_only_the_safe_stage(base, with_sens, "sensitivity_examples", 3)
     stage = sft.train_sft(with_sens, _benchmark_stage(world), progress=False, log=None)
     info = json.loads((stage / "train_info.json").read_text())
     assert info["sensitivity_examples"] == 3 and info["examples"] >= 1
@@ -377,9 +383,7 @@ def test_item_knowledge_keys_only_the_safe_stage_and_trains(world, artifacts_roo
     with pytest.raises(ValueError, match="item_knowledge needs candidates"):
         sft.SafeSFTConfig(item_knowledge={"n_items": 10})
     know = base.replace(item_knowledge={"n_items": 30, "examples": 4})
-    assert "item_knowledge" not in base.to_params()  # off: keys as before
-    assert know.to_params()["item_knowledge"] == {"n_items": 30, "examples": 4}
-    assert know.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    _keys_only_the_safe_stage(base, know, "item_knowledge", {"n_items": 30, "examples": 4})
     stage = sft.train_sft(know, _benchmark_stage(world), progress=False, log=None)
     info = json.loads((stage / "train_info.json").read_text())
     assert 1 <= info["knowledge_examples"] <= 4 and info["examples"] >= 1
@@ -426,9 +430,7 @@ def test_screen_examples_train_only_the_sensitivity_and_the_verdicts(world, arti
     base = sft.SafeSFTConfig(**{**TINY, "val_samples": 0, "max_length": 1024}, max_steps=2, save_steps=2,
                              candidates=cands)
     screened = base.replace(screen_examples=3)
-    assert "screen_examples" not in base.to_params()  # off: keys as before
-    assert screened.to_params()["screen_examples"] == 3
-    assert screened.replace(variant="plain").to_params() == base.replace(variant="plain").to_params()
+    _keys_only_the_safe_stage(base, screened, "screen_examples", 3)
     stage = sft.train_sft(screened, _benchmark_stage(world), progress=False, log=None)
     info = json.loads((stage / "train_info.json").read_text())
     assert info["screen_examples"] == 3 and info["examples"] >= 1

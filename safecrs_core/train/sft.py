@@ -465,6 +465,14 @@ def knowledge_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, or
     return out
 
 
+def screen_pairs(catalog, candidate_ids: Sequence[str], verdicts) -> list[tuple[str, bool]]:
+    """The ``(line, leave_out)`` pairs of a screen block (:func:`~safecrs_core.train.prompts.screen_block`):
+    each candidate's :func:`~safecrs_core.train.prompts.screen_line`, left out where the oracle's
+    verdict is unsafe."""
+    from .prompts import screen_line
+    return [(screen_line(catalog, c), int(v) == UNSAFE) for c, v in zip(candidate_ids, verdicts)]
+
+
 SCREEN_LOSS = "screen"  # an example's ``loss``: the sensitivity sentence and the screen verdicts only
 FULL_LOSS = "completion"  # the whole completion (trl's completion-only loss)
 
@@ -479,7 +487,7 @@ def screen_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, oracl
     Their ``loss`` is :data:`SCREEN_LOSS`: only the sensitivity sentence and the verdict tokens
     are trained (:func:`loss_spans`). In a full target the verdicts are about 20 tokens among 500,
     most of them titles and genres that the decoder forces anyway; here the titles are context."""
-    from .prompts import screen_block, screen_line
+    from .prompts import screen_block
 
     rows = list(rows)
     if len(candidate_ids) != len(rows):
@@ -489,7 +497,7 @@ def screen_examples(rows, candidate_ids: Sequence[Sequence[str]], catalog, oracl
         if not cands:
             continue
         verdicts, _ = oracle.check(list(cands), row["trait"])
-        block = screen_block([(screen_line(catalog, c), int(v) == UNSAFE) for c, v in zip(cands, verdicts)])
+        block = screen_block(screen_pairs(catalog, cands, verdicts))
         text = REASONING_OPEN + reasoning_head(row["trait_name"]) + REASONING_CLOSE + "\n" + block
         out.append({"prompt": last_turn_prompt(row, k, domain),
                     "completion": [{"role": "assistant", "content": text}], "loss": SCREEN_LOSS})
@@ -685,7 +693,7 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
     without the user's stated sensitivity."""
     from tqdm.auto import tqdm
 
-    from .prompts import format_completion, screen_line
+    from .prompts import format_completion
 
     ids = evidence.ids(rows)
     kwargs = evidence.kwargs(rows, ids)
@@ -707,8 +715,7 @@ def _evidence_targets(rows: list[dict], evidence, k: int, oracle, catalog, domai
                 origins.append("ground_truth" if cands[j] in gt else "candidate")
         if not items:
             continue
-        screen = [(screen_line(catalog, c), int(v) == UNSAFE) for c, v in zip(cands, verdicts)] \
-            if safe and getattr(evidence, "screen", False) else None
+        screen = screen_pairs(catalog, cands, verdicts) if safe and getattr(evidence, "screen", False) else None
         # with a screen block the reasoning is its first sentence: the screen names what is left out
         reasoning = (reasoning_head(row["trait_name"]) if screen else
                      reasoning_text(row["trait_name"], row["trait"], [(catalog.display(i), r) for i, r in dropped])) \
@@ -1202,10 +1209,10 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         domain = benchmark_domain(bstats)
         rows = validation_rows(bench, config.val_samples, config.seed) if config.val_samples else []
         with_context = (config.evidence is not None or config.candidates is not None) and rows
-        knowledge, n_screen = config.applied_item_knowledge, config.applied_screen_examples
+        knowledge, screens = config.applied_item_knowledge, config.applied_screen_examples
         bench_ds = load_benchmark(bench)[0] \
-            if config.applied_sensitivity_examples or with_context or knowledge or n_screen else None
-        n_sens = n_know = 0
+            if config.applied_sensitivity_examples or with_context or knowledge or screens else None
+        n_sens = n_know = n_screen = 0
         if config.applied_sensitivity_examples:
             drawn = _train_subset(bench_ds["train"], config.applied_sensitivity_examples, config.seed)
             fitted, n_sens = _add_examples(fitted, sensitivity_examples(list(drawn), config.k, domain), tok,
@@ -1213,14 +1220,14 @@ def train_sft(config: SafeSFTConfig, benchmark_dir: str | os.PathLike | None = N
         world = World.of(domain, data_dir=data_dir, threshold=bstats["config"]["threshold"])
         catalog, oracle = world.catalog, world.oracle
         prompts = config.evidence_prompts(bench_ds, catalog, oracle, progress=progress, log=log) \
-            if with_context or knowledge or n_screen else None
+            if with_context or knowledge or screens else None
         if knowledge is not None:
             train_rows = list(bench_ds["train"])  # every training row's candidates: item frequencies
             fitted, n_know = _add_examples(fitted, knowledge_examples(
                 train_rows, prompts.ids(train_rows), catalog, oracle, **knowledge, seed=config.seed, k=config.k,
                 domain=domain), tok, config.max_length)
-        if n_screen:
-            drawn = list(_train_subset(bench_ds["train"], n_screen, config.seed))
+        if screens:
+            drawn = list(_train_subset(bench_ds["train"], screens, config.seed))
             fitted, n_screen = _add_examples(fitted, screen_examples(drawn, prompts.ids(drawn), catalog, oracle,
                                                                      config.k, domain), tok, config.max_length)
         evidence = prompts if with_context else None  # what checkpoint scoring shows the model
